@@ -1,0 +1,7 @@
+"""mfdask: distributed matrix-factorization recommenders as batch jobs on Dask."""
+
+__version__ = "0.1.0"
+
+from mfdask.models import FactorModel, load_model
+
+__all__ = ["FactorModel", "__version__", "load_model"]

@@ -1,0 +1,1 @@
+"""Readers, validation, ingest to canonical Parquet, splits and synthetic data."""

@@ -1,0 +1,284 @@
+"""Open and write canonical mfdask datasets (see :mod:`mfdask.data.schema`).
+
+Writing goes through a temporary sibling directory that is renamed into place once
+complete, so a crashed job leaves either the old dataset or none, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+
+from mfdask.data import schema
+
+
+class DatasetError(ValueError):
+    """A dataset directory is missing, incomplete or inconsistent."""
+
+
+@dataclass
+class Dataset:
+    """A canonical ratings dataset on disk.
+
+    Attributes
+    ----------
+    path : Path
+        The dataset directory.
+    manifest : dict
+        The parsed ``manifest.json`` (rows, users, items, rating range, ...).
+    """
+
+    path: Path
+    manifest: dict[str, Any] = field(repr=False)
+
+    @property
+    def n_users(self) -> int:
+        """Number of users in the id map (not only those with ratings here)."""
+        return int(self.manifest["users"])
+
+    @property
+    def n_items(self) -> int:
+        """Number of items in the id map (not only those with ratings here)."""
+        return int(self.manifest["items"])
+
+    @property
+    def n_ratings(self) -> int:
+        return int(self.manifest["rows"])
+
+    @property
+    def ratings_path(self) -> Path:
+        return self.path / schema.RATINGS_DIR
+
+    def ratings(self, columns: list[str] | None = None) -> dd.DataFrame:
+        """The ratings as a lazy Dask DataFrame, one partition per Parquet file.
+
+        The hive partition column ``user_block`` is dropped unless asked for.
+        """
+        cols = columns or list(schema.RATING_DTYPES)
+        ddf = dd.read_parquet(
+            str(self.ratings_path),
+            columns=cols,
+            engine="pyarrow",
+            split_row_groups=False,
+        )
+        return ddf
+
+    def users(self) -> pd.DataFrame:
+        """The user id map: ``user_id`` (original) and ``user_idx`` (dense, int32)."""
+        return pd.read_parquet(self.path / schema.USERS_FILE)
+
+    def items(self) -> pd.DataFrame:
+        """The item id map: ``item_id``, ``item_idx`` and ``title``/``genres`` if known."""
+        return pd.read_parquet(self.path / schema.ITEMS_FILE)
+
+    def fingerprint(self) -> str:
+        """A short hash of the id maps: models refuse datasets whose maps differ."""
+        return str(self.manifest.get("id_map_fingerprint", ""))
+
+
+def is_dataset(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` holds a canonical dataset (it has a manifest)."""
+    return (Path(path) / schema.MANIFEST_FILE).is_file()
+
+
+def open_dataset(path: str | os.PathLike[str]) -> Dataset:
+    """Open a canonical dataset directory written by ``mfdask ingest`` or ``split``.
+
+    Raises
+    ------
+    DatasetError
+        If the directory, its manifest, its id maps or its ratings are missing.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DatasetError(f"dataset {p} does not exist: run `mfdask ingest` first")
+    manifest_path = p / schema.MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise DatasetError(
+            f"{p} is not an mfdask dataset: it has no {schema.MANIFEST_FILE} "
+            "(was it written by `mfdask ingest` or `mfdask split`?)"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{manifest_path} is corrupt: {exc}") from exc
+    version = manifest.get("schema_version")
+    if version != schema.SCHEMA_VERSION:
+        raise DatasetError(
+            f"{p} has schema version {version!r}; this mfdask reads version {schema.SCHEMA_VERSION}"
+        )
+    for name in (schema.USERS_FILE, schema.ITEMS_FILE, schema.RATINGS_DIR):
+        if not (p / name).exists():
+            raise DatasetError(f"dataset {p} is incomplete: {name} is missing")
+    return Dataset(path=p, manifest=manifest)
+
+
+def id_map_fingerprint(user_ids: pd.Series | pd.Index, item_ids: pd.Series | pd.Index) -> str:
+    """Hash the ordered original ids of users and items (dense index = position)."""
+    h = pd.util.hash_pandas_object(pd.Series(pd.Index(user_ids).astype(str)), index=False)
+    g = pd.util.hash_pandas_object(pd.Series(pd.Index(item_ids).astype(str)), index=False)
+    import hashlib
+
+    digest = hashlib.sha256()
+    digest.update(h.to_numpy().tobytes())
+    digest.update(b"|")
+    digest.update(g.to_numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+@contextmanager
+def atomic_directory(dest: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory beside ``dest`` that becomes ``dest`` on success.
+
+    On an exception the temporary directory is removed and ``dest`` is untouched.
+    With ``overwrite`` an existing ``dest`` is replaced only after the new one is
+    complete.
+
+    Raises
+    ------
+    FileExistsError
+        If ``dest`` exists and ``overwrite`` is false.
+    """
+    dest = Path(dest)
+    if dest.exists() and not overwrite:
+        raise FileExistsError(
+            f"{dest} already exists: choose another destination or pass --overwrite"
+        )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if dest.exists():
+        old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(dest, old)
+        os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, dest)
+
+
+def write_json_atomic(path: str | os.PathLike[str], payload: dict[str, Any]) -> None:
+    """Write ``payload`` as JSON to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+DEFAULT_USER_BLOCKS = 8
+"""Hive partitions of a dataset's ratings (``user_block = user_idx % n``)."""
+
+
+def _with_user_block(part: pd.DataFrame, n_user_blocks: int) -> pd.DataFrame:
+    out = part.astype({c: t for c, t in schema.RATING_DTYPES.items() if c in part.columns})
+    out[schema.USER_BLOCK] = (out[schema.USER_IDX].to_numpy() % n_user_blocks).astype("int32")
+    return out
+
+
+def _summarise_partition(part: pd.DataFrame) -> pd.DataFrame:
+    r = part[schema.RATING].to_numpy(dtype=np.float64)
+    values, counts = np.unique(r, return_counts=True)
+    return pd.DataFrame({"value": values, "count": counts.astype("int64")})
+
+
+def summarise_ratings(ratings: dd.DataFrame) -> dict[str, Any]:
+    """Rows, rating range, histogram and distinct users/items with ratings (one Dask pass)."""
+    hist = ratings.map_partitions(
+        _summarise_partition,
+        meta=pd.DataFrame(
+            {"value": pd.Series([], dtype="float64"), "count": pd.Series([], dtype="int64")}
+        ),
+    )
+    hist = hist.groupby("value")["count"].sum()
+    n_users_rated = ratings[schema.USER_IDX].drop_duplicates(split_out=1).count()
+    n_items_rated = ratings[schema.ITEM_IDX].drop_duplicates(split_out=1).count()
+    hist, n_users_rated, n_items_rated = dd.compute(hist, n_users_rated, n_items_rated)
+    hist = hist.sort_index()
+    rows = int(hist.sum())
+    return {
+        "rows": rows,
+        "users_with_ratings": int(n_users_rated),
+        "items_with_ratings": int(n_items_rated),
+        "rating_min": float(hist.index.min()) if rows else None,
+        "rating_max": float(hist.index.max()) if rows else None,
+        "rating_mean": float((hist.index.to_numpy() * hist.to_numpy()).sum() / rows)
+        if rows
+        else None,
+        "rating_histogram": {f"{v:g}": int(c) for v, c in hist.items()},
+    }
+
+
+def write_dataset(
+    ratings: dd.DataFrame,
+    users: pd.DataFrame,
+    items: pd.DataFrame,
+    dest: str | os.PathLike[str],
+    *,
+    n_user_blocks: int = DEFAULT_USER_BLOCKS,
+    manifest_extra: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Dataset:
+    """Write a canonical dataset atomically and return it opened.
+
+    Parameters
+    ----------
+    ratings : dask DataFrame
+        ``user_idx, item_idx, rating, timestamp`` (cast to the canonical dtypes here),
+        written partition by partition: the client never holds it.
+    users, items : pandas DataFrame
+        Id maps with ``user_id, user_idx`` / ``item_id, item_idx`` (+ ``title``, ``genres``).
+    dest : path
+        Target directory; must not exist unless ``overwrite``.
+    n_user_blocks : int
+        Hive partitions ``ratings/user_block=k``.
+    manifest_extra : dict
+        Extra manifest fields (sources and their checksums, split parameters, ...).
+    """
+    missing = [c for c in schema.RATING_DTYPES if c not in ratings.columns]
+    if missing:
+        raise DatasetError(f"cannot write a dataset without column(s) {missing}")
+    users = users.sort_values(schema.USER_IDX).reset_index(drop=True)
+    items = items.sort_values(schema.ITEM_IDX).reset_index(drop=True)
+    users[schema.USER_IDX] = users[schema.USER_IDX].astype("int32")
+    items[schema.ITEM_IDX] = items[schema.ITEM_IDX].astype("int32")
+    ratings = ratings[list(schema.RATING_DTYPES)]
+    meta = _with_user_block(ratings._meta, n_user_blocks)
+    blocked = ratings.map_partitions(_with_user_block, n_user_blocks, meta=meta)
+    with atomic_directory(dest, overwrite=overwrite) as tmp:
+        blocked.to_parquet(
+            str(tmp / schema.RATINGS_DIR),
+            partition_on=[schema.USER_BLOCK],
+            write_index=False,
+            engine="pyarrow",
+            write_metadata_file=False,
+        )
+        users.to_parquet(tmp / schema.USERS_FILE, index=False)
+        items.to_parquet(tmp / schema.ITEMS_FILE, index=False)
+        written = Dataset(tmp, {"users": len(users), "items": len(items), "rows": 0})
+        summary = summarise_ratings(written.ratings())
+        manifest = {
+            "schema_version": schema.SCHEMA_VERSION,
+            "users": len(users),
+            "items": len(items),
+            "n_user_blocks": n_user_blocks,
+            "id_map_fingerprint": id_map_fingerprint(users[schema.USER_ID], items[schema.ITEM_ID]),
+            **summary,
+            **(manifest_extra or {}),
+        }
+        write_json_atomic(tmp / schema.MANIFEST_FILE, manifest)
+    return open_dataset(dest)

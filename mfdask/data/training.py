@@ -1,0 +1,157 @@
+"""Turn whatever a user passes to ``fit`` into dense-indexed ratings plus id maps.
+
+``fit`` accepts a canonical dataset path (or :class:`~mfdask.data.dataset.Dataset`), a
+pandas DataFrame or a Dask DataFrame with columns ``user_id, item_id, rating`` in
+original ids. Everything becomes a lazy Dask DataFrame of ``user_idx, item_idx, rating``
+and the ordered original ids; the ratings themselves never pass through the client.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+
+from mfdask.data import schema
+from mfdask.data.dataset import Dataset, id_map_fingerprint, is_dataset, open_dataset
+
+
+class InputError(ValueError):
+    """Training or scoring input is malformed (missing columns, NaN, unknown ids...)."""
+
+
+@dataclass
+class TrainingData:
+    """Dense-indexed ratings and the id maps that give them meaning.
+
+    Attributes
+    ----------
+    ratings : dask.dataframe.DataFrame
+        Columns ``user_idx:int32, item_idx:int32, rating:float32``.
+    user_ids, item_ids : pandas.Index
+        Original ids; position = dense index.
+    items : pandas.DataFrame or None
+        Item metadata (``item_id, item_idx, title, genres``) when the source has it.
+    fingerprint : str
+        Hash of the id maps (see :func:`~mfdask.data.dataset.id_map_fingerprint`).
+    source : str
+        A human description of where the data came from, for error messages.
+    """
+
+    ratings: dd.DataFrame
+    user_ids: pd.Index
+    item_ids: pd.Index
+    items: pd.DataFrame | None
+    fingerprint: str
+    source: str
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+
+def _from_dataset(ds: Dataset) -> TrainingData:
+    users = ds.users().sort_values(schema.USER_IDX)
+    items = ds.items().sort_values(schema.ITEM_IDX)
+    ratings = ds.ratings([schema.USER_IDX, schema.ITEM_IDX, schema.RATING])
+    return TrainingData(
+        ratings=ratings,
+        user_ids=pd.Index(users[schema.USER_ID].to_numpy(), name=schema.USER_ID),
+        item_ids=pd.Index(items[schema.ITEM_ID].to_numpy(), name=schema.ITEM_ID),
+        items=items.reset_index(drop=True),
+        fingerprint=ds.fingerprint()
+        or id_map_fingerprint(users[schema.USER_ID], items[schema.ITEM_ID]),
+        source=str(ds.path),
+    )
+
+
+def _index_partition(part: pd.DataFrame, user_ids: pd.Index, item_ids: pd.Index) -> pd.DataFrame:
+    """Map one partition's original ids to dense indices (module level: picklable)."""
+    u = user_ids.get_indexer(part[schema.USER_ID])
+    i = item_ids.get_indexer(part[schema.ITEM_ID])
+    rating = pd.to_numeric(part[schema.RATING], errors="coerce").to_numpy(dtype="float64")
+    if np.isnan(rating).any():
+        bad = part.iloc[int(np.flatnonzero(np.isnan(rating))[0])]
+        raise InputError(
+            f"rating is missing or not a number for user_id={bad[schema.USER_ID]!r}, "
+            f"item_id={bad[schema.ITEM_ID]!r}"
+        )
+    return pd.DataFrame(
+        {
+            schema.USER_IDX: u.astype("int32"),
+            schema.ITEM_IDX: i.astype("int32"),
+            schema.RATING: rating.astype("float32"),
+        }
+    )
+
+
+_META = pd.DataFrame(
+    {
+        schema.USER_IDX: pd.Series([], dtype="int32"),
+        schema.ITEM_IDX: pd.Series([], dtype="int32"),
+        schema.RATING: pd.Series([], dtype="float32"),
+    }
+)
+
+
+def _from_frame(frame: pd.DataFrame | dd.DataFrame) -> TrainingData:
+    missing = [c for c in (schema.USER_ID, schema.ITEM_ID, schema.RATING) if c not in frame.columns]
+    if missing:
+        raise InputError(
+            f"training data is missing column(s) {missing}; it has {list(frame.columns)} "
+            "(expected user_id, item_id, rating in original ids)"
+        )
+    ddf = frame if isinstance(frame, dd.DataFrame) else dd.from_pandas(frame, npartitions=1)
+    cols = ddf[[schema.USER_ID, schema.ITEM_ID]]
+    # The distinct ids are small (users + items), unlike the ratings: fine on the client.
+    user_unique = cols[schema.USER_ID].drop_duplicates(split_out=1)
+    item_unique = cols[schema.ITEM_ID].drop_duplicates(split_out=1)
+    user_unique, item_unique = dd.compute(user_unique, item_unique)
+    for name, values in ((schema.USER_ID, user_unique), (schema.ITEM_ID, item_unique)):
+        if pd.isna(values).any():
+            raise InputError(f"column {name} has missing ids (NaN/None)")
+    user_ids = pd.Index(np.sort(user_unique.to_numpy()), name=schema.USER_ID)
+    item_ids = pd.Index(np.sort(item_unique.to_numpy()), name=schema.ITEM_ID)
+    ratings = ddf.map_partitions(_index_partition, user_ids, item_ids, meta=_META)
+    return TrainingData(
+        ratings=ratings,
+        user_ids=user_ids,
+        item_ids=item_ids,
+        items=None,
+        fingerprint=id_map_fingerprint(user_ids, item_ids),
+        source="DataFrame",
+    )
+
+
+def as_training_data(train: object) -> TrainingData:
+    """Normalise ``fit``'s argument; see the module docstring for what is accepted.
+
+    Raises
+    ------
+    InputError
+        For an unsupported type or a frame without the required columns.
+    """
+    if isinstance(train, TrainingData):
+        return train
+    if isinstance(train, Dataset):
+        return _from_dataset(train)
+    if isinstance(train, (str, os.PathLike)):
+        if is_dataset(train):
+            return _from_dataset(open_dataset(train))
+        if os.path.exists(train):
+            # A plain Parquet dataset in original ids.
+            return _from_frame(dd.read_parquet(str(train)))
+        raise InputError(f"training data {os.fspath(train)!r} does not exist")
+    if isinstance(train, (pd.DataFrame, dd.DataFrame)):
+        return _from_frame(train)
+    raise InputError(
+        f"cannot train on a {type(train).__name__}: pass a dataset path, "
+        "a pandas DataFrame or a Dask DataFrame"
+    )

@@ -1,0 +1,214 @@
+"""Cut the rating matrix into row blocks that live on workers for a whole fit.
+
+Blocking is by residue: with ``R`` row blocks, global row ``g`` belongs to block
+``g % R`` at local row ``g // R``. Interleaving spreads heavy users (and, for the
+transposed matrix, popular items) evenly over blocks, and it makes "the rows of block
+``b``" a strided slice ``factors[b::R]`` of a full factor matrix. A 5 x 4 example with
+``R = 2``::
+
+    global row   block  local row          block 0 = rows 0, 2, 4 -> local 0, 1, 2
+        0          0        0              block 1 = rows 1, 3    -> local 0, 1
+        1          1        0
+        2          0        1
+        3          1        1
+        4          0        2
+
+The shuffle happens once: every input partition is split into ``R`` pieces on the worker
+that read it, then block ``b`` is assembled from its pieces on the worker it is pinned
+to. After that only factors move (Spark's ALS does the same with its in/out blocks).
+Each block is a CSR matrix over local rows with *global* column indices, sorted within
+each row, so kernels can binary-search a row to test membership.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+from distributed import Client, Future, wait
+
+from mfdask.data import schema
+from mfdask.engine.cluster import worker_addresses
+
+
+class DuplicateRatingError(ValueError):
+    """The same (row, column) pair appears twice in the training data."""
+
+
+@dataclass
+class RowBlock:
+    """One block of rows of a sparse matrix, as CSR over local rows.
+
+    Attributes
+    ----------
+    block, n_blocks : int
+        This block is rows ``g`` with ``g % n_blocks == block``.
+    n_rows, n_cols : int
+        Shape of the whole matrix (global).
+    indptr : (n_local_rows + 1,) int64
+    indices : (nnz,) int32
+        Global column indices, ascending within each row.
+    data : (nnz,) float32
+    """
+
+    block: int
+    n_blocks: int
+    n_rows: int
+    n_cols: int
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
+
+    @property
+    def n_local_rows(self) -> int:
+        return len(self.indptr) - 1
+
+    @property
+    def nnz(self) -> int:
+        return len(self.data)
+
+    @property
+    def global_rows(self) -> np.ndarray:
+        """``(n_local_rows,) int64`` global row index of each local row."""
+        return np.arange(self.n_local_rows, dtype=np.int64) * self.n_blocks + self.block
+
+    def row_counts(self) -> np.ndarray:
+        return np.diff(self.indptr)
+
+
+def n_local_rows(n_rows: int, n_blocks: int, block: int) -> int:
+    """How many global rows ``0..n_rows-1`` fall in ``block`` under residue blocking."""
+    return max(0, (n_rows - block + n_blocks - 1) // n_blocks)
+
+
+def split_partition(
+    part: pd.DataFrame, n_blocks: int, row_col: str, col_col: str, value_col: str
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Split one partition into ``n_blocks`` (row, col, value) pieces by ``row % n_blocks``.
+
+    Module level so that Dask can pickle it; runs on the worker holding ``part``.
+    """
+    rows = part[row_col].to_numpy(dtype=np.int64)
+    cols = part[col_col].to_numpy(dtype=np.int32)
+    vals = part[value_col].to_numpy(dtype=np.float32)
+    owner = rows % n_blocks
+    order = np.argsort(owner, kind="stable")
+    bounds = np.searchsorted(owner[order], np.arange(n_blocks + 1))
+    pieces = []
+    for b in range(n_blocks):
+        sel = order[bounds[b] : bounds[b + 1]]
+        pieces.append((rows[sel], cols[sel], vals[sel]))
+    return pieces
+
+
+def build_row_block(
+    block: int,
+    n_blocks: int,
+    n_rows: int,
+    n_cols: int,
+    split_pieces: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]],
+    row_name: str = "row",
+    col_name: str = "column",
+) -> RowBlock:
+    """Assemble block ``block`` from its piece of every split partition (runs on a worker)."""
+    mine = [pieces[block] for pieces in split_pieces]
+    if mine:
+        rows = np.concatenate([p[0] for p in mine])
+        cols = np.concatenate([p[1] for p in mine])
+        vals = np.concatenate([p[2] for p in mine])
+    else:
+        rows = np.empty(0, np.int64)
+        cols = np.empty(0, np.int32)
+        vals = np.empty(0, np.float32)
+    n_local = n_local_rows(n_rows, n_blocks, block)
+    if rows.size and (rows.min() < 0 or rows.max() >= n_rows):
+        raise IndexError(f"{row_name} index out of range 0..{n_rows - 1} in block {block}")
+    if cols.size and (cols.min() < 0 or cols.max() >= n_cols):
+        raise IndexError(f"{col_name} index out of range 0..{n_cols - 1} in block {block}")
+    local = rows // n_blocks
+    order = np.lexsort((cols, local))
+    local, cols, vals = local[order], cols[order], vals[order]
+    if local.size > 1:
+        dup = (local[1:] == local[:-1]) & (cols[1:] == cols[:-1])
+        if dup.any():
+            k = int(np.flatnonzero(dup)[0])
+            g = int(local[k]) * n_blocks + block
+            raise DuplicateRatingError(
+                f"duplicate rating for {row_name} index {g}, {col_name} index {int(cols[k])}: "
+                "deduplicate the input (`mfdask ingest --duplicates last|mean`)"
+            )
+    counts = np.bincount(local, minlength=n_local)
+    indptr = np.zeros(n_local + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    return RowBlock(
+        block=block,
+        n_blocks=n_blocks,
+        n_rows=n_rows,
+        n_cols=n_cols,
+        indptr=indptr,
+        indices=np.ascontiguousarray(cols, dtype=np.int32),
+        data=np.ascontiguousarray(vals, dtype=np.float32),
+    )
+
+
+def persist_partitions(client: Client, ratings: dd.DataFrame) -> list[Future]:
+    """Materialise the input partitions on the workers (never on the client)."""
+    futures = client.compute(ratings.to_delayed(), optimize_graph=True)
+    wait(futures)
+    return futures
+
+
+def place_row_blocks(
+    client: Client,
+    partitions: list[Future],
+    n_blocks: int,
+    n_rows: int,
+    n_cols: int,
+    transpose: bool = False,
+    value_col: str = schema.RATING,
+) -> list[Future]:
+    """Shuffle rating partitions into ``n_blocks`` :class:`RowBlock` futures pinned to workers.
+
+    With ``transpose`` the rows are items and the columns users (the CSR of Rᵀ).
+    Block ``b`` is placed on worker ``b % n_workers`` (sorted addresses), so the same
+    cluster shape always gives the same layout.
+    """
+    row_col, col_col = (
+        (schema.ITEM_IDX, schema.USER_IDX) if transpose else (schema.USER_IDX, schema.ITEM_IDX)
+    )
+    row_name, col_name = ("item", "user") if transpose else ("user", "item")
+    workers = worker_addresses(client)
+    splits = [
+        client.submit(split_partition, part, n_blocks, row_col, col_col, value_col, pure=False)
+        for part in partitions
+    ]
+    blocks = [
+        client.submit(
+            build_row_block,
+            b,
+            n_blocks,
+            n_rows,
+            n_cols,
+            splits,
+            row_name,
+            col_name,
+            workers=[workers[b % len(workers)]],
+            allow_other_workers=True,
+            pure=False,
+        )
+        for b in range(n_blocks)
+    ]
+    wait(blocks)
+    for f in blocks:
+        if f.status == "error":
+            f.result()  # re-raise the worker's exception with its message
+    del splits
+    return blocks
+
+
+def block_workers(client: Client, blocks: list[Future]) -> list[str]:
+    """The worker each block future currently lives on (for pinning follow-up tasks)."""
+    where = client.who_has(blocks)
+    return [sorted(where[f.key])[0] if where.get(f.key) else None for f in blocks]

@@ -1,0 +1,116 @@
+"""Connect to a Dask cluster, or start a ``LocalCluster`` when none is given.
+
+Every entry point goes through :func:`session`: with an address it connects to that
+scheduler (failing within ``timeout`` seconds with the address in the message); with a
+default client already registered (``Client(...)`` in the caller) it uses that; otherwise
+it starts a ``LocalCluster`` for the duration of the block and shuts it down afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from distributed import Client, LocalCluster, default_client
+
+
+class ClusterError(RuntimeError):
+    """The scheduler could not be reached or the cluster has no workers."""
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """How to reach or build the cluster a job runs on.
+
+    Attributes
+    ----------
+    scheduler : str or None
+        ``tcp://host:port`` of a running scheduler; None starts a ``LocalCluster``.
+    n_workers : int or None
+        Workers of the ``LocalCluster`` (default: min(2, CPUs)).
+    threads_per_worker : int
+        Threads per ``LocalCluster`` worker; Hogwild SGD runs this many threads.
+    memory_limit : str or None
+        Per-worker memory limit of the ``LocalCluster`` (e.g. ``"4GiB"``).
+    timeout : float
+        Seconds to wait for a remote scheduler before giving up.
+    processes : bool
+        False runs the ``LocalCluster`` in-process (threads), as tests do.
+    """
+
+    scheduler: str | None = None
+    n_workers: int | None = None
+    threads_per_worker: int = 1
+    memory_limit: str | None = None
+    timeout: float = 10.0
+    processes: bool = True
+
+
+def _current_client() -> Client | None:
+    try:
+        return default_client()
+    except ValueError:
+        return None
+
+
+def connect(address: str, timeout: float = 10.0) -> Client:
+    """Connect to the scheduler at ``address`` or raise :class:`ClusterError` in ``timeout`` s."""
+    try:
+        return Client(address, timeout=timeout, set_as_default=True)
+    except (OSError, TimeoutError) as exc:
+        raise ClusterError(
+            f"cannot reach the Dask scheduler at {address} within {timeout:g} s: {exc}. "
+            "Check the address and that `dask scheduler` is running, or omit --scheduler "
+            "to start a local cluster"
+        ) from exc
+
+
+def start_local(spec: ClusterSpec) -> Client:
+    """Start a ``LocalCluster`` per ``spec`` and return a client registered as default."""
+    n_workers = spec.n_workers or max(1, min(2, os.cpu_count() or 1))
+    cluster = LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=spec.threads_per_worker,
+        memory_limit=spec.memory_limit or "auto",
+        processes=spec.processes,
+        dashboard_address=":0" if spec.processes else None,
+    )
+    return Client(cluster, set_as_default=True)
+
+
+@contextmanager
+def session(spec: ClusterSpec | None = None) -> Iterator[Client]:
+    """Yield a client: the given scheduler, the caller's default client, or a new local one.
+
+    A cluster started here is closed on exit; a client the caller made is left alone.
+    """
+    spec = spec or ClusterSpec()
+    if spec.scheduler:
+        client = connect(spec.scheduler, spec.timeout)
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    existing = _current_client()
+    if existing is not None:
+        yield existing
+        return
+    client = start_local(spec)
+    try:
+        yield client
+    finally:
+        cluster = client.cluster
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def worker_addresses(client: Client) -> list[str]:
+    """Addresses of the workers, sorted so block placement is deterministic."""
+    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    if not workers:
+        raise ClusterError("the Dask cluster has no workers: start at least one `dask worker`")
+    return workers

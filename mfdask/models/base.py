@@ -1,0 +1,497 @@
+"""The estimator base class shared by SVD, ALS, BPR and WARP.
+
+A fitted model is two factor matrices and the id maps that give their rows meaning:
+
+- ``user_factors_`` ``(n_users, factors) float32`` and ``item_factors_``
+  ``(n_items, factors) float32``, rows in dense-index order;
+- ``user_ids_`` / ``item_ids_``: the original ids (position = dense index);
+- ``seen_items_``: the training interactions as a ``(n_users, n_items)`` CSR, used to
+  filter already-seen items out of recommendations.
+
+Subclasses implement :meth:`_fit` (hand the work to the engine) and may override
+:meth:`_score_vectors` when their score is more than a dot product (SVD adds biases).
+``__init__`` only stores its arguments; :meth:`fit` validates, starts from scratch and
+returns ``self`` (the scikit-learn convention).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+
+from mfdask.data import schema
+from mfdask.data.dataset import Dataset, atomic_directory, open_dataset, write_json_atomic
+from mfdask.data.training import TrainingData, as_training_data
+from mfdask.recommend import chunk_rows, top_k_of_scores
+
+MODEL_FILE = "model.json"
+USER_FACTORS_FILE = "user_factors.parquet"
+ITEM_FACTORS_FILE = "item_factors.parquet"
+SEEN_FILE = "seen_items.npz"
+ITEMS_META_FILE = "items.parquet"
+
+EpochCallback = Callable[[dict[str, Any]], Any]
+"""Called after each epoch/iteration with its record; returning ``False`` stops the fit."""
+
+
+class NotFittedError(RuntimeError):
+    """The model was used before ``fit`` or ``load``."""
+
+
+class UnknownIdError(KeyError):
+    """Ids passed to ``recommend``/``similar_items``/``predict`` are not in the model."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0])
+
+
+class ModelMismatchError(ValueError):
+    """A saved model is applied to a dataset whose id maps differ from its own."""
+
+
+class ModelFileError(ValueError):
+    """A model directory is missing, incomplete or corrupt."""
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _write_factors(
+    path: Path,
+    id_name: str,
+    ids: pd.Index,
+    factors: np.ndarray,
+    extra: dict[str, np.ndarray] | None = None,
+) -> None:
+    k = factors.shape[1]
+    flat = pa.array(np.ascontiguousarray(factors, dtype=np.float32).ravel())
+    columns = {
+        id_name: pa.array(ids.to_numpy()),
+        "factors": pa.FixedSizeListArray.from_arrays(flat, k),
+    }
+    for name, values in (extra or {}).items():
+        columns[name] = pa.array(np.asarray(values, dtype=np.float32))
+    pq.write_table(pa.table(columns), path)
+
+
+def _read_factors(path: Path, id_name: str) -> tuple[pd.Index, np.ndarray, dict[str, np.ndarray]]:
+    table = pq.read_table(path)
+    col = table.column("factors").combine_chunks()
+    k = col.type.list_size
+    factors = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, k)
+    ids = pd.Index(table.column(id_name).to_pandas(), name=id_name)
+    extra = {
+        name: table.column(name).to_numpy().astype(np.float32)
+        for name in table.column_names
+        if name not in (id_name, "factors")
+    }
+    return ids, factors, extra
+
+
+class FactorModel:
+    """Base of every mfdask model: recommend, similar items/users, save and load.
+
+    Learned attributes (set by ``fit`` or ``load``): ``user_factors_``,
+    ``item_factors_``, ``user_ids_``, ``item_ids_``, ``items_`` (titles/genres or None),
+    ``seen_items_``, ``fingerprint_``, ``history_`` (one dict per epoch) and ``metrics_``.
+    """
+
+    model_name: ClassVar[str] = "base"
+    implicit: ClassVar[bool] = True
+    """True when the model learns from positives only (ALS, BPR, WARP)."""
+
+    # ------------------------------------------------------------------ parameters
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p for p in sig.parameters if p != "self"]
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor arguments, as stored (scikit-learn convention)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> FactorModel:
+        """Set constructor arguments by name; unknown names raise ``ValueError``."""
+        valid = set(self._param_names())
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(
+                    f"{type(self).__name__} has no parameter {name!r}; valid: {sorted(valid)}"
+                )
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    # ------------------------------------------------------------------ fitting
+    def fit(
+        self, train: Any, validation: Any = None, callback: EpochCallback | None = None
+    ) -> FactorModel:
+        """Learn factors from ``train`` (a dataset path, pandas or Dask DataFrame).
+
+        Parameters
+        ----------
+        train
+            Ratings in original ids (see :func:`mfdask.data.training.as_training_data`).
+        validation
+            Optional held-out ratings in the same id space, for a per-epoch metric and
+            early stopping where the model supports it.
+        callback
+            Called with each epoch's record (``epoch``, ``loss``, ``seconds``, ...);
+            returning ``False`` stops training early.
+
+        Returns
+        -------
+        self
+        """
+        self._validate_params()
+        data = as_training_data(train)
+        self.user_ids_ = data.user_ids
+        self.item_ids_ = data.item_ids
+        self.items_ = data.items
+        self.fingerprint_ = data.fingerprint
+        self.history_: list[dict[str, Any]] = []
+        self.metrics_: dict[str, Any] = {}
+        started = time.perf_counter()
+        self._fit(data, validation, callback)
+        self.metrics_["fit_seconds"] = time.perf_counter() - started
+        return self
+
+    def _validate_params(self) -> None:
+        """Check hyper-parameters; subclasses extend it. Raise ``ValueError`` naming them."""
+
+    def _fit(self, data: TrainingData, validation: Any, callback: EpochCallback | None) -> None:
+        raise NotImplementedError
+
+    def _record_epoch(self, record: dict[str, Any], callback: EpochCallback | None) -> bool:
+        """Keep ``record`` in ``history_`` and call ``callback``; False means stop."""
+        self.history_.append(record)
+        if callback is not None and callback(record) is False:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ state
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "item_factors_"):
+            raise NotFittedError(
+                f"this {type(self).__name__} is not fitted: call fit() or load_model() first"
+            )
+
+    @property
+    def n_users(self) -> int:
+        self._check_fitted()
+        return len(self.user_ids_)
+
+    @property
+    def n_items(self) -> int:
+        self._check_fitted()
+        return len(self.item_ids_)
+
+    def user_index(self, user_ids: Iterable[Any]) -> np.ndarray:
+        """Dense indices of original ``user_ids``; unknown ids raise :class:`UnknownIdError`."""
+        return self._lookup(self.user_ids_, user_ids, "user")
+
+    def item_index(self, item_ids: Iterable[Any]) -> np.ndarray:
+        """Dense indices of original ``item_ids``; unknown ids raise :class:`UnknownIdError`."""
+        return self._lookup(self.item_ids_, item_ids, "item")
+
+    def _lookup(self, index: pd.Index, ids: Iterable[Any], kind: str) -> np.ndarray:
+        self._check_fitted()
+        if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+            ids = [ids]
+        values = pd.Index(
+            list(ids) if not isinstance(ids, (np.ndarray, pd.Index, pd.Series)) else ids
+        )
+        if len(values) and values.dtype != index.dtype:
+            try:
+                values = values.astype(index.dtype)
+            except (TypeError, ValueError) as exc:
+                raise UnknownIdError(
+                    f"{kind} ids {list(values[:5])} are not of the model's id type {index.dtype}"
+                ) from exc
+        pos = index.get_indexer(values)
+        if (pos < 0).any():
+            unknown = list(values[pos < 0][:10])
+            raise UnknownIdError(
+                f"unknown {kind} id(s) {unknown}"
+                + (f" and {int((pos < 0).sum()) - 10} more" if (pos < 0).sum() > 10 else "")
+                + f": the model knows {len(index)} {kind}s"
+            )
+        return pos.astype(np.int64)
+
+    # ------------------------------------------------------------------ scoring
+    def _score_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """User and item vectors whose dot product is the ranking score.
+
+        Subclasses with biases return augmented vectors (e.g. ``[p_u, 1]`` and
+        ``[q_i, b_i]``) so that one matrix product gives the full score.
+        """
+        return self.user_factors_, self.item_factors_
+
+    def _item_embeddings(self) -> np.ndarray:
+        """Item vectors for cosine similarity (factors only, no bias)."""
+        return self.item_factors_
+
+    def _user_embeddings(self) -> np.ndarray:
+        return self.user_factors_
+
+    def recommend(
+        self,
+        user_ids: Any,
+        n: int = 10,
+        filter_seen: bool = True,
+        items: Sequence[Any] | None = None,
+    ) -> pd.DataFrame:
+        """Top-``n`` items for each of ``user_ids``, in one vectorised pass.
+
+        Parameters
+        ----------
+        user_ids
+            One original user id or a sequence of them.
+        n : int
+            Items per user (fewer when not enough unseen items remain).
+        filter_seen : bool
+            Drop the user's training items.
+        items : sequence, optional
+            Restrict candidates to these original item ids.
+
+        Returns
+        -------
+        DataFrame
+            ``user_id, rank (1..n), item_id, score``, users in the order given.
+        """
+        n = _check_positive_int("n", n)
+        users = self.user_index(user_ids)
+        return self._recommend_indices(users, n, filter_seen, items)
+
+    def _recommend_indices(
+        self, users: np.ndarray, n: int, filter_seen: bool, items: Sequence[Any] | None
+    ) -> pd.DataFrame:
+        uvec, ivec = self._score_vectors()
+        candidates = None if items is None else np.unique(self.item_index(items))
+        if candidates is not None:
+            ivec = ivec[candidates]
+        step = chunk_rows(ivec.shape[0])
+        out_u, out_i, out_s = [], [], []
+        for start in range(0, len(users), step):
+            chunk = users[start : start + step]
+            scores = uvec[chunk] @ ivec.T
+            exclude = None
+            if filter_seen and getattr(self, "seen_items_", None) is not None:
+                exclude = self.seen_items_[chunk]
+                if candidates is not None:
+                    exclude = exclude[:, candidates]
+            idx, val = top_k_of_scores(np.asarray(scores, dtype=np.float32), n, exclude)
+            out_u.append(np.repeat(chunk, idx.shape[1]))
+            out_i.append(idx.ravel())
+            out_s.append(val.ravel())
+        u = np.concatenate(out_u) if out_u else np.empty(0, np.int64)
+        i = np.concatenate(out_i) if out_i else np.empty(0, np.int64)
+        s = np.concatenate(out_s) if out_s else np.empty(0, np.float32)
+        k = min(n, ivec.shape[0])
+        rank = np.tile(np.arange(1, k + 1, dtype=np.int32), len(users))
+        keep = i >= 0
+        if candidates is not None:
+            i = np.where(keep, candidates[np.maximum(i, 0)], -1)
+        return pd.DataFrame(
+            {
+                schema.USER_ID: self.user_ids_.to_numpy()[u[keep]],
+                "rank": rank[keep],
+                schema.ITEM_ID: self.item_ids_.to_numpy()[i[keep]],
+                "score": s[keep],
+            }
+        )
+
+    def similar_items(self, item_ids: Any, n: int = 10) -> pd.DataFrame:
+        """The ``n`` most similar items to each of ``item_ids`` by cosine of factors.
+
+        Returns
+        -------
+        DataFrame
+            ``item_id, rank, similar_item_id, score``; the query item itself excluded.
+        """
+        n = _check_positive_int("n", n)
+        idx = self.item_index(item_ids)
+        return self._similar(
+            idx, self._item_embeddings(), self.item_ids_, n, schema.ITEM_ID, "similar_item_id"
+        )
+
+    def similar_users(self, user_ids: Any, n: int = 10) -> pd.DataFrame:
+        """The ``n`` most similar users to each of ``user_ids`` by cosine of factors."""
+        n = _check_positive_int("n", n)
+        idx = self.user_index(user_ids)
+        return self._similar(
+            idx, self._user_embeddings(), self.user_ids_, n, schema.USER_ID, "similar_user_id"
+        )
+
+    @staticmethod
+    def _similar(
+        query: np.ndarray, vectors: np.ndarray, ids: pd.Index, n: int, id_name: str, other_name: str
+    ) -> pd.DataFrame:
+        norms = np.linalg.norm(vectors, axis=1)
+        unit = vectors / np.where(norms > 0, norms, 1.0)[:, None]
+        unit = unit.astype(np.float32)
+        step = chunk_rows(unit.shape[0])
+        out_q, out_i, out_s = [], [], []
+        for start in range(0, len(query), step):
+            chunk = query[start : start + step]
+            scores = unit[chunk] @ unit.T
+            self_mask = sp.csr_matrix(
+                (np.ones(len(chunk)), (np.arange(len(chunk)), chunk)), shape=scores.shape
+            )
+            idx, val = top_k_of_scores(scores, n, self_mask)
+            out_q.append(np.repeat(chunk, idx.shape[1]))
+            out_i.append(idx.ravel())
+            out_s.append(val.ravel())
+        q = np.concatenate(out_q)
+        i = np.concatenate(out_i)
+        s = np.concatenate(out_s)
+        k = min(n, unit.shape[0])
+        rank = np.tile(np.arange(1, k + 1, dtype=np.int32), len(query))
+        keep = i >= 0
+        return pd.DataFrame(
+            {
+                id_name: ids.to_numpy()[q[keep]],
+                "rank": rank[keep],
+                other_name: ids.to_numpy()[i[keep]],
+                "score": s[keep],
+            }
+        )
+
+    # ------------------------------------------------------------------ persistence
+    def _extra_user_columns(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def _extra_item_columns(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def _extra_state(self) -> dict[str, Any]:
+        """JSON-serialisable learned scalars (e.g. SVD's global mean)."""
+        return {}
+
+    def _restore(
+        self,
+        user_extra: dict[str, np.ndarray],
+        item_extra: dict[str, np.ndarray],
+        state: dict[str, Any],
+    ) -> None:
+        """Restore what :meth:`_extra_user_columns` & co. saved."""
+
+    def save(self, path: str | os.PathLike[str], overwrite: bool = False) -> Path:
+        """Write the model to directory ``path`` atomically.
+
+        Layout: ``model.json`` (class, hyper-parameters, id-map fingerprint, metrics,
+        history, package version), ``user_factors.parquet`` and ``item_factors.parquet``
+        (original id, ``factors`` as a fixed-size list, biases where the model has them),
+        ``seen_items.npz`` and ``items.parquet`` (titles) when known.
+        """
+        from mfdask import __version__
+
+        self._check_fitted()
+        with atomic_directory(path, overwrite=overwrite) as tmp:
+            _write_factors(
+                tmp / USER_FACTORS_FILE,
+                schema.USER_ID,
+                self.user_ids_,
+                self.user_factors_,
+                self._extra_user_columns(),
+            )
+            _write_factors(
+                tmp / ITEM_FACTORS_FILE,
+                schema.ITEM_ID,
+                self.item_ids_,
+                self.item_factors_,
+                self._extra_item_columns(),
+            )
+            if getattr(self, "seen_items_", None) is not None:
+                sp.save_npz(tmp / SEEN_FILE, self.seen_items_.tocsr(), compressed=False)
+            if self.items_ is not None:
+                self.items_.to_parquet(tmp / ITEMS_META_FILE, index=False)
+            write_json_atomic(
+                tmp / MODEL_FILE,
+                {
+                    "class": type(self).__name__,
+                    "params": self.get_params(),
+                    "fingerprint": self.fingerprint_,
+                    "n_users": self.n_users,
+                    "n_items": self.n_items,
+                    "factors": int(self.item_factors_.shape[1]),
+                    "metrics": self.metrics_,
+                    "history": self.history_,
+                    "state": self._extra_state(),
+                    "mfdask_version": __version__,
+                },
+            )
+        return Path(path)
+
+    def check_dataset(self, dataset: Dataset | str | os.PathLike[str]) -> None:
+        """Raise :class:`ModelMismatchError` if ``dataset``'s id maps are not the model's."""
+        ds = dataset if isinstance(dataset, Dataset) else open_dataset(dataset)
+        if ds.fingerprint() != self.fingerprint_:
+            raise ModelMismatchError(
+                f"the model was trained on a dataset with id-map fingerprint "
+                f"{self.fingerprint_}, but {ds.path} has {ds.fingerprint()}: "
+                "apply it to a split of the dataset it was trained on, or retrain"
+            )
+
+
+def load_model(
+    path: str | os.PathLike[str], dataset: Dataset | str | os.PathLike[str] | None = None
+) -> FactorModel:
+    """Load a model saved with :meth:`FactorModel.save`.
+
+    With ``dataset`` the model's id maps are checked against it first
+    (:class:`ModelMismatchError` if they differ).
+    """
+    from mfdask.models.registry import model_class
+
+    p = Path(path)
+    meta_path = p / MODEL_FILE
+    if not meta_path.is_file():
+        raise ModelFileError(f"{p} is not a saved mfdask model: {MODEL_FILE} is missing")
+    try:
+        meta = json.loads(meta_path.read_text())
+        cls = model_class(meta["class"])
+        model = cls(**meta["params"])
+        model.user_ids_, model.user_factors_, uextra = _read_factors(
+            p / USER_FACTORS_FILE, schema.USER_ID
+        )
+        model.item_ids_, model.item_factors_, iextra = _read_factors(
+            p / ITEM_FACTORS_FILE, schema.ITEM_ID
+        )
+    except (KeyError, OSError, json.JSONDecodeError, pa.ArrowException) as exc:
+        raise ModelFileError(f"saved model {p} is incomplete or corrupt: {exc!r}") from exc
+    if (
+        model.user_factors_.shape[0] != meta["n_users"]
+        or model.item_factors_.shape[0] != meta["n_items"]
+    ):
+        raise ModelFileError(
+            f"saved model {p} is corrupt: factor rows do not match model.json's counts"
+        )
+    seen = p / SEEN_FILE
+    model.seen_items_ = sp.load_npz(seen).tocsr() if seen.exists() else None
+    items = p / ITEMS_META_FILE
+    model.items_ = pd.read_parquet(items) if items.exists() else None
+    model.fingerprint_ = meta["fingerprint"]
+    model.metrics_ = meta.get("metrics", {})
+    model.history_ = meta.get("history", [])
+    model._restore(uextra, iextra, meta.get("state", {}))
+    if dataset is not None:
+        model.check_dataset(dataset)
+    return model

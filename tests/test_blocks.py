@@ -1,0 +1,64 @@
+"""Row blocks: the one-time shuffle of ratings into CSR blocks on workers."""
+
+from __future__ import annotations
+
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from mfdask.engine.blocks import (
+    DuplicateRatingError,
+    n_local_rows,
+    persist_partitions,
+    place_row_blocks,
+)
+
+
+def _frame(n_users=23, n_items=17, density=0.3, seed=0):
+    rng = np.random.default_rng(seed)
+    dense = rng.random((n_users, n_items)) < density
+    u, i = np.nonzero(dense)
+    r = rng.integers(1, 6, len(u)).astype("float32")
+    perm = rng.permutation(len(u))
+    return pd.DataFrame(
+        {
+            "user_idx": u[perm].astype("int32"),
+            "item_idx": i[perm].astype("int32"),
+            "rating": r[perm],
+        }
+    ), sp.csr_matrix((r, (u, i)), shape=(n_users, n_items))
+
+
+@pytest.mark.parametrize("n_blocks", [1, 3, 4])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_blocks_reassemble_the_matrix(client, n_blocks, transpose):
+    frame, matrix = _frame()
+    if transpose:
+        matrix = matrix.T.tocsr()
+    parts = persist_partitions(client, dd.from_pandas(frame, npartitions=5))
+    blocks = client.gather(
+        place_row_blocks(client, parts, n_blocks, matrix.shape[0], matrix.shape[1], transpose)
+    )
+    rebuilt = np.zeros(matrix.shape, dtype=np.float32)
+    for b in blocks:
+        assert b.n_local_rows == n_local_rows(matrix.shape[0], n_blocks, b.block)
+        for local in range(b.n_local_rows):
+            cols = b.indices[b.indptr[local] : b.indptr[local + 1]]
+            assert np.all(np.diff(cols) > 0), "columns sorted within each row"
+            rebuilt[b.global_rows[local], cols] = b.data[b.indptr[local] : b.indptr[local + 1]]
+    np.testing.assert_array_equal(rebuilt, matrix.toarray())
+
+
+def test_duplicate_pair_is_named(client):
+    frame = pd.DataFrame(
+        {
+            "user_idx": np.int32([0, 1, 0]),
+            "item_idx": np.int32([2, 2, 2]),
+            "rating": np.float32([1, 2, 3]),
+        }
+    )
+    parts = persist_partitions(client, dd.from_pandas(frame, npartitions=2))
+    with pytest.raises(DuplicateRatingError, match="user index 0, item index 2"):
+        place_row_blocks(client, parts, 2, 2, 3)
