@@ -62,3 +62,13 @@ def test_duplicate_pair_is_named(client):
     parts = persist_partitions(client, dd.from_pandas(frame, npartitions=2))
     with pytest.raises(DuplicateRatingError, match="user index 0, item index 2"):
         place_row_blocks(client, parts, 2, 2, 3)
+
+
+def test_assemble_seen_matches_input(client):
+    from mfdask.engine.blocks import assemble_seen
+
+    frame, matrix = _frame(seed=3)
+    parts = persist_partitions(client, dd.from_pandas(frame, npartitions=4))
+    blocks = place_row_blocks(client, parts, 3, *matrix.shape)
+    seen = assemble_seen(client, blocks, *matrix.shape)
+    np.testing.assert_array_equal(seen.toarray(), matrix.toarray() > 0)

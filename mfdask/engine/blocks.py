@@ -212,3 +212,33 @@ def block_workers(client: Client, blocks: list[Future]) -> list[str]:
     """The worker each block future currently lives on (for pinning follow-up tasks)."""
     where = client.who_has(blocks)
     return [sorted(where[f.key])[0] if where.get(f.key) else None for f in blocks]
+
+
+def _block_pattern(block: RowBlock) -> tuple[int, int, np.ndarray, np.ndarray]:
+    return block.block, block.n_blocks, block.indptr, block.indices
+
+
+def assemble_seen(client: Client, blocks: list[Future], n_rows: int, n_cols: int):
+    """The sparsity pattern of all row blocks as one ``(n_rows, n_cols)`` boolean CSR.
+
+    Only indices travel (4 bytes per rating, no values): this is the model's record of
+    what each user has seen, used to filter recommendations, as ``implicit`` keeps its
+    ``user_items``.
+    """
+    import scipy.sparse as sp
+
+    patterns = client.gather([client.submit(_block_pattern, b, pure=False) for b in blocks])
+    counts = np.zeros(n_rows, dtype=np.int64)
+    for block, n_blocks, indptr, _ in patterns:
+        counts[block::n_blocks] = np.diff(indptr)
+    indptr = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    indices = np.empty(indptr[-1], dtype=np.int32)
+    for block, n_blocks, bptr, bidx in patterns:
+        rows = np.arange(block, n_rows, n_blocks)
+        # Scatter each local row's slice to its global position without a per-row loop.
+        lengths = np.diff(bptr)
+        starts = np.repeat(indptr[rows] - bptr[:-1], lengths)
+        indices[starts + np.arange(len(bidx))] = bidx
+    data = np.ones(len(indices), dtype=bool)
+    return sp.csr_matrix((data, indices, indptr), shape=(n_rows, n_cols))
