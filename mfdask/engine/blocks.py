@@ -27,10 +27,10 @@ from dataclasses import dataclass
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
-from distributed import Client, Future, wait
+from distributed import Client, Future
 
 from mfdask.data import schema
-from mfdask.engine.cluster import worker_addresses
+from mfdask.engine.cluster import wait_for, worker_addresses
 
 
 class DuplicateRatingError(ValueError):
@@ -156,7 +156,7 @@ def build_row_block(
 def persist_partitions(client: Client, ratings: dd.DataFrame) -> list[Future]:
     """Materialise the input partitions on the workers (never on the client)."""
     futures = client.compute(ratings.to_delayed(), optimize_graph=True)
-    wait(futures)
+    wait_for(client, futures)
     return futures
 
 
@@ -200,7 +200,7 @@ def place_row_blocks(
         )
         for b in range(n_blocks)
     ]
-    wait(blocks)
+    wait_for(client, blocks)
     for f in blocks:
         if f.status == "error":
             f.result()  # re-raise the worker's exception with its message

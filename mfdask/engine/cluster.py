@@ -114,3 +114,11 @@ def worker_addresses(client: Client) -> list[str]:
     if not workers:
         raise ClusterError("the Dask cluster has no workers: start at least one `dask worker`")
     return workers
+
+
+def wait_for(client: Client, futures: list) -> None:
+    """Block until ``futures`` finish, on ``client`` even when it is not the default client."""
+    from distributed import wait
+
+    with client.as_current():
+        wait(futures)
