@@ -1,0 +1,48 @@
+"""Run every benchmark (``python -m benchmarks``), or those named (``python -m benchmarks als``).
+
+Each ``benchmarks/bench_NAME.py`` has a ``main()`` that prints its side-by-side table and
+writes ``bench-out/NAME.json``. Real-data benchmarks need ``MFDASK_DATA``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+import time
+import traceback
+
+import benchmarks
+
+
+def main(argv: list[str]) -> int:
+    names = sorted(
+        m.name[len("bench_"):]
+        for m in pkgutil.iter_modules(benchmarks.__path__)
+        if m.name.startswith("bench_")
+    )
+    wanted = argv or names
+    unknown = sorted(set(wanted) - set(names))
+    if unknown:
+        print(f"unknown benchmark(s) {unknown}; available: {names}", file=sys.stderr)
+        return 2
+    failed = []
+    for name in wanted:
+        print(f"\n=== {name} ===", flush=True)
+        start = time.perf_counter()
+        try:
+            importlib.import_module(f"benchmarks.bench_{name}").main()
+        except SystemExit as exc:
+            if exc.code not in (None, 0):
+                print(exc.code)
+        except Exception:
+            traceback.print_exc()
+            failed.append(name)
+        print(f"--- {name}: {time.perf_counter() - start:.1f} s", flush=True)
+    if failed:
+        print(f"failed: {failed}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
