@@ -17,7 +17,7 @@ import benchmarks
 
 def main(argv: list[str]) -> int:
     names = sorted(
-        m.name[len("bench_"):]
+        m.name[len("bench_") :]
         for m in pkgutil.iter_modules(benchmarks.__path__)
         if m.name.startswith("bench_")
     )

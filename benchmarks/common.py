@@ -95,9 +95,9 @@ def print_table(rows: Sequence[dict[str, Any]], title: str = "") -> str:
     cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     lines = [title] if title else []
-    lines.append("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    lines.append("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
     lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
     text = "\n".join(lines)
     print(text, flush=True)
     return text
@@ -113,7 +113,6 @@ def write_results(name: str, payload: dict[str, Any]) -> Path:
     """Write ``bench-out/NAME.json`` (with the machine's CPU count and the time)."""
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"{name}.json"
-    payload = {"benchmark": name, "cpus": os.cpu_count(), "when": time.strftime("%F %T"),
-               **payload}
+    payload = {"benchmark": name, "cpus": os.cpu_count(), "when": time.strftime("%F %T"), **payload}
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return path
