@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,6 +232,7 @@ def write_dataset(
     n_user_blocks: int = DEFAULT_USER_BLOCKS,
     manifest_extra: dict[str, Any] | None = None,
     overwrite: bool = False,
+    before_commit: Callable[[Path, dict[str, Any]], None] | None = None,
 ) -> Dataset:
     """Write a canonical dataset atomically and return it opened.
 
@@ -248,6 +249,11 @@ def write_dataset(
         Hive partitions ``ratings/user_block=k``.
     manifest_extra : dict
         Extra manifest fields (sources and their checksums, split parameters, ...).
+    before_commit : callable, optional
+        Called as ``before_commit(tmp_dir, manifest)`` once everything is written to the
+        temporary directory and before it is renamed into place: it may add files (a
+        quarantine, say) and manifest fields, or raise to abandon the whole write (an
+        accounting check that fails, for instance), leaving ``dest`` untouched.
     """
     missing = [c for c in schema.RATING_DTYPES if c not in ratings.columns]
     if missing:
@@ -280,5 +286,7 @@ def write_dataset(
             **summary,
             **(manifest_extra or {}),
         }
+        if before_commit is not None:
+            before_commit(tmp, manifest)
         write_json_atomic(tmp / schema.MANIFEST_FILE, manifest)
     return open_dataset(dest)
