@@ -340,6 +340,60 @@ class FactorModel:
             idx, self._user_embeddings(), self.user_ids_, n, schema.USER_ID, "similar_user_id"
         )
 
+    def recommend_all(
+        self,
+        n: int = 10,
+        path: str | os.PathLike[str] = "recommendations",
+        *,
+        seen: Dataset | str | os.PathLike[str] | None = None,
+        users: Sequence[Any] | None = None,
+        overwrite: bool = False,
+        filter_seen: bool = True,
+        **options: Any,
+    ) -> Any:
+        """Top-``n`` items for every user, computed on the workers, written as Parquet.
+
+        The batch twin of :meth:`recommend` (same scores, same seen-item filter): see
+        :func:`mfdask.engine.topk.recommend_all` for the layout and the options
+        (``n_blocks``, ``chunk_cells``). Uses the default Dask client, or starts a
+        ``LocalCluster`` for the call.
+
+        Returns
+        -------
+        mfdask.engine.topk.TopKOutput
+            Path, rows written, blocks and wall time.
+        """
+        from mfdask.engine import topk
+
+        return topk.recommend_all(
+            self,
+            n,
+            path,
+            seen=seen,
+            users=users,
+            overwrite=overwrite,
+            filter_seen=filter_seen,
+            **options,
+        )
+
+    def similar_items_all(
+        self,
+        n: int = 10,
+        path: str | os.PathLike[str] = "similar_items",
+        *,
+        items: Sequence[Any] | None = None,
+        overwrite: bool = False,
+        **options: Any,
+    ) -> Any:
+        """The ``n`` most similar items to every item, computed on the workers, as Parquet.
+
+        The batch twin of :meth:`similar_items`; see
+        :func:`mfdask.engine.topk.similar_items_all`.
+        """
+        from mfdask.engine import topk
+
+        return topk.similar_items_all(self, n, path, items=items, overwrite=overwrite, **options)
+
     @staticmethod
     def _similar(
         query: np.ndarray, vectors: np.ndarray, ids: pd.Index, n: int, id_name: str, other_name: str

@@ -1,0 +1,616 @@
+"""Top-k for every user (or item) at scale: score blocks on workers, write Parquet.
+
+:meth:`FactorModel.recommend <mfdask.models.base.FactorModel.recommend>` scores a handful
+of users on the client. A batch job wants the top ``n`` for *every* user, which for a
+large catalogue is far more work and far more output than a client should hold, so here
+the work is cut into user blocks and each block is scored, filtered and written by a
+worker:
+
+1. The client scatters the candidate vectors (item factors, plus bias columns for SVD)
+   once, broadcast to every worker, and each block's user vectors to the worker that will
+   score that block. Nothing else about the model moves.
+2. Users are blocked by residue, as everywhere in the engine (:mod:`mfdask.engine.blocks`):
+   block ``b`` of ``R`` holds global rows ``g`` with ``g % R == b``. A canonical dataset is
+   hive-partitioned by ``user_idx % D`` (``D`` = its ``n_user_blocks``); with ``R`` a
+   multiple of ``D`` every user of block ``b`` lives in the single partition ``b % D``,
+   so when the seen items come from a dataset the worker reads just that partition,
+   batch by batch, and keeps the rows of its own users.
+3. On the worker, the block is scored in chunks of rows whose score matrix holds at most
+   ``chunk_cells`` cells (:func:`mfdask.recommend.chunk_rows`), seen items are masked and
+   the ``n`` best kept with :func:`mfdask.recommend.top_k_of_scores` - the same routine
+   ``recommend`` uses, so the batch and the single-user answers agree. A worker's memory is
+   one chunk's scores plus one block's results, whatever the number of users.
+4. Each block is written by its worker as ``<key>_block=b/part-0.parquet`` inside a
+   temporary directory that the client renames into place once every block succeeded,
+   with a ``_manifest.json`` of row counts (the leading underscore keeps it out of what
+   pyarrow, pandas, Dask and DuckDB read as data).
+
+The output path must therefore be on storage that the workers see under the same name
+(a local disk for a ``LocalCluster``, a shared file system for a real cluster), as for a
+Spark job writing to HDFS.
+
+Outputs:
+
+- ``recommendations``: ``user_id, rank:int32 (1..n), item_id, score:float32``, original ids;
+  fewer than ``n`` rows for a user only when fewer unseen items exist.
+- ``similar_items``: ``item_id, rank, similar_item_id, score`` (cosine of item factors,
+  the item itself excluded).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+from distributed import get_worker
+
+from mfdask.data import schema
+from mfdask.data.dataset import Dataset, atomic_directory, open_dataset, write_json_atomic
+from mfdask.engine.cluster import session, wait_for, worker_addresses
+from mfdask.recommend import DEFAULT_CHUNK_CELLS, chunk_rows, top_k_of_scores
+
+if TYPE_CHECKING:
+    from mfdask.models.base import FactorModel
+
+MANIFEST = "_manifest.json"
+"""Row counts and parameters of a top-k output (ignored by Parquet readers: leading ``_``)."""
+
+BLOCK_ROWS = 65_536
+"""Target rows (users or items) per output block: bounds a worker's result buffer."""
+
+ROW_GROUP_ROWS = 1_000_000
+"""Rows buffered on a worker before they are flushed as one Parquet row group."""
+
+OUTPUT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TopKOutput:
+    """What :func:`recommend_all` / :func:`similar_items_all` wrote.
+
+    Attributes
+    ----------
+    path : Path
+        The output directory (Parquet files partitioned by block, plus ``_manifest.json``).
+    rows : int
+        Rows written in total.
+    n_blocks : int
+        Output partitions (one Parquet file each).
+    seconds : float
+        Wall time from scattering the factors to the rename of the output.
+    manifest : dict
+        The parsed ``_manifest.json``.
+    """
+
+    path: Path
+    rows: int
+    n_blocks: int
+    seconds: float
+    manifest: dict[str, Any] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class _DatasetSeen:
+    """Where a worker reads a block's seen items: a dataset's ratings directory."""
+
+    ratings_path: str
+    n_user_blocks: int | None
+
+
+@dataclass(frozen=True)
+class _BlockJob:
+    """Everything about one output block that is not a large array (cheap to ship)."""
+
+    block: int
+    n_blocks: int
+    n: int
+    chunk_cells: int
+    out_dir: str
+    key: str
+    query_column: str
+    result_column: str
+    query_type: pa.DataType
+    result_type: pa.DataType
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+def _seen_from_dataset(src: _DatasetSeen, job: _BlockJob, rows: np.ndarray, n_cols: int):
+    """``(len(rows), n_cols)`` CSR of the items ``rows`` (global, ascending) rated in ``src``.
+
+    Reads only the hive partition that holds the block's users when the block count is a
+    multiple of the dataset's, every partition otherwise; always batch by batch, keeping
+    only the block's rows, so memory is bounded by the block, not the dataset.
+    """
+    root = Path(src.ratings_path)
+    d = src.n_user_blocks
+    if d and job.n_blocks % d == 0:
+        files = sorted((root / f"{schema.USER_BLOCK}={job.block % d}").glob("*.parquet"))
+    else:
+        files = sorted(root.rglob("*.parquet"))
+    found_r: list[np.ndarray] = []
+    found_c: list[np.ndarray] = []
+    for f in files:
+        parquet = pq.ParquetFile(f)
+        for batch in parquet.iter_batches(
+            batch_size=ROW_GROUP_ROWS, columns=[schema.USER_IDX, schema.ITEM_IDX]
+        ):
+            u = batch.column(0).to_numpy().astype(np.int64, copy=False)
+            i = batch.column(1).to_numpy().astype(np.int64, copy=False)
+            mine = u % job.n_blocks == job.block
+            u, i = u[mine], i[mine]
+            pos = np.searchsorted(rows, u)
+            pos_ok = np.minimum(pos, max(len(rows) - 1, 0))
+            hit = (pos < len(rows)) & (rows[pos_ok] == u) if len(rows) else np.zeros(0, bool)
+            if np.any(i[hit] >= n_cols) or np.any(i[hit] < 0):
+                raise IndexError(
+                    f"{f} has item_idx outside 0..{n_cols - 1}: the dataset's id maps are "
+                    "not the model's"
+                )
+            found_r.append(pos[hit])
+            found_c.append(i[hit])
+    r = np.concatenate(found_r) if found_r else np.empty(0, np.int64)
+    c = np.concatenate(found_c) if found_c else np.empty(0, np.int64)
+    seen = sp.csr_matrix(
+        (np.ones(len(r), dtype=np.int8), (r, c)), shape=(len(rows), n_cols), dtype=np.int8
+    )
+    seen.sum_duplicates()
+    return seen
+
+
+def _flush(writer: pq.ParquetWriter, job: _BlockJob, buf: list[tuple]) -> None:
+    q = np.concatenate([b[0] for b in buf])
+    rank = np.concatenate([b[1] for b in buf])
+    r = np.concatenate([b[2] for b in buf])
+    s = np.concatenate([b[3] for b in buf])
+    table = pa.table(
+        {
+            job.query_column: pa.array(q, type=job.query_type),
+            "rank": pa.array(rank, type=pa.int32()),
+            job.result_column: pa.array(r, type=job.result_type),
+            "score": pa.array(s, type=pa.float32()),
+        }
+    )
+    writer.write_table(table)
+    buf.clear()
+
+
+def _score_block(
+    job: _BlockJob,
+    rows: np.ndarray,
+    query_vectors: np.ndarray | None,
+    candidates: np.ndarray,
+    query_ids: np.ndarray,
+    candidate_ids: np.ndarray,
+    exclude: Any,
+) -> int:
+    """Score one block of rows against every candidate, keep the top ``n``, write Parquet.
+
+    Runs on a worker. ``rows`` are the block's global row indices (ascending);
+    ``query_vectors`` their vectors, or None to take them from ``candidates`` (similar
+    items: queries and candidates are the same unit vectors); ``exclude`` is a CSR over
+    the block's rows, a :class:`_DatasetSeen` to read one, ``"self"`` to drop each row's
+    own index, or None. Returns the number of rows written.
+    """
+    out_dir = Path(job.out_dir)
+    if not out_dir.is_dir():
+        try:
+            where = get_worker().address
+        except ValueError:
+            where = "this process"
+        raise FileNotFoundError(
+            f"output directory {out_dir} is not visible on worker {where}: top-k files are "
+            "written by the workers, so the output must be on storage they share with the "
+            "client (a shared file system for a remote cluster)"
+        )
+    n_cols = candidates.shape[0]
+    if isinstance(exclude, _DatasetSeen):
+        exclude = _seen_from_dataset(exclude, job, rows, n_cols)
+    k = min(job.n, n_cols)
+    part_dir = out_dir / f"{job.key}_block={job.block}"
+    part_dir.mkdir()
+    schema_ = pa.schema(
+        [
+            pa.field(job.query_column, job.query_type),
+            pa.field("rank", pa.int32()),
+            pa.field(job.result_column, job.result_type),
+            pa.field("score", pa.float32()),
+        ]
+    )
+    step = chunk_rows(n_cols, job.chunk_cells)
+    ranks = np.arange(1, k + 1, dtype=np.int32)
+    written = 0
+    buffered = 0
+    buf: list[tuple] = []
+    with pq.ParquetWriter(part_dir / "part-0.parquet", schema_) as writer:
+        for start in range(0, len(rows), step):
+            stop = min(start + step, len(rows))
+            chunk = rows[start:stop]
+            q = query_vectors[start:stop] if query_vectors is not None else candidates[chunk]
+            scores = np.asarray(q @ candidates.T, dtype=np.float32)
+            if isinstance(exclude, str):  # "self": drop the query row's own column
+                mask = sp.csr_matrix(
+                    (np.ones(len(chunk), np.int8), (np.arange(len(chunk)), chunk)),
+                    shape=scores.shape,
+                )
+            elif exclude is not None:
+                mask = exclude[start:stop]
+            else:
+                mask = None
+            idx, val = top_k_of_scores(scores, job.n, mask)
+            keep = idx >= 0
+            per_row = keep.sum(axis=1)
+            # Survivors are a prefix of each row (best first), so ranks are 1..per_row.
+            buf.append(
+                (
+                    np.repeat(query_ids[start:stop], per_row),
+                    np.broadcast_to(ranks, idx.shape)[keep],
+                    candidate_ids[idx[keep]],
+                    val[keep],
+                )
+            )
+            buffered += int(per_row.sum())
+            if buffered >= ROW_GROUP_ROWS:
+                _flush(writer, job, buf)
+                written += buffered
+                buffered = 0
+        if buf:
+            _flush(writer, job, buf)
+            written += buffered
+    return written
+
+
+# --------------------------------------------------------------------------- client side
+
+
+def _output_error(path: Path, what: str, exc: OSError) -> PermissionError:
+    return PermissionError(
+        f"cannot write {what} to {path}: {exc.strerror or exc}; choose a writable --output"
+    )
+
+
+def _check_writable(path: Path, what: str) -> None:
+    """Fail before any work when ``path`` cannot be created (parent a file, read-only...)."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise PermissionError(
+            f"cannot write {what} to {path}: {parent} is a file, not a directory; "
+            "choose a writable --output"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"cannot write {what} to {path}: {parent} is not writable; choose a writable --output"
+        )
+
+
+def _n_blocks(n_rows: int, n_workers: int, multiple_of: int, requested: int | None) -> int:
+    if requested is not None:
+        if isinstance(requested, bool) or int(requested) != requested or requested < 1:
+            raise ValueError(f"n_blocks must be a positive integer, got {requested!r}")
+        return int(requested)
+    wanted = max(n_workers, math.ceil(n_rows / BLOCK_ROWS), 1)
+    return multiple_of * math.ceil(wanted / multiple_of)
+
+
+def _arrow_type(ids: pd.Index) -> pa.DataType:
+    return pa.array(ids.to_numpy()[:1] if len(ids) else ids.to_numpy()).type
+
+
+def _run_blocks(
+    model: FactorModel,
+    *,
+    path: Path,
+    what: str,
+    key: str,
+    query_column: str,
+    result_column: str,
+    rows: np.ndarray,
+    query_ids: np.ndarray,
+    query_vectors: np.ndarray | None,
+    candidates: np.ndarray,
+    candidate_ids: pd.Index,
+    query_type: pa.DataType,
+    exclude_for: Any,
+    n: int,
+    n_blocks: int | None,
+    block_multiple: int,
+    chunk_cells: int,
+    overwrite: bool,
+    manifest_extra: dict[str, Any],
+) -> TopKOutput:
+    """Shared driver of :func:`recommend_all` and :func:`similar_items_all`."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    if isinstance(chunk_cells, bool) or int(chunk_cells) < 1:
+        raise ValueError(f"chunk_cells must be a positive integer, got {chunk_cells!r}")
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(
+            f"{path} already exists: choose another destination or pass --overwrite"
+        )
+    _check_writable(path, what)
+    started = time.perf_counter()
+    with session() as client:
+        workers = worker_addresses(client)
+        r = _n_blocks(len(rows), len(workers), block_multiple, n_blocks)
+        candidates = np.ascontiguousarray(candidates, dtype=np.float32)
+        cand_ids = candidate_ids.to_numpy()
+        # Broadcast once: every block on every worker scores against all candidates.
+        cand_f, cand_ids_f = client.scatter([candidates, cand_ids], broadcast=True, hash=False)
+        try:
+            with atomic_directory(path, overwrite=overwrite) as tmp:
+                futures = []
+                for b in range(r):
+                    sel = np.flatnonzero(rows % r == b)
+                    block_rows = rows[sel]
+                    job = _BlockJob(
+                        block=b,
+                        n_blocks=r,
+                        n=int(n),
+                        chunk_cells=int(chunk_cells),
+                        out_dir=str(tmp),
+                        key=key,
+                        query_column=query_column,
+                        result_column=result_column,
+                        query_type=query_type,
+                        result_type=_arrow_type(candidate_ids),
+                    )
+                    target = workers[b % len(workers)]
+                    payload = [block_rows, query_ids[sel]]
+                    if query_vectors is not None:
+                        payload.append(np.ascontiguousarray(query_vectors[block_rows]))
+                    ex = exclude_for(block_rows)
+                    if sp.issparse(ex):
+                        payload.append(ex)
+                    scattered = client.scatter(payload, workers=[target], hash=False)
+                    rows_f, ids_f = scattered[0], scattered[1]
+                    qv_f = scattered[2] if query_vectors is not None else None
+                    ex_f = scattered[-1] if sp.issparse(ex) else ex
+                    futures.append(
+                        client.submit(
+                            _score_block,
+                            job,
+                            rows_f,
+                            qv_f,
+                            cand_f,
+                            ids_f,
+                            cand_ids_f,
+                            ex_f,
+                            workers=[target],
+                            allow_other_workers=True,
+                            pure=False,
+                        )
+                    )
+                wait_for(client, futures)
+                counts = [int(c) for c in client.gather(futures)]
+                seconds = time.perf_counter() - started
+                manifest = {
+                    "output_version": OUTPUT_VERSION,
+                    "kind": what,
+                    "columns": [query_column, "rank", result_column, "score"],
+                    "partitioning": f"{key}_block = dense {key} index % n_blocks",
+                    "n": int(n),
+                    "rows": int(sum(counts)),
+                    "n_blocks": r,
+                    "rows_per_block": counts,
+                    "queries": len(rows),
+                    "candidates": len(cand_ids),
+                    "model": type(model).__name__,
+                    "model_params": model.get_params(),
+                    "fingerprint": getattr(model, "fingerprint_", None),
+                    "seconds": round(seconds, 3),
+                    **manifest_extra,
+                }
+                write_json_atomic(tmp / MANIFEST, manifest)
+        except PermissionError as exc:
+            raise _output_error(path, what, exc) from exc
+        finally:
+            client.cancel([cand_f, cand_ids_f])
+    seconds = time.perf_counter() - started
+    return TopKOutput(
+        path=path, rows=manifest["rows"], n_blocks=r, seconds=seconds, manifest=manifest
+    )
+
+
+def recommend_all(
+    model: FactorModel,
+    n: int,
+    path: str | os.PathLike[str],
+    *,
+    seen: Dataset | str | os.PathLike[str] | None = None,
+    users: Any = None,
+    overwrite: bool = False,
+    filter_seen: bool = True,
+    n_blocks: int | None = None,
+    chunk_cells: int = DEFAULT_CHUNK_CELLS,
+) -> TopKOutput:
+    """Top-``n`` items for every user, scored on the workers, written as Parquet.
+
+    Parameters
+    ----------
+    model : FactorModel
+        A fitted (or loaded) model; its ``_score_vectors()`` give the scores, so biases
+        (SVD) count exactly as in :meth:`~mfdask.models.base.FactorModel.recommend`.
+    n : int
+        Items per user.
+    path : path
+        Output directory; must not exist unless ``overwrite``. Must be visible to the
+        workers under the same name (see the module docstring).
+    seen : Dataset or path, optional
+        A canonical dataset (usually the training split) whose items are filtered out for
+        each user; its id maps must be the model's. Workers read it partition by
+        partition. Default: the model's own ``seen_items_``.
+    users : sequence of original user ids, optional
+        Recommend for these users only (default: every user the model knows).
+    overwrite : bool
+        Replace an existing ``path`` (only once the new output is complete).
+    filter_seen : bool
+        False keeps already-seen items (and ignores ``seen``).
+    n_blocks : int, optional
+        Output partitions; default: a multiple of the dataset's ``n_user_blocks`` with at
+        most :data:`BLOCK_ROWS` users each and at least one block per worker.
+    chunk_cells : int
+        Score-matrix cells per chunk on a worker (memory: about 16 bytes per cell at peak).
+
+    Returns
+    -------
+    TopKOutput
+
+    Raises
+    ------
+    FileExistsError
+        ``path`` exists and ``overwrite`` is false.
+    PermissionError
+        ``path`` cannot be created.
+    ModelMismatchError
+        ``seen`` is a dataset with other id maps than the model's.
+    """
+    model._check_fitted()
+    if users is None:
+        rows = np.arange(model.n_users, dtype=np.int64)
+    else:
+        rows = np.unique(model.user_index(users))
+    uvec, ivec = model._score_vectors()
+    block_multiple = 1
+    source = None
+    exclude_for: Any
+    if not filter_seen:
+        exclude_for = _none
+    elif seen is not None:
+        ds = seen if isinstance(seen, Dataset) else open_dataset(seen)
+        model.check_dataset(ds)
+        d = ds.manifest.get("n_user_blocks")
+        d = int(d) if d else None
+        block_multiple = d or 1
+        src = _DatasetSeen(str(ds.ratings_path.resolve()), d)
+        exclude_for = _Const(src)
+        source = str(ds.path)
+    elif getattr(model, "seen_items_", None) is not None:
+        seen_csr = model.seen_items_.tocsr()
+        exclude_for = _RowsOf(seen_csr)
+        source = "model.seen_items_"
+    else:
+        exclude_for = _none
+    return _run_blocks(
+        model,
+        path=Path(path),
+        what="recommendations",
+        key="user",
+        query_column=schema.USER_ID,
+        result_column=schema.ITEM_ID,
+        rows=rows,
+        query_ids=model.user_ids_.to_numpy()[rows],
+        query_vectors=np.asarray(uvec, dtype=np.float32),
+        candidates=ivec,
+        candidate_ids=model.item_ids_,
+        query_type=_arrow_type(model.user_ids_),
+        exclude_for=exclude_for,
+        n=n,
+        n_blocks=n_blocks,
+        block_multiple=block_multiple,
+        chunk_cells=chunk_cells,
+        overwrite=overwrite,
+        manifest_extra={"filter_seen": bool(filter_seen), "seen_source": source},
+    )
+
+
+def similar_items_all(
+    model: FactorModel,
+    n: int,
+    path: str | os.PathLike[str],
+    *,
+    items: Any = None,
+    overwrite: bool = False,
+    n_blocks: int | None = None,
+    chunk_cells: int = DEFAULT_CHUNK_CELLS,
+) -> TopKOutput:
+    """The ``n`` most similar items to every item (cosine of item factors) as Parquet.
+
+    The same scores as :meth:`~mfdask.models.base.FactorModel.similar_items`: item
+    embeddings are normalised to unit length once on the client and broadcast; each
+    worker scores a block of items against all of them and drops the item itself.
+
+    Parameters
+    ----------
+    model : FactorModel
+        A fitted or loaded model.
+    n : int
+        Similar items per item.
+    path : path
+        Output directory (see :func:`recommend_all`).
+    items : sequence of original item ids, optional
+        Query items (default: all); candidates are always every item.
+    overwrite, n_blocks, chunk_cells
+        As for :func:`recommend_all`.
+    """
+    model._check_fitted()
+    if items is None:
+        rows = np.arange(model.n_items, dtype=np.int64)
+    else:
+        rows = np.unique(model.item_index(items))
+    vectors = np.asarray(model._item_embeddings(), dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1)
+    unit = (vectors / np.where(norms > 0, norms, 1.0)[:, None]).astype(np.float32)
+    return _run_blocks(
+        model,
+        path=Path(path),
+        what="similar items",
+        key="item",
+        query_column=schema.ITEM_ID,
+        result_column="similar_item_id",
+        rows=rows,
+        query_ids=model.item_ids_.to_numpy()[rows],
+        query_vectors=None,
+        candidates=unit,
+        candidate_ids=model.item_ids_,
+        query_type=_arrow_type(model.item_ids_),
+        exclude_for=_Const("self"),
+        n=n,
+        n_blocks=n_blocks,
+        block_multiple=1,
+        chunk_cells=chunk_cells,
+        overwrite=overwrite,
+        manifest_extra={},
+    )
+
+
+def _none(rows: np.ndarray) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class _Const:
+    value: Any
+
+    def __call__(self, rows: np.ndarray) -> Any:
+        return self.value
+
+
+@dataclass(frozen=True)
+class _RowsOf:
+    matrix: sp.csr_matrix
+
+    def __call__(self, rows: np.ndarray) -> sp.csr_matrix:
+        return self.matrix[rows]
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``_manifest.json`` of a top-k output directory."""
+    import json
+
+    p = Path(path) / MANIFEST
+    if not p.is_file():
+        raise FileNotFoundError(f"{path} is not a top-k output: {MANIFEST} is missing")
+    return json.loads(p.read_text())
