@@ -1,0 +1,300 @@
+"""Implicit-feedback ALS kernels: per-row normal equations, solved exactly or by CG.
+
+The model (Hu, Koren & Volinsky 2008, "Collaborative Filtering for Implicit Feedback
+Datasets", eq. 3) minimises over user factors ``X`` and item factors ``Y``::
+
+    L = sum_{u,i} C_ui (P_ui - x_u . y_i)^2  +  sum_u lam_u |x_u|^2  +  sum_i lam_i |y_i|^2
+
+with preference ``P_ui = 1`` for an observed positive and ``0`` elsewhere, and confidence
+``C_ui = 1`` for every unobserved entry. For an observed entry with value ``r`` the
+confidence is ``C_ui = offset + alpha * r``: ``offset = 1`` is the paper's
+``1 + alpha * r``, ``offset = 0`` is implicit 0.7's ``alpha * r``. ``lam_u`` is
+``regularization`` or, with ``count_scaled``, ``regularization * n_u`` (ALS-WR, Zhou et
+al. 2008, as in Spark MLlib) where ``n_u`` is the number of observed entries of row ``u``.
+
+With ``Y`` fixed, row ``u``'s factor solves the normal equations (paper eq. 4)::
+
+    (Y^T C^u Y + lam_u I) x_u = Y^T C^u p_u
+
+and since ``C^u = I + (C^u - I)`` where ``C^u - I`` is zero off the observed entries::
+
+    Y^T C^u Y = Y^T Y + sum_{i in obs(u)} (C_ui - 1) y_i y_i^T
+    Y^T C^u p_u = sum_{i in obs(u)} C_ui y_i
+
+so the dense ``Y^T Y`` (the caller's ``gram``) is computed once per half-iteration and
+each row only touches its own observed entries: ``O(n_u k^2 + k^3)`` per row
+(Cholesky) or ``O(steps (n_u k + k^2))`` (conjugate gradient, Takács, Pilászy & Tikk
+2011, warm-started from the previous factors as the ``implicit`` library does).
+
+Every kernel works on one block of rows in CSR form (local rows ``start..stop-1``) with
+*global* column indices into ``src``, the full source factor matrix; the same kernel
+serves the user half (src = items) and the item half (src = users).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(nogil=True, cache=True)
+def solve_rows_cholesky(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    src: np.ndarray,
+    gram: np.ndarray,
+    dst: np.ndarray,
+    regularization: float,
+    count_scaled: bool,
+    alpha: float,
+    offset: float,
+    start: int,
+    stop: int,
+) -> int:
+    """Solve rows ``start..stop-1`` exactly: build ``A`` and ``b``, Cholesky, two sweeps.
+
+    Parameters
+    ----------
+    indptr : (n_local + 1,) int64
+    indices : (nnz,) int32
+        Global source-row indices, one per observed entry.
+    data : (nnz,) float32
+        The observed value ``r`` (1 for a binary positive, or the rating).
+    src : (n_src, k) float32
+        Source factors (``Y`` for the user half).
+    gram : (k, k) float64
+        ``src^T src``.
+    dst : (n_local, k) float32
+        Output, overwritten for the rows solved. A row without observed entries gets 0:
+        its right-hand side is zero, so 0 is the solution (and, with ``count_scaled``,
+        the only safe choice since ``A = Y^T Y`` may be singular).
+    regularization, count_scaled, alpha, offset
+        See the module docstring.
+    """
+    k = src.shape[1]
+    a = np.empty((k, k), dtype=np.float64)
+    b = np.empty(k, dtype=np.float64)
+    y = np.empty(k, dtype=np.float64)
+    for row in range(start, stop):
+        lo = indptr[row]
+        hi = indptr[row + 1]
+        if hi == lo:
+            dst[row, :] = 0.0
+            continue
+        lam = regularization * (hi - lo) if count_scaled else regularization
+        # A = Y^T Y + lam I, lower triangle only (A is symmetric).
+        for p in range(k):
+            for q in range(p + 1):
+                a[p, q] = gram[p, q]
+            a[p, p] += lam
+            b[p] = 0.0
+        # A += sum (C_ui - 1) y_i y_i^T and b += C_ui y_i over the observed entries.
+        for j in range(lo, hi):
+            c = offset + alpha * data[j]
+            cm1 = c - 1.0
+            srow = indices[j]
+            for p in range(k):
+                y[p] = src[srow, p]
+            for p in range(k):
+                w = cm1 * y[p]
+                b[p] += c * y[p]
+                for q in range(p + 1):
+                    a[p, q] += w * y[q]
+        # In-place Cholesky A = L L^T (L in the lower triangle of a).
+        for p in range(k):
+            s = a[p, p]
+            for q in range(p):
+                s -= a[p, q] * a[p, q]
+            if s <= 0.0:
+                return row
+            d = np.sqrt(s)
+            a[p, p] = d
+            for r in range(p + 1, k):
+                t = a[r, p]
+                for q in range(p):
+                    t -= a[r, q] * a[p, q]
+                a[r, p] = t / d
+        # Forward sweep L z = b, then backward sweep L^T x = z (both in b).
+        for p in range(k):
+            t = b[p]
+            for q in range(p):
+                t -= a[p, q] * b[q]
+            b[p] = t / a[p, p]
+        for p in range(k - 1, -1, -1):
+            t = b[p]
+            for q in range(p + 1, k):
+                t -= a[q, p] * b[q]
+            b[p] = t / a[p, p]
+        for p in range(k):
+            dst[row, p] = b[p]
+    return -1
+
+
+@njit(nogil=True, cache=True)
+def solve_rows_cg(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    src: np.ndarray,
+    gram: np.ndarray,
+    dst: np.ndarray,
+    regularization: float,
+    count_scaled: bool,
+    alpha: float,
+    offset: float,
+    cg_steps: int,
+    start: int,
+    stop: int,
+) -> None:
+    """Improve rows ``start..stop-1`` of ``dst`` in place by ``cg_steps`` CG steps.
+
+    ``dst`` holds the previous factors on entry (the warm start: after the first
+    iterations they are close to the new solution, so three steps suffice, as in
+    Takács et al. 2011 and ``implicit``). ``A p`` is applied without forming ``A``::
+
+        A p = (Y^T Y) p + lam_u p + sum_{i in obs(u)} (C_ui - 1) (y_i . p) y_i
+
+    at ``O(k^2 + n_u k)`` per step. ``gram`` is ``(k, k) float32`` here; other
+    arguments are as in :func:`solve_rows_cholesky`.
+    """
+    k = src.shape[1]
+    x = np.empty(k, dtype=np.float32)
+    r = np.empty(k, dtype=np.float32)
+    p = np.empty(k, dtype=np.float32)
+    ap = np.empty(k, dtype=np.float32)
+    for row in range(start, stop):
+        lo = indptr[row]
+        hi = indptr[row + 1]
+        if hi == lo:
+            dst[row, :] = 0.0
+            continue
+        lam = np.float32(regularization * (hi - lo) if count_scaled else regularization)
+        for q in range(k):
+            x[q] = dst[row, q]
+        # Residual r = b - A x = sum C_ui y_i - (Y^T Y + lam I) x - sum (C_ui - 1)(y_i.x) y_i.
+        for q in range(k):
+            t = np.float32(0.0)
+            for s in range(k):
+                t += gram[q, s] * x[s]
+            r[q] = -t - lam * x[q]
+        for j in range(lo, hi):
+            c = np.float32(offset + alpha * data[j])
+            srow = indices[j]
+            dot = np.float32(0.0)
+            for q in range(k):
+                dot += src[srow, q] * x[q]
+            w = c - (c - np.float32(1.0)) * dot
+            for q in range(k):
+                r[q] += w * src[srow, q]
+        rs_old = np.float32(0.0)
+        for q in range(k):
+            p[q] = r[q]
+            rs_old += r[q] * r[q]
+        # CG on A x = b starting from the warm start.
+        for _ in range(cg_steps):
+            if rs_old < 1e-20:
+                break
+            for q in range(k):
+                t = np.float32(0.0)
+                for s in range(k):
+                    t += gram[q, s] * p[s]
+                ap[q] = t + lam * p[q]
+            for j in range(lo, hi):
+                cm1 = np.float32(offset + alpha * data[j] - 1.0)
+                srow = indices[j]
+                dot = np.float32(0.0)
+                for q in range(k):
+                    dot += src[srow, q] * p[q]
+                w = cm1 * dot
+                for q in range(k):
+                    ap[q] += w * src[srow, q]
+            pap = np.float32(0.0)
+            for q in range(k):
+                pap += p[q] * ap[q]
+            if pap <= 0.0:
+                break
+            step = rs_old / pap
+            rs_new = np.float32(0.0)
+            for q in range(k):
+                x[q] += step * p[q]
+                r[q] -= step * ap[q]
+                rs_new += r[q] * r[q]
+            beta = rs_new / rs_old
+            for q in range(k):
+                p[q] = r[q] + beta * p[q]
+            rs_old = rs_new
+        for q in range(k):
+            dst[row, q] = x[q]
+
+
+@njit(nogil=True, cache=True)
+def objective_rows(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    src: np.ndarray,
+    gram: np.ndarray,
+    dst: np.ndarray,
+    regularization: float,
+    count_scaled: bool,
+    alpha: float,
+    offset: float,
+) -> tuple[float, float]:
+    """This block's share of the objective, without densifying the rating matrix.
+
+    For each row ``u`` of the block (factor ``x_u = dst[u]``)::
+
+        sum_i C_ui (P_ui - s_ui)^2 = x_u^T (Y^T Y) x_u + sum_{i in obs(u)} [C_ui (1 - s_ui)^2 - s_ui^2]
+
+    with ``s_ui = x_u . y_i``: the first term is the loss if every entry were
+    unobserved (``C = 1``, ``P = 0``); the sum corrects the observed ones (the trick of
+    ``implicit``'s ``calculate_loss``).
+
+    Returns
+    -------
+    (float, float)
+        The weighted squared error over the block's rows and its rows' L2 penalty
+        ``sum_u lam_u |x_u|^2``.
+    """
+    k = src.shape[1]
+    error = 0.0
+    penalty = 0.0
+    for row in range(dst.shape[0]):
+        lo = indptr[row]
+        hi = indptr[row + 1]
+        lam = regularization * (hi - lo) if count_scaled else regularization
+        quad = 0.0
+        norm = 0.0
+        for q in range(k):
+            t = 0.0
+            for s in range(k):
+                t += gram[q, s] * dst[row, s]
+            quad += t * dst[row, q]
+            norm += dst[row, q] * dst[row, q]
+        error += quad
+        penalty += lam * norm
+        for j in range(lo, hi):
+            c = offset + alpha * data[j]
+            srow = indices[j]
+            s_ui = 0.0
+            for q in range(k):
+                s_ui += src[srow, q] * dst[row, q]
+            error += c * (1.0 - s_ui) ** 2 - s_ui * s_ui
+    return error, penalty
+
+
+@njit(nogil=True, cache=True)
+def penalty_rows(
+    indptr: np.ndarray, factors: np.ndarray, regularization: float, count_scaled: bool
+) -> float:
+    """``sum_u lam_u |x_u|^2`` over the rows of a block (the other side's L2 term)."""
+    total = 0.0
+    for row in range(factors.shape[0]):
+        n = indptr[row + 1] - indptr[row]
+        lam = regularization * n if count_scaled else regularization
+        norm = 0.0
+        for q in range(factors.shape[1]):
+            norm += factors[row, q] * factors[row, q]
+        total += lam * norm
+    return total
