@@ -191,7 +191,7 @@ def test_objective_matches_dense_computation(reg, count_scaled, alpha, offset):
 
 
 def test_kernels_compile_once_for_consistent_types():
-    csr, src = _problem()
+    _, src = _problem()
     gram = src.astype(np.float64).T @ src.astype(np.float64)
     for seed in range(3):
         c2, s2 = _problem(seed=seed)

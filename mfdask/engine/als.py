@@ -30,6 +30,7 @@ the numba kernels release the GIL, so the ranges run in parallel.
 
 from __future__ import annotations
 
+import itertools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -164,7 +165,7 @@ def row_ranges(indptr: np.ndarray, k: int, parts: int) -> list[tuple[int, int]]:
     work = indptr[1:].astype(np.float64) * k + np.arange(1, n + 1) * float(k * k)
     cuts = np.searchsorted(work, work[-1] * np.arange(1, parts) / parts)
     bounds = np.unique(np.concatenate([[0], cuts, [n]]))
-    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=False)]
+    return [(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
 
 
 def solve_block(

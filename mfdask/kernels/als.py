@@ -245,7 +245,8 @@ def objective_rows(
 
     For each row ``u`` of the block (factor ``x_u = dst[u]``)::
 
-        sum_i C_ui (P_ui - s_ui)^2 = x_u^T (Y^T Y) x_u + sum_{i in obs(u)} [C_ui (1 - s_ui)^2 - s_ui^2]
+        sum_i C_ui (P_ui - s_ui)^2
+            = x_u^T (Y^T Y) x_u + sum_{i in obs(u)} [C_ui (1 - s_ui)^2 - s_ui^2]
 
     with ``s_ui = x_u . y_i``: the first term is the loss if every entry were
     unobserved (``C = 1``, ``P = 0``); the sum corrects the observed ones (the trick of
