@@ -1,0 +1,633 @@
+"""Distributed stochastic gradient descent over stratified blocks (DSGD), loss-agnostic.
+
+The rating matrix is cut into ``B x B`` cells by residue (``B = n_blocks``, by default
+the number of workers): user ``u`` is in user block ``u % B`` at local row ``u // B``,
+item ``i`` in item block ``i % B`` at local row ``i // B``. An epoch is ``B``
+sub-epochs; a sub-epoch is a *stratum*, ``B`` cells no two of which share a user block or
+an item block, so the cells of a stratum can be trained at the same time without locks
+(Gemulla, Nijkamp, Haas & Sismanis, "Large-scale matrix factorization with distributed
+stochastic gradient descent", KDD 2011, section 4). With ``B = 3`` and the base
+schedule, sub-epoch ``s`` trains cell ``(w, (w + s) mod B)``::
+
+              item block 0  1  2
+    user block 0        s0 s1 s2
+               1        s2 s0 s1
+               2        s1 s2 s0
+
+With ``shuffle_strata`` each epoch permutes both the order of the sub-epochs and the
+item blocks (cell ``(w, pi[(w + sigma[s]) mod B])``): still ``B`` disjoint strata that
+cover every cell once (:func:`check_plan` verifies every plan before it runs).
+
+Where the data lives
+--------------------
+- Ratings move once. :meth:`DSGD.__init__` shuffles the input partitions into user row
+  blocks (:func:`mfdask.engine.blocks.place_row_blocks`), and each worker then cuts its
+  user block into a :class:`UserShard`: the block's CSR (global item indices, sorted
+  within each row) and its ``B`` :class:`Cell` s. A shard never leaves its worker.
+- User state block ``w`` stays on the worker of shard ``w``. Item state block ``j``
+  travels to whichever worker trains a cell of column ``j`` next. Tasks only depend on
+  their two inputs, so sub-epochs pipeline without a global barrier: worker ``w`` starts
+  sub-epoch ``s + 1`` as soon as it holds its next item block.
+
+The contract with a loss
+------------------------
+The engine never knows the loss. A model supplies
+
+- a *state*: two dicts of named ``float32`` arrays whose first axis is the global user
+  (resp. item) index, e.g. ``{"factors": (n_users, k), "bias": (n_users,)}``. The
+  engine splits them by residue (:meth:`DSGD.set_state`) and reassembles them
+  (:meth:`DSGD.gather_state`). A block's arrays are indexed by *local* rows.
+- a *block kernel*: a small picklable object satisfying :class:`BlockKernel`, rebuilt
+  each epoch with that epoch's hyper-parameters (the learning rate, say). Its
+  ``train(cell, shard, user, item, lo, hi, seed)`` trains on ratings ``lo:hi`` of the
+  cell, in place on the ``user`` and ``item`` block dicts, usually by calling a numba
+  kernel with the GIL released, and returns a ``float64`` vector of statistics (named by
+  ``stat_names``) that the engine sums over threads and cells. Its optional
+  ``evaluate(cell, shard, user, item)`` returns the same kind of vector without
+  updating anything (validation error, say).
+
+What a kernel can rely on inside ``train``:
+
+- ``cell.users`` / ``cell.items`` are local row indices into the user / item block
+  arrays; ``cell.values`` the ratings (float32), in CSR order (users ascending).
+- The item block holds ``cell.n_local_items`` items: local item ``l`` is global item
+  ``l * cell.n_blocks + cell.item_block``; ``cell.n_items`` is the catalogue size.
+  Negative samplers (BPR, WARP) draw local items in ``[0, cell.n_local_items)``: those
+  are exactly the items whose state this worker holds during the task.
+- ``shard.indptr`` / ``shard.indices`` is the user block's full CSR row (global item
+  indices, ascending), so ``row_contains(shard.indptr, shard.indices, u_local, global)``
+  tests whether a sampled item is a positive of the user.
+- ``seed`` is distinct per (random_state, epoch, user block, item block, thread).
+- Other threads run ``train`` concurrently on other slices of the same cell and the
+  same ``user`` / ``item`` arrays, without locks: Hogwild (Niu, Recht, Ré & Wright,
+  NIPS 2011). Races on a shared row are intentional; with sparse data they are rare
+  and SGD tolerates them. With one thread a fit is bitwise reproducible.
+
+The engine hands each task *copies* of the state blocks (a future's value is never
+mutated in place) and returns the updated blocks as new futures, so older states remain
+valid: :meth:`DSGD.snapshot` keeps an epoch's state for early stopping at no cost.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import dask.dataframe as dd
+import numpy as np
+from distributed import Client, Future, get_worker, wait
+
+from mfdask.engine.blocks import (
+    RowBlock,
+    assemble_seen,
+    block_workers,
+    n_local_rows,
+    persist_partitions,
+    place_row_blocks,
+)
+from mfdask.engine.cluster import worker_addresses
+
+State = dict[str, np.ndarray]
+"""Named float32 arrays of one block (or, on the client, of all rows)."""
+
+Plan = list[list[tuple[int, int]]]
+"""An epoch: sub-epochs, each a list of ``(user_block, item_block)`` cells."""
+
+
+class PlanError(RuntimeError):
+    """A stratum schedule would let two workers update the same rows at once."""
+
+
+# ---------------------------------------------------------------------- data on workers
+@dataclass
+class Cell:
+    """The ratings of one (user block, item block) cell, in local indices.
+
+    Attributes
+    ----------
+    user_block, item_block, n_blocks : int
+        The cell's coordinates; global user ``u = users * n_blocks + user_block`` and
+        global item ``i = items * n_blocks + item_block``.
+    users, items : (nnz,) int32
+        Local row indices into the user and item state blocks, users ascending.
+    values : (nnz,) float32
+        Ratings (or whatever value column the engine was given).
+    n_local_users, n_local_items : int
+        Rows of the user and item state blocks.
+    n_users, n_items : int
+        Global matrix shape (``n_items`` is the catalogue size).
+    """
+
+    user_block: int
+    item_block: int
+    n_blocks: int
+    users: np.ndarray
+    items: np.ndarray
+    values: np.ndarray
+    n_local_users: int
+    n_local_items: int
+    n_users: int
+    n_items: int
+
+    @property
+    def nnz(self) -> int:
+        return len(self.values)
+
+
+@dataclass
+class UserShard:
+    """A user block on its worker: its CSR rows and their cut into cells.
+
+    Attributes
+    ----------
+    block : RowBlock
+        CSR of the user block (local rows, *global* item indices sorted per row).
+    cells : list of Cell
+        ``cells[j]`` holds the block's ratings of item block ``j``.
+    """
+
+    block: RowBlock
+    cells: list[Cell] = field(default_factory=list)
+
+    @property
+    def indptr(self) -> np.ndarray:
+        return self.block.indptr
+
+    @property
+    def indices(self) -> np.ndarray:
+        return self.block.indices
+
+    @property
+    def nnz(self) -> int:
+        return self.block.nnz
+
+
+def build_shard(block: RowBlock) -> UserShard:
+    """Cut a user row block into its ``n_blocks`` cells (runs on the block's worker).
+
+    Vectorised: one stable sort of the ratings by item block keeps users ascending
+    within every cell.
+    """
+    n_blocks = block.n_blocks
+    local_users = np.repeat(
+        np.arange(block.n_local_rows, dtype=np.int32), np.diff(block.indptr)
+    ).astype(np.int32)
+    item_block = block.indices % n_blocks
+    order = np.argsort(item_block, kind="stable")
+    bounds = np.searchsorted(item_block[order], np.arange(n_blocks + 1))
+    cells = []
+    for j in range(n_blocks):
+        sel = order[bounds[j] : bounds[j + 1]]
+        cells.append(
+            Cell(
+                user_block=block.block,
+                item_block=j,
+                n_blocks=n_blocks,
+                users=np.ascontiguousarray(local_users[sel]),
+                items=np.ascontiguousarray(block.indices[sel] // n_blocks, dtype=np.int32),
+                values=np.ascontiguousarray(block.data[sel]),
+                n_local_users=block.n_local_rows,
+                n_local_items=n_local_rows(block.n_cols, n_blocks, j),
+                n_users=block.n_rows,
+                n_items=block.n_cols,
+            )
+        )
+    return UserShard(block=block, cells=cells)
+
+
+# ---------------------------------------------------------------------- the loss contract
+class BlockKernel(Protocol):
+    """What the engine needs of a loss: see "The contract with a loss" above."""
+
+    stat_names: tuple[str, ...]
+
+    def train(
+        self,
+        cell: Cell,
+        shard: UserShard,
+        user: State,
+        item: State,
+        lo: int,
+        hi: int,
+        seed: int,
+    ) -> np.ndarray:
+        """Train on ratings ``lo:hi`` of ``cell`` in place; return ``float64`` statistics."""
+        ...
+
+
+# ---------------------------------------------------------------------- the schedule
+def stratum_plan(n_blocks: int, rng: np.random.Generator | None = None) -> Plan:
+    """The ``n_blocks`` sub-epochs of one epoch.
+
+    Without ``rng``: sub-epoch ``s`` is cells ``(w, (w + s) mod B)``. With ``rng``: the
+    sub-epoch order ``sigma`` and an item-block relabelling ``pi`` are drawn, giving
+    cells ``(w, pi[(w + sigma[s]) mod B])``; a relabelling of a Latin square is still
+    one, so the strata stay disjoint and cover every cell once.
+    """
+    b = n_blocks
+    sigma = np.arange(b) if rng is None else rng.permutation(b)
+    pi = np.arange(b) if rng is None else rng.permutation(b)
+    return [[(w, int(pi[(w + int(sigma[s])) % b])) for w in range(b)] for s in range(b)]
+
+
+def check_plan(plan: Plan, n_blocks: int) -> None:
+    """Raise :class:`PlanError` unless ``plan`` is a valid DSGD epoch.
+
+    Valid: in every sub-epoch no two cells share a user block or an item block (so no
+    two workers touch the same rows), and over the epoch every cell appears once.
+    """
+    seen: set[tuple[int, int]] = set()
+    for s, stratum in enumerate(plan):
+        users = [w for w, _ in stratum]
+        items = [j for _, j in stratum]
+        if len(set(users)) != len(users) or len(set(items)) != len(items):
+            raise PlanError(
+                f"sub-epoch {s} gives two workers the same rows: cells {stratum} "
+                "share a user block or an item block"
+            )
+        for cell in stratum:
+            if not (0 <= cell[0] < n_blocks and 0 <= cell[1] < n_blocks):
+                raise PlanError(f"sub-epoch {s} has cell {cell} outside {n_blocks}x{n_blocks}")
+            if cell in seen:
+                raise PlanError(f"cell {cell} is trained twice in one epoch")
+            seen.add(cell)
+    if len(seen) != n_blocks * n_blocks:
+        raise PlanError(f"the epoch trains {len(seen)} of {n_blocks * n_blocks} cells")
+
+
+# ---------------------------------------------------------------------- tasks on workers
+def _task_threads(n_threads: int | None) -> int:
+    if n_threads:
+        return n_threads
+    try:
+        return max(1, get_worker().state.nthreads)
+    except ValueError:  # not on a worker (a synchronous call)
+        return 1
+
+
+def thread_seeds(entropy: Sequence[int], n: int) -> list[int]:
+    """``n`` independent 63-bit seeds from a SeedSequence over ``entropy``."""
+    state = np.random.SeedSequence(list(entropy)).generate_state(n, dtype=np.uint64)
+    return [int(s >> np.uint64(1)) for s in state]
+
+
+def thread_bounds(nnz: int, n_threads: int) -> list[tuple[int, int]]:
+    """Cut ``0..nnz`` into ``n_threads`` contiguous, near-equal slices."""
+    edges = np.linspace(0, nnz, n_threads + 1).astype(np.int64)
+    return [(int(edges[t]), int(edges[t + 1])) for t in range(n_threads)]
+
+
+def run_cell(
+    kernel: BlockKernel,
+    cell: Cell,
+    shard: UserShard,
+    user: State,
+    item: State,
+    entropy: Sequence[int],
+    n_threads: int,
+) -> np.ndarray:
+    """Run ``kernel.train`` Hogwild over ``cell`` with ``n_threads`` threads, in place.
+
+    Each thread takes a contiguous slice of the cell's ratings (the kernel shuffles its
+    slice); since cells are in user order, threads mostly update disjoint user rows and
+    contend only on item rows. Returns the statistics summed over threads.
+    """
+    n_threads = max(1, min(n_threads, cell.nnz // 1024 or 1))
+    seeds = thread_seeds(entropy, n_threads)
+    bounds = thread_bounds(cell.nnz, n_threads)
+    if n_threads == 1:
+        return np.asarray(kernel.train(cell, shard, user, item, 0, cell.nnz, seeds[0]), np.float64)
+    with ThreadPoolExecutor(n_threads) as pool:
+        parts = list(
+            pool.map(
+                lambda t: kernel.train(cell, shard, user, item, *bounds[t], seeds[t]),
+                range(n_threads),
+            )
+        )
+    return np.sum(np.asarray(parts, dtype=np.float64), axis=0)
+
+
+def _train_task(
+    shard: UserShard,
+    item_block: int,
+    user: State,
+    item: State,
+    kernel: BlockKernel,
+    entropy: tuple[int, ...],
+    n_threads: int | None,
+) -> tuple[State, State, np.ndarray]:
+    """One cell of one sub-epoch, on the worker of the user block."""
+    user = {name: arr.copy() for name, arr in user.items()}
+    item = {name: arr.copy() for name, arr in item.items()}
+    stats = run_cell(
+        kernel, shard.cells[item_block], shard, user, item, entropy, _task_threads(n_threads)
+    )
+    return user, item, stats
+
+
+def _evaluate_task(shard: UserShard, user: State, kernel: Any, *items: State) -> np.ndarray:
+    """``kernel.evaluate`` over every cell of a shard (read-only), summed."""
+    total = None
+    for cell, item in zip(shard.cells, items, strict=True):
+        part = np.asarray(kernel.evaluate(cell, shard, user, item), dtype=np.float64)
+        total = part if total is None else total + part
+    return total
+
+
+def _split_state(state: Mapping[str, np.ndarray], block: int, n_blocks: int) -> State:
+    return {name: np.ascontiguousarray(arr[block::n_blocks]) for name, arr in state.items()}
+
+
+def _state_sizes(state: Mapping[str, np.ndarray]) -> dict[str, tuple[tuple[int, ...], str]]:
+    return {name: (arr.shape, arr.dtype.str) for name, arr in state.items()}
+
+
+def _shard_nnz(shard: UserShard) -> int:
+    return shard.nnz
+
+
+# ---------------------------------------------------------------------- the driver
+@dataclass
+class EpochReport:
+    """What one epoch did: summed kernel statistics, its plan and its wall time."""
+
+    epoch: int
+    stats: dict[str, float]
+    seconds: float
+    plan: Plan
+
+
+class DSGD:
+    """Ratings cut into ``n_blocks x n_blocks`` cells on workers, and states trained over them.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    ratings : dask.dataframe.DataFrame
+        Columns ``user_idx:int32, item_idx:int32`` and ``value_col``; read partition by
+        partition on the workers, never on the client.
+    n_users, n_items : int
+        Matrix shape.
+    n_blocks : int, optional
+        ``B``; default the number of workers. A multiple of it runs several cells per
+        worker per sub-epoch (useful when a worker has several threads to fill).
+    n_threads : int, optional
+        Hogwild threads per cell; default the threads of the worker that runs it.
+    value_col : str
+        Column holding the values kernels see in ``cell.values``.
+
+    Notes
+    -----
+    Tasks are pinned to the worker that holds their user block (strict restrictions):
+    locality is the whole point, and it keeps a fit reproducible for a given cluster
+    shape.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        ratings: dd.DataFrame,
+        n_users: int,
+        n_items: int,
+        n_blocks: int | None = None,
+        n_threads: int | None = None,
+        value_col: str = "rating",
+    ) -> None:
+        workers = worker_addresses(client)
+        self.client = client
+        self.n_users = int(n_users)
+        self.n_items = int(n_items)
+        self.n_blocks = int(n_blocks or len(workers))
+        if self.n_blocks < 1:
+            raise ValueError(f"n_blocks must be >= 1, got {n_blocks!r}")
+        if n_threads is not None and n_threads < 1:
+            raise ValueError(f"n_threads must be >= 1, got {n_threads!r}")
+        self.n_threads = n_threads
+        self.value_col = value_col
+        parts = persist_partitions(client, ratings)
+        self._row_blocks = place_row_blocks(
+            client, parts, self.n_blocks, self.n_users, self.n_items, value_col=value_col
+        )
+        del parts
+        self._workers = block_workers(client, self._row_blocks)
+        self._shards = self._build_shards(self._row_blocks)
+        self._user: list[Future] = []
+        self._item: list[Future] = []
+        self._shapes: tuple[dict, dict] = ({}, {})
+        self.nnz = int(sum(client.gather([client.submit(_shard_nnz, s) for s in self._shards])))
+
+    # -------------------------------------------------------------- placement
+    def _build_shards(self, row_blocks: list[Future]) -> list[Future]:
+        shards = [
+            self.client.submit(build_shard, rb, workers=[w], pure=False)
+            for rb, w in zip(row_blocks, self._workers, strict=True)
+        ]
+        wait(shards)
+        for f in shards:
+            if f.status == "error":
+                f.result()
+        return shards
+
+    def place_holdout(self, ratings: dd.DataFrame) -> list[Future]:
+        """Place held-out ratings in the same cells and on the same workers, for evaluation.
+
+        Returns shard futures to pass to :meth:`evaluate`.
+        """
+        parts = persist_partitions(self.client, ratings)
+        rows = place_row_blocks(
+            self.client,
+            parts,
+            self.n_blocks,
+            self.n_users,
+            self.n_items,
+            value_col=self.value_col,
+        )
+        return self._build_shards(rows)
+
+    @property
+    def shards(self) -> list[Future]:
+        """The training shards (to evaluate a kernel over the training ratings)."""
+        return self._shards
+
+    def seen_items(self):
+        """The training pattern as a ``(n_users, n_items)`` boolean CSR (only indices move)."""
+        return assemble_seen(self.client, self._row_blocks, self.n_users, self.n_items)
+
+    # -------------------------------------------------------------- state
+    def set_state(self, user: Mapping[str, np.ndarray], item: Mapping[str, np.ndarray]) -> None:
+        """Split full ``user`` and ``item`` state arrays by residue and place the blocks.
+
+        User block ``w`` goes to the worker of shard ``w``; item block ``j`` starts on
+        the worker of shard ``j``.
+        """
+        for what, state, n in (("user", user, self.n_users), ("item", item, self.n_items)):
+            for name, arr in state.items():
+                if arr.shape[0] != n:
+                    raise ValueError(f"{what} state {name!r} has {arr.shape[0]} rows, expected {n}")
+        b = self.n_blocks
+        self._user = [
+            self.client.scatter([_split_state(user, w, b)], workers=[self._workers[w]])[0]
+            for w in range(b)
+        ]
+        self._item = [
+            self.client.scatter([_split_state(item, j, b)], workers=[self._workers[j]])[0]
+            for j in range(b)
+        ]
+        self._shapes = (_state_sizes(user), _state_sizes(item))
+
+    def gather_state(
+        self, snapshot: tuple[list[Future], list[Future]] | None = None
+    ) -> tuple[State, State]:
+        """The full user and item state dicts, pulled onto the client block by block."""
+        users, items = snapshot or (self._user, self._item)
+        return (
+            self._assemble(users, self.n_users, self._shapes[0]),
+            self._assemble(items, self.n_items, self._shapes[1]),
+        )
+
+    def _assemble(self, futures: list[Future], n_rows: int, shapes: dict) -> State:
+        out = {
+            name: np.empty((n_rows, *shape[1:]), dtype=dt) for name, (shape, dt) in shapes.items()
+        }
+        for b, fut in enumerate(futures):
+            for name, arr in fut.result().items():
+                out[name][b :: self.n_blocks] = arr
+        return out
+
+    def snapshot(self) -> tuple[list[Future], list[Future]]:
+        """Hold the current state blocks (immutable futures) to restore or gather later."""
+        return list(self._user), list(self._item)
+
+    def restore(self, snapshot: tuple[list[Future], list[Future]]) -> None:
+        """Make a :meth:`snapshot` the current state again."""
+        self._user, self._item = list(snapshot[0]), list(snapshot[1])
+
+    # -------------------------------------------------------------- training
+    def run_epoch(
+        self,
+        kernel: BlockKernel,
+        epoch: int,
+        seed: int,
+        shuffle_strata: bool = True,
+    ) -> EpochReport:
+        """Train every cell once with ``kernel``, stratum by stratum; return the statistics.
+
+        All tasks of the epoch are submitted at once and chained by their inputs (no
+        global barrier between sub-epochs); the client waits only for the statistics.
+        """
+        if not self._user:
+            raise RuntimeError("DSGD.run_epoch before set_state: place an initial state first")
+        started = time.perf_counter()
+        rng = np.random.default_rng([seed, epoch]) if shuffle_strata else None
+        plan = stratum_plan(self.n_blocks, rng)
+        check_plan(plan, self.n_blocks)
+        submit = self.client.submit
+        stats: list[Future] = []
+        for stratum in plan:
+            for w, j in stratum:
+                where = [self._workers[w]]
+                out = submit(
+                    _train_task,
+                    self._shards[w],
+                    j,
+                    self._user[w],
+                    self._item[j],
+                    kernel,
+                    (seed, epoch, w, j),
+                    self.n_threads,
+                    workers=where,
+                    pure=False,
+                )
+                self._user[w] = submit(operator.getitem, out, 0, workers=where, pure=False)
+                self._item[j] = submit(operator.getitem, out, 1, workers=where, pure=False)
+                stats.append(submit(operator.getitem, out, 2, workers=where, pure=False))
+        totals = np.sum(self.client.gather(stats), axis=0)
+        return EpochReport(
+            epoch=epoch,
+            stats=_named(kernel.stat_names, totals),
+            seconds=time.perf_counter() - started,
+            plan=plan,
+        )
+
+    def evaluate(self, kernel: Any, shards: list[Future] | None = None) -> dict[str, float]:
+        """Sum ``kernel.evaluate`` over every cell of ``shards`` (default: training shards).
+
+        Read-only, so no schedule is needed: one task per user block on its worker,
+        to which every item block is sent.
+        """
+        shards = shards if shards is not None else self._shards
+        parts = [
+            self.client.submit(
+                _evaluate_task,
+                shards[w],
+                self._user[w],
+                kernel,
+                *self._item,
+                workers=[self._workers[w]],
+                pure=False,
+            )
+            for w in range(self.n_blocks)
+        ]
+        return _named(kernel.stat_names, np.sum(self.client.gather(parts), axis=0))
+
+    def close(self) -> None:
+        """Release every block this engine holds on the cluster."""
+        self._user, self._item, self._shards, self._row_blocks = [], [], [], []
+
+
+def _named(names: Sequence[str], totals: np.ndarray) -> dict[str, float]:
+    return {name: float(v) for name, v in zip(names, np.atleast_1d(totals), strict=True)}
+
+
+def train(
+    engine: DSGD,
+    make_kernel: Callable[[int, list[EpochReport]], BlockKernel],
+    epochs: int,
+    seed: int,
+    shuffle_strata: bool = True,
+    on_epoch: Callable[[EpochReport], bool | None] | None = None,
+    progress: bool = False,
+    progress_stats: Sequence[str] = (),
+) -> list[EpochReport]:
+    """Run up to ``epochs`` epochs; ``on_epoch`` returning ``False`` stops early.
+
+    Parameters
+    ----------
+    make_kernel
+        ``(epoch, reports so far) -> kernel`` so a model can set each epoch's learning
+        rate from the previous losses (bold driver) or a fixed decay.
+    on_epoch
+        Called after each epoch: a model validates, records history, snapshots the best
+        state and decides whether to stop. It may add derived figures (an RMSE) to
+        ``report.stats``.
+    progress
+        Show a tqdm bar per epoch with the ``progress_stats`` of the last epoch
+        (``MFDASK_NO_PROGRESS=1`` hides it).
+    """
+    reports: list[EpochReport] = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=epochs, unit="epoch", disable=os.environ.get("MFDASK_NO_PROGRESS") == "1")
+    try:
+        for epoch in range(epochs):
+            report = engine.run_epoch(make_kernel(epoch, reports), epoch, seed, shuffle_strata)
+            reports.append(report)
+            stop = on_epoch is not None and on_epoch(report) is False
+            if bar is not None:
+                bar.update(1)
+                shown = {k: f"{report.stats[k]:.4f}" for k in progress_stats if k in report.stats}
+                if shown:
+                    bar.set_postfix(shown)
+            if stop:
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    return reports
