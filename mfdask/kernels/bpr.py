@@ -1,0 +1,206 @@
+"""BPR: Bayesian personalised ranking by SGD over (user, positive, negative) triples.
+
+Rendle, Freudenthaler, Gantner and Schmidt-Thieme, "BPR: Bayesian Personalized Ranking
+from Implicit Feedback", UAI 2009. For a triple ``(u, i, j)`` with ``i`` a positive of
+``u`` and ``j`` not, the model scores ``x_uij = x_ui - x_uj = p_u · (q_i - q_j)`` and
+maximises BPR-Opt (eq. 8 there), ``Σ ln σ(x_uij) - λ‖Θ‖²``. Written as a loss to
+minimise per triple, with one L2 weight per role,
+
+    ℓ(u, i, j) = -ln σ(x_uij) + ½ (λ_u ‖p_u‖² + λ_i ‖q_i‖² + λ_j ‖q_j‖²),
+
+whose gradients (LearnBPR, fig. 4 there, with ``z = σ(-x_uij) = 1 - σ(x_uij)``) are
+
+    ∂ℓ/∂p_u = -z (q_i - q_j) + λ_u p_u
+    ∂ℓ/∂q_i = -z p_u + λ_i q_i
+    ∂ℓ/∂q_j =  z p_u + λ_j q_j.
+
+Every gradient is taken at the values from *before* the step.
+
+Item bias. With ``use_bias`` the last factor column is a bias: the user's entry is
+fixed at 1 (never updated, never regularised) and the item's entry is ``b_i``, so
+``x_ui = p_u · q_i + b_i`` comes out of the same dot product (as in ``implicit``).
+
+Hogwild. Several threads run :func:`bpr_sgd` over disjoint slices of one cell's
+positives and write the shared factor arrays without locks
+(Niu, Recht, Ré and Wright, NIPS 2011). Two threads may update the same item row at
+once and lose one of the two updates; with thousands of rows the collisions are rare
+and SGD tolerates them. This is intentional, and the reason a multi-threaded fit is
+reproducible only up to those races.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from mfdask.kernels.sampling import NO_NEGATIVE, sample_negative, seed_state
+from mfdask.kernels.sgd_common import seed_thread, shuffled_range
+
+_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+"""LLVM fast-math flags that let the factor loops vectorise (reassociated sums) while
+keeping IEEE infinities and NaN, which the overflow-safe log-sigmoid relies on."""
+
+N_STATS = 4
+"""Length of the ``stats`` array :func:`bpr_sgd` accumulates into."""
+
+STAT_TRIPLES = 0
+"""``stats[0]``: triples updated (positives that found a negative)."""
+STAT_LOSS = 1
+"""``stats[1]``: Σ -ln σ(x_uij), before each step."""
+STAT_PENALTY = 2
+"""``stats[2]``: Σ ½(λ_u‖p_u‖² + λ_i‖q_i‖² + λ_j‖q_j‖²), before each step."""
+STAT_CORRECT = 3
+"""``stats[3]``: triples already ranked right (x_ui > x_uj) before their step: a sampled AUC."""
+
+
+@njit(nogil=True, cache=True, fastmath=_FASTMATH, inline="always")
+def log_sigmoid_loss(x: float) -> float:
+    """``-ln σ(x) = ln(1 + e^{-x})``, computed without overflow for any ``x``."""
+    if x > 0.0:
+        return np.log1p(np.exp(-x))
+    return -x + np.log1p(np.exp(x))
+
+
+@njit(nogil=True, cache=True, fastmath=_FASTMATH, inline="always")
+def bpr_update(
+    user_factors: np.ndarray,
+    item_factors: np.ndarray,
+    u: int,
+    i: int,
+    j: int,
+    user_dims: int,
+    learning_rate: float,
+    reg_user: float,
+    reg_pos: float,
+    reg_neg: float,
+) -> tuple[float, float, float]:
+    """One BPR SGD step on rows ``u``, ``i``, ``j`` in place.
+
+    Parameters
+    ----------
+    user_factors : (n_users, k) float32
+    item_factors : (n_items, k) float32
+        Row ``u`` of the first and rows ``i`` (positive), ``j`` (negative) of the
+        second are updated. ``i != j`` is required.
+    user_dims : int
+        User columns that are trained: ``k`` or, with a bias column, ``k - 1`` (the
+        user's bias entry stays at 1).
+
+    Returns
+    -------
+    x_uij, loss, penalty : float
+        ``x_ui - x_uj``, ``-ln σ(x_uij)`` and ``½ Σ λ‖·‖²``, all before the step.
+    """
+    k = item_factors.shape[1]
+    # x_uij = Σ_f p_uf (q_if - q_jf), in the factors' float32
+    x = np.float32(0.0)
+    for f in range(k):
+        x += user_factors[u, f] * (item_factors[i, f] - item_factors[j, f])
+    z = np.float32(1.0 / (1.0 + np.exp(np.float64(x))))  # σ(-x_uij)
+    lr = np.float32(learning_rate)
+    ru = np.float32(reg_user)
+    ri = np.float32(reg_pos)
+    rj = np.float32(reg_neg)
+    # Descend ℓ with the gradients of the module docstring, every factor read before
+    # it is written; accumulate the penalty from those same pre-step reads.
+    pu2 = np.float32(0.0)
+    qi2 = np.float32(0.0)
+    qj2 = np.float32(0.0)
+    for f in range(k):
+        pu = user_factors[u, f]
+        qi = item_factors[i, f]
+        qj = item_factors[j, f]
+        if f < user_dims:
+            pu2 += pu * pu
+            user_factors[u, f] = pu + lr * (z * (qi - qj) - ru * pu)
+        qi2 += qi * qi
+        qj2 += qj * qj
+        item_factors[i, f] = qi + lr * (z * pu - ri * qi)
+        item_factors[j, f] = qj - lr * (z * pu + rj * qj)
+    penalty = 0.5 * (reg_user * pu2 + reg_pos * qi2 + reg_neg * qj2)
+    return np.float64(x), log_sigmoid_loss(np.float64(x)), penalty
+
+
+@njit(nogil=True, cache=True, fastmath=_FASTMATH)
+def bpr_sgd(
+    users: np.ndarray,
+    items: np.ndarray,
+    lo: int,
+    hi: int,
+    seed: int,
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    user_factors: np.ndarray,
+    item_factors: np.ndarray,
+    item_block: int,
+    n_blocks: int,
+    n_block_items: int,
+    user_dims: int,
+    learning_rate: float,
+    reg_user: float,
+    reg_pos: float,
+    reg_neg: float,
+    stats: np.ndarray,
+) -> None:
+    """One BPR pass over positives ``lo:hi`` of a cell, in a random order, in place.
+
+    Parameters
+    ----------
+    users, items : (nnz,) int32
+        The cell's positives: local rows of ``user_factors`` / ``item_factors``.
+    lo, hi : int
+        The slice this call visits, each positive once, shuffled by ``seed``.
+    seed : int
+        Seeds both the visiting order and the negative draws.
+    indptr : (n_local_users + 1,) int64
+    indices : (nnz_user_block,) int32
+        The user block's whole CSR rows (global items, ascending): membership lists.
+    user_factors : (n_local_users, k) float32
+    item_factors : (n_block_items, k) float32
+        The user block's and the held item block's factors (local rows).
+    item_block, n_blocks, n_block_items : int
+        Which items are held: global ``l * n_blocks + item_block``, ``l < n_block_items``;
+        negatives are drawn among them.
+    user_dims, learning_rate, reg_user, reg_pos, reg_neg
+        See :func:`bpr_update`.
+    stats : (N_STATS,) float64
+        Accumulates this call's sums (see the ``STAT_*`` constants).
+    """
+    seed_thread(seed)
+    order = shuffled_range(lo, hi)
+    state = seed_state(seed)
+    triples = 0
+    loss = 0.0
+    penalty = 0.0
+    correct = 0
+    # Each visited positive (u, i) gets one negative j from the block and one step on
+    # -ln σ(x_ui - x_uj) + ½(λ_u‖p_u‖² + λ_i‖q_i‖² + λ_j‖q_j‖²).
+    for t in range(order.shape[0]):
+        pos = order[t]
+        u = users[pos]  # local user row: of the factors and of the shard's CSR alike
+        state, j = sample_negative(
+            state, indices, indptr[u], indptr[u + 1], item_block, n_blocks, n_block_items
+        )
+        if j == NO_NEGATIVE:
+            continue
+        x, ell, pen = bpr_update(
+            user_factors,
+            item_factors,
+            u,
+            items[pos],
+            j,
+            user_dims,
+            learning_rate,
+            reg_user,
+            reg_pos,
+            reg_neg,
+        )
+        triples += 1
+        loss += ell
+        penalty += pen
+        if x > 0.0:
+            correct += 1
+    stats[STAT_TRIPLES] += triples
+    stats[STAT_LOSS] += loss
+    stats[STAT_PENALTY] += penalty
+    stats[STAT_CORRECT] += correct

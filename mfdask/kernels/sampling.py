@@ -1,0 +1,156 @@
+"""Random numbers and negative sampling for the pairwise kernels (BPR, WARP).
+
+Everything here is a numba function that the SGD kernels inline into their loops.
+
+Random numbers
+    Each Hogwild thread owns a 64-bit generator state, made by :func:`seed_state`
+    from the seed the engine gives each (random_state, epoch, cell, thread), so the
+    draws of a fit depend only on the seed and the cluster shape, never on which worker
+    ran a cell or when. The generator is SplitMix64 (Steele, Lea and Flood, "Fast splittable
+    pseudorandom number generators", OOPSLA 2014): one add and three xor-shift-multiply
+    rounds per draw, statistically strong enough for sampling and carried in a plain
+    ``uint64`` that the kernels thread through their loops (a pure function returning
+    ``(state, value)``, so no shared array is written per draw). Bounded integers use
+    Lemire's multiply-shift ("Fast random integer generation in an interval", ACM TOMACS
+    2019) without the rejection step: for ``n < 2**32`` its bias is below ``n / 2**32``.
+
+Negatives
+    Inside the DSGD engine a worker holds one item block: under residue blocking (see
+    :mod:`mfdask.engine.blocks`) block ``b`` of ``W`` is the global items
+    ``g = l * W + b`` for local ``l = 0 .. n_block_items - 1``. The user's whole CSR row
+    (global indices, ascending) is the membership list. :func:`sample_negative` draws a
+    block item uniformly among those *not* in the row: rejection sampling with a
+    binary-search membership test, then, if the user owns most of the block and several
+    draws were rejected, an exact fallback that picks the ``r``-th non-member by walking
+    the row. Both paths are uniform over the non-members,
+    so their mixture is too. A user who owns every item of the block gets ``-1``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, uint64
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_MASK32 = np.uint64(0xFFFFFFFF)
+
+NO_NEGATIVE = -1
+"""Returned by :func:`sample_negative` when the user has no negative in the block."""
+
+REJECTION_TRIES = 8
+"""Rejected draws before :func:`sample_negative` switches to its exact fallback."""
+
+
+@njit(nogil=True, cache=True, inline="always")
+def splitmix64(state: np.uint64) -> tuple[np.uint64, np.uint64]:
+    """Advance a SplitMix64 ``state``; return ``(new_state, 64 random bits)``."""
+    state = uint64(uint64(state) + _GOLDEN)
+    z = state
+    z = uint64((z ^ (z >> uint64(30))) * _MIX1)
+    z = uint64((z ^ (z >> uint64(27))) * _MIX2)
+    return state, uint64(z ^ (z >> uint64(31)))
+
+
+@njit(nogil=True, cache=True, inline="always")
+def randbelow(state: np.uint64, n: int) -> tuple[np.uint64, int]:
+    """A uniform integer in ``[0, n)`` for ``0 < n < 2**32`` (Lemire's multiply-shift)."""
+    state, bits = splitmix64(state)
+    hi = bits >> uint64(32)
+    return state, np.int64((hi * uint64(n)) >> uint64(32))
+
+
+@njit(nogil=True, cache=True)
+def seed_state(seed: int) -> np.uint64:
+    """A generator state from an integer seed (one SplitMix64 round, so that nearby
+    seeds give unrelated streams)."""
+    _, z = splitmix64(uint64(seed))
+    return z
+
+
+@njit(nogil=True, cache=True, inline="always")
+def contains_sorted(indices: np.ndarray, lo: int, hi: int, value: int) -> bool:
+    """Whether ``value`` is in the ascending run ``indices[lo:hi]`` (binary search)."""
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        v = indices[mid]
+        if v < value:
+            lo = mid + 1
+        elif v > value:
+            hi = mid
+        else:
+            return True
+    return False
+
+
+@njit(nogil=True, cache=True)
+def nth_non_member(indices: np.ndarray, lo: int, hi: int, n: int, block: int, n_blocks: int) -> int:
+    """The ``n``-th (0-based) local item of block ``block`` not in ``indices[lo:hi]``.
+
+    ``indices[lo:hi]`` is an ascending run of global items (of any block); the ones in
+    ``block`` have ascending local indices ``g // n_blocks``. Walking them, every member
+    at or below the candidate pushes it one further.
+    """
+    local = n
+    for p in range(lo, hi):
+        g = indices[p]
+        if g % n_blocks != block:
+            continue
+        member = g // n_blocks
+        if member <= local:
+            local += 1
+        else:
+            break
+    return local
+
+
+@njit(nogil=True, cache=True)
+def count_in_block(indices: np.ndarray, lo: int, hi: int, block: int, n_blocks: int) -> int:
+    """How many of the global items ``indices[lo:hi]`` lie in item block ``block``."""
+    c = 0
+    for p in range(lo, hi):
+        if indices[p] % n_blocks == block:
+            c += 1
+    return c
+
+
+@njit(nogil=True, cache=True, inline="always")
+def sample_negative(
+    state: np.uint64,
+    indices: np.ndarray,
+    lo: int,
+    hi: int,
+    block: int,
+    n_blocks: int,
+    n_block_items: int,
+) -> tuple[np.uint64, int]:
+    """A uniform item of the held block that is not in the user's row ``indices[lo:hi]``.
+
+    Parameters
+    ----------
+    state : uint64
+        Generator state (see :func:`splitmix64`).
+    indices : (nnz,) int32
+        Global item indices; ``indices[lo:hi]`` is the user's whole ascending CSR row.
+    block, n_blocks, n_block_items : int
+        The held item block: global items ``l * n_blocks + block``, ``l < n_block_items``.
+
+    Returns
+    -------
+    state : uint64
+    item : int
+        The negative's *local* index ``l`` in the block, or :data:`NO_NEGATIVE` if the
+        user owns every item of the block.
+    """
+    if n_block_items <= 0:
+        return state, NO_NEGATIVE
+    for _ in range(REJECTION_TRIES):
+        state, local = randbelow(state, n_block_items)
+        if not contains_sorted(indices, lo, hi, local * n_blocks + block):
+            return state, local
+    n_free = n_block_items - count_in_block(indices, lo, hi, block, n_blocks)
+    if n_free <= 0:
+        return state, NO_NEGATIVE
+    state, r = randbelow(state, n_free)
+    return state, nth_non_member(indices, lo, hi, r, block, n_blocks)

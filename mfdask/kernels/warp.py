@@ -1,0 +1,250 @@
+"""WARP: weighted approximate-rank pairwise loss by SGD, with an optional k-OS positive.
+
+Weston, Bengio and Usunier, "WSABIE: Scaling Up To Large Vocabulary Image Annotation",
+IJCAI 2011, sec. 3 (WARP); k-OS from Weston, Yee and Weiss, "Learning to Rank
+Recommendations with the k-Order Statistic Loss", RecSys 2013. As in LightFM:
+
+1. For a positive ``(u, i)`` draw negatives ``j`` (items ``u`` has not interacted with)
+   until one violates the margin, ``x_uj > x_ui - 1``, or ``max_sampled`` draws are
+   spent (then nothing is updated).
+2. If the violator came at draw ``N``, the rank of ``i`` among the ``n_items - 1``
+   others is estimated as ``⌊(n_items - 1) / N⌋`` (eq. 6 of WSABIE: the number of
+   draws until a violator is geometric with mean ``(n_items - 1) / rank``).
+3. Descend ``L(rank) · (1 - x_ui + x_uj) + ½(λ_u‖p_u‖² + λ_i‖q_i‖² + λ_j‖q_j‖²)`` with
+   ``L(r) = ln r`` (the ``Σ_{k≤r} 1/k`` of WSABIE's eq. 3, up to a constant; LightFM's
+   choice, floored at ``ln 1 = 0``). Gradients, all at the values from *before* the step:
+
+       ∂/∂p_u = -L (q_i - q_j) + λ_u p_u
+       ∂/∂q_i = -L p_u + λ_i q_i
+       ∂/∂q_j =  L p_u + λ_j q_j.
+
+Rank estimate from an item block. Inside the DSGD engine negatives come from the item
+block the worker holds, ``n_block_items`` of the catalogue's ``n_items``. A draw ``N``
+then estimates the violators *in the block* as ``⌊(n_block_items - 1) / N⌋``; since the
+residue blocking spreads items over blocks regardless of their scores, the block is a
+uniform sample of the catalogue and the catalogue-wide rank is that count scaled by
+``n_items / n_block_items`` (:func:`warp_rank`). With one block this is exactly
+LightFM's ``⌊(n_items - 1) / N⌋``. Without the rescale, a fit with ``W`` blocks would
+under-weight every violation by ``ln W`` and push the weights of well-ranked
+positives to zero.
+
+k-OS. With ``kos_n > 0`` the positive is not the visited rating itself: ``kos_n``
+positives of the same user are drawn (with replacement) from the cell's row, and the
+one with the ``kos_k``-th largest score is used, which focuses the updates on a user's
+worse-ranked positives (LightFM's ``warp-kos`` with ``k`` and ``n``). Each visited
+rating still gives one update attempt, so an epoch costs the same number of steps.
+
+Hogwild races between threads on shared item rows are intentional (see
+:mod:`mfdask.kernels.bpr`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from mfdask.kernels.bpr import _FASTMATH
+from mfdask.kernels.sampling import NO_NEGATIVE, randbelow, sample_negative, seed_state
+from mfdask.kernels.sgd_common import seed_thread, shuffled_range
+
+N_STATS = 5
+"""Length of the ``stats`` array :func:`warp_sgd` accumulates into."""
+
+STAT_POSITIVES = 0
+"""``stats[0]``: positives visited that had a negative in the block."""
+STAT_LOSS = 1
+"""``stats[1]``: Σ L(rank)·(1 - x_ui + x_uj) over updates, before each step."""
+STAT_PENALTY = 2
+"""``stats[2]``: Σ ½(λ_u‖p_u‖² + λ_i‖q_i‖² + λ_j‖q_j‖²) over updates, before each step."""
+STAT_CORRECT = 3
+"""``stats[3]``: positives scored above their first sampled negative: a sampled AUC."""
+STAT_SAMPLED = 4
+"""``stats[4]``: negatives drawn in total (the cost of the epoch)."""
+
+
+@njit(nogil=True, cache=True, fastmath=_FASTMATH, inline="always")
+def warp_rank(tries: int, n_block_items: int, n_items: int) -> float:
+    """Estimated rank of a positive whose first violator in the block came at draw ``tries``.
+
+    ``⌊(n_block_items - 1) / tries⌋ · n_items / n_block_items``: the violators in the
+    block, scaled from the block to the catalogue (see the module docstring).
+    """
+    in_block = np.floor((n_block_items - 1) / tries)
+    return in_block * (n_items / n_block_items)
+
+
+@njit(nogil=True, cache=True, fastmath=_FASTMATH, inline="always")
+def warp_weight(tries: int, n_block_items: int, n_items: int) -> float:
+    """``L(rank) = ln max(1, rank)`` for :func:`warp_rank`."""
+    return np.log(max(1.0, warp_rank(tries, n_block_items, n_items)))
+
+
+@njit(nogil=True, cache=True, fastmath=_FASTMATH, inline="always")
+def dot(a: np.ndarray, ra: int, b: np.ndarray, rb: int) -> float:
+    """``a[ra] · b[rb]``."""
+    s = np.float32(0.0)
+    for f in range(a.shape[1]):
+        s += a[ra, f] * b[rb, f]
+    return np.float64(s)
+
+
+@njit(nogil=True, cache=True, fastmath=_FASTMATH, inline="always")
+def warp_update(
+    user_factors: np.ndarray,
+    item_factors: np.ndarray,
+    u: int,
+    i: int,
+    j: int,
+    weight: float,
+    user_dims: int,
+    learning_rate: float,
+    reg_user: float,
+    reg_pos: float,
+    reg_neg: float,
+) -> float:
+    """One WARP SGD step with rank weight ``weight`` on rows ``u``, ``i``, ``j`` in place.
+
+    Returns ``½ Σ λ‖·‖²`` before the step. Factors are read before they are written, so
+    the user moves along the item vectors from before the step (and vice versa).
+    """
+    k = item_factors.shape[1]
+    w = np.float32(weight)
+    lr = np.float32(learning_rate)
+    ru = np.float32(reg_user)
+    ri = np.float32(reg_pos)
+    rj = np.float32(reg_neg)
+    pu2 = np.float32(0.0)
+    qi2 = np.float32(0.0)
+    qj2 = np.float32(0.0)
+    for f in range(k):
+        pu = user_factors[u, f]
+        qi = item_factors[i, f]
+        qj = item_factors[j, f]
+        if f < user_dims:
+            pu2 += pu * pu
+            user_factors[u, f] = pu + lr * (w * (qi - qj) - ru * pu)
+        qi2 += qi * qi
+        qj2 += qj * qj
+        item_factors[i, f] = qi + lr * (w * pu - ri * qi)
+        item_factors[j, f] = qj - lr * (w * pu + rj * qj)
+    return 0.5 * (reg_user * pu2 + reg_pos * qi2 + reg_neg * qj2)
+
+
+@njit(nogil=True, cache=True)
+def user_run(users: np.ndarray, u: int) -> tuple[int, int]:
+    """``lo, hi`` with ``users[lo:hi] == u`` in the ascending array ``users``."""
+    lo = 0
+    hi = users.shape[0]
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if users[mid] < u:
+            lo = mid + 1
+        else:
+            hi = mid
+    start = lo
+    hi = users.shape[0]
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if users[mid] <= u:
+            lo = mid + 1
+        else:
+            hi = mid
+    return start, lo
+
+
+@njit(nogil=True, cache=True, fastmath=_FASTMATH)
+def warp_sgd(
+    users: np.ndarray,
+    items: np.ndarray,
+    lo: int,
+    hi: int,
+    seed: int,
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    user_factors: np.ndarray,
+    item_factors: np.ndarray,
+    item_block: int,
+    n_blocks: int,
+    n_block_items: int,
+    n_items: int,
+    user_dims: int,
+    learning_rate: float,
+    reg_user: float,
+    reg_pos: float,
+    reg_neg: float,
+    max_sampled: int,
+    kos_k: int,
+    kos_n: int,
+    stats: np.ndarray,
+) -> None:
+    """One WARP pass over positives ``lo:hi`` of a cell, in a random order, in place.
+
+    Arguments as for :func:`mfdask.kernels.bpr.bpr_sgd`, plus ``n_items`` (the whole
+    catalogue, for :func:`warp_rank`), ``max_sampled`` (draws per positive) and
+    ``kos_k``/``kos_n`` (k-OS; ``kos_n = 0`` for plain WARP). ``stats`` is
+    ``(N_STATS,) float64`` (see the ``STAT_*`` constants).
+    """
+    seed_thread(seed)
+    order = shuffled_range(lo, hi)
+    state = seed_state(seed)
+    scores = np.empty(max(kos_n, 1), dtype=np.float64)
+    picks = np.empty(max(kos_n, 1), dtype=np.int64)
+    visited = 0
+    loss = 0.0
+    penalty = 0.0
+    correct = 0
+    sampled = 0
+    for t in range(order.shape[0]):
+        pos = order[t]
+        u = users[pos]  # local user row: of the factors and of the shard's CSR alike
+        start = indptr[u]
+        stop = indptr[u + 1]
+        i = items[pos]
+        if kos_n > 0:
+            # k-OS: the kos_k-th best of kos_n positives of u drawn from this cell.
+            run_lo, run_hi = user_run(users, u)
+            for s in range(kos_n):
+                state, r = randbelow(state, run_hi - run_lo)
+                picks[s] = items[run_lo + r]
+                scores[s] = dot(user_factors, u, item_factors, picks[s])
+            chosen = np.argsort(-scores[:kos_n])[min(kos_k, kos_n) - 1]
+            i = picks[chosen]
+            x_ui = scores[chosen]
+        else:
+            x_ui = dot(user_factors, u, item_factors, i)
+        # Draw negatives until one violates the margin (x_uj > x_ui - 1); step on
+        # L(rank) (1 - x_ui + x_uj) with the rank estimated from the draws it took.
+        for tries in range(1, max_sampled + 1):
+            state, j = sample_negative(
+                state, indices, start, stop, item_block, n_blocks, n_block_items
+            )
+            if j == NO_NEGATIVE:
+                break  # the user owns the whole block: nothing to rank against
+            sampled += 1
+            x_uj = dot(user_factors, u, item_factors, j)
+            if tries == 1:
+                visited += 1
+                if x_ui > x_uj:
+                    correct += 1
+            if x_uj > x_ui - 1.0:
+                weight = warp_weight(tries, n_block_items, n_items)
+                loss += weight * (1.0 - x_ui + x_uj)
+                penalty += warp_update(
+                    user_factors,
+                    item_factors,
+                    u,
+                    i,
+                    j,
+                    weight,
+                    user_dims,
+                    learning_rate,
+                    reg_user,
+                    reg_pos,
+                    reg_neg,
+                )
+                break
+    stats[STAT_POSITIVES] += visited
+    stats[STAT_LOSS] += loss
+    stats[STAT_PENALTY] += penalty
+    stats[STAT_CORRECT] += correct
+    stats[STAT_SAMPLED] += sampled
