@@ -351,6 +351,13 @@ def _shard_nnz(shard: UserShard) -> int:
     return shard.nnz
 
 
+def _shard_value_summary(shard: UserShard) -> np.ndarray:
+    data = shard.block.data
+    if not len(data):
+        return np.array([0.0, 0.0, np.inf, -np.inf])
+    return np.array([len(data), float(data.sum(dtype=np.float64)), data.min(), data.max()])
+
+
 # ---------------------------------------------------------------------- the driver
 @dataclass
 class EpochReport:
@@ -453,6 +460,20 @@ class DSGD:
     def shards(self) -> list[Future]:
         """The training shards (to evaluate a kernel over the training ratings)."""
         return self._shards
+
+    def value_summary(self, shards: list[Future] | None = None) -> dict[str, float]:
+        """``count``, ``mean``, ``min`` and ``max`` of the values, reduced on the workers."""
+        parts = self.client.gather(
+            [self.client.submit(_shard_value_summary, s) for s in (shards or self._shards)]
+        )
+        a = np.asarray(parts, dtype=np.float64).reshape(-1, 4)
+        count = a[:, 0].sum()
+        return {
+            "count": float(count),
+            "mean": float(a[:, 1].sum() / count) if count else float("nan"),
+            "min": float(a[:, 2].min()),
+            "max": float(a[:, 3].max()),
+        }
 
     def seen_items(self):
         """The training pattern as a ``(n_users, n_items)`` boolean CSR (only indices move)."""

@@ -1,0 +1,539 @@
+"""Biased matrix factorisation for explicit ratings (Funk SVD with Koren's biases)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+
+from mfdask._warnings import MfdaskWarning
+from mfdask.data import schema
+from mfdask.data.training import InputError, TrainingData, as_training_data
+from mfdask.engine.cluster import session
+from mfdask.engine.dsgd import DSGD, Cell, EpochReport, UserShard, train
+from mfdask.kernels.sgd import svd_predict, svd_sgd, svd_squared_error
+from mfdask.models.base import EpochCallback, FactorModel, ModelFileError, _check_positive_int
+
+LR_SCHEDULES = ("constant", "decay", "bold_driver")
+UNKNOWN_POLICIES = ("error", "baseline")
+
+
+@dataclass(frozen=True)
+class SVDStep:
+    """The SVD loss as a DSGD block kernel (see :mod:`mfdask.engine.dsgd`).
+
+    State: user and item blocks ``{"factors": (n, k) float32, "bias": (n,) float32}``.
+    Statistics: ``sse`` (squared error) and ``n`` (ratings visited).
+    """
+
+    stat_names: ClassVar[tuple[str, ...]] = ("sse", "n")
+
+    global_mean: float
+    learning_rate: float
+    bias_learning_rate: float
+    regularization: float
+    bias_regularization: float
+    min_rating: float
+    max_rating: float
+
+    def train(
+        self, cell: Cell, shard: UserShard, user: dict, item: dict, lo: int, hi: int, seed: int
+    ) -> np.ndarray:
+        sse = svd_sgd(
+            cell.users,
+            cell.items,
+            cell.values,
+            lo,
+            hi,
+            seed,
+            user["factors"],
+            item["factors"],
+            user["bias"],
+            item["bias"],
+            self.global_mean,
+            self.learning_rate,
+            self.bias_learning_rate,
+            self.regularization,
+            self.bias_regularization,
+        )
+        return np.array([sse, hi - lo], dtype=np.float64)
+
+    def evaluate(self, cell: Cell, shard: UserShard, user: dict, item: dict) -> np.ndarray:
+        sse = svd_squared_error(
+            cell.users,
+            cell.items,
+            cell.values,
+            user["factors"],
+            item["factors"],
+            user["bias"],
+            item["bias"],
+            self.global_mean,
+            self.min_rating,
+            self.max_rating,
+        )
+        return np.array([sse, cell.nnz], dtype=np.float64)
+
+
+def _remap_partition(
+    part: pd.DataFrame, user_map: np.ndarray, item_map: np.ndarray
+) -> pd.DataFrame:
+    """Translate dense indices of another id space into the model's; drop unknown ids."""
+    u = user_map[part[schema.USER_IDX].to_numpy()]
+    i = item_map[part[schema.ITEM_IDX].to_numpy()]
+    keep = (u >= 0) & (i >= 0)
+    return pd.DataFrame(
+        {
+            schema.USER_IDX: u[keep].astype("int32"),
+            schema.ITEM_IDX: i[keep].astype("int32"),
+            schema.RATING: part[schema.RATING].to_numpy()[keep],
+        }
+    )
+
+
+class SVD(FactorModel):
+    """Biased matrix factorisation of explicit ratings, trained by distributed SGD.
+
+    The model of the Netflix Prize (Funk 2006; Koren, Bell & Volinsky, "Matrix
+    factorization techniques for recommender systems", IEEE Computer 2009, eq. 4-5)
+    predicts a rating as
+
+        r̂_ui = mu + b_u + b_i + p_uᵀ q_i
+
+    with ``mu`` the global mean, ``b_u``/``b_i`` user and item biases and ``p_u``/``q_i``
+    ``factors``-dimensional vectors, and minimises the squared error on the observed
+    ratings plus ``regularization · (|p_u|² + |q_i|²)`` and, separately,
+    ``bias_regularization · (b_u² + b_i²)``. Use it to predict rating values (RMSE) or to
+    rank by predicted rating; for implicit feedback use ``ALS``, ``BPR`` or ``WARP``.
+
+    Training is stochastic gradient descent, one rating at a time (the update rules are
+    in :mod:`mfdask.kernels.sgd`), distributed as DSGD (Gemulla et al., KDD 2011): the
+    rating matrix is cut into ``n_blocks x n_blocks`` cells and each sub-epoch trains a
+    stratum of cells that share no rows on all workers at once, with ``n_threads``
+    Hogwild threads per cell (:mod:`mfdask.engine.dsgd`).
+
+    Learning rate per epoch ``e``: ``"constant"``; ``"decay"``:
+    ``learning_rate · lr_decay^e``; ``"bold_driver"`` (Battiti 1989, as Gemulla et al.
+    use it): after an epoch whose training loss fell, multiply by 1.05, otherwise halve.
+    The bias rate follows the same schedule.
+
+    Differences from Surprise's ``SVD``: biases start at 0 and factors at
+    ``N(0, init_scale²)`` drawn by global row index (so the blocking does not change the
+    start); biases have their own learning rate and regularisation; predictions are
+    clipped to the training rating range; with ``validation`` the fit stops early and
+    keeps the best epoch. With ``n_threads=1`` a fit is reproducible for a given
+    ``random_state`` and cluster shape; more threads add Hogwild races (same quality, not
+    bitwise equal).
+
+    Parameters
+    ----------
+    factors : int
+        Latent dimension ``k``.
+    learning_rate : float
+        γ, the factor step at epoch 0.
+    regularization : float
+        λ on the factors.
+    bias_learning_rate : float or None
+        γ_b; None uses ``learning_rate``.
+    bias_regularization : float or None
+        λ_b; None uses ``regularization``.
+    epochs : int
+        Passes over the ratings (fewer with early stopping).
+    init_scale : float
+        Standard deviation of the initial factors.
+    lr_schedule : {"constant", "decay", "bold_driver"}
+    lr_decay : float
+        Per-epoch factor for ``lr_schedule="decay"``.
+    early_stopping_rounds : int or None
+        With ``validation``: stop after this many epochs without a better validation
+        RMSE and keep the best epoch. None trains every epoch (and still reports it).
+    random_state : int or None
+        Seed of the initial factors, the rating order and the strata.
+    n_blocks : int or None
+        ``B`` of the ``B x B`` cells; None is one per worker.
+    n_threads : int or None
+        Hogwild threads per cell; None uses the worker's threads.
+    shuffle_strata : bool
+        Draw a new stratum order every epoch.
+    show_progress : bool
+        A progress bar over epochs with the training RMSE.
+
+    Attributes
+    ----------
+    user_factors_ : (n_users, factors) float32
+    item_factors_ : (n_items, factors) float32
+    user_bias_ : (n_users,) float32
+    item_bias_ : (n_items,) float32
+    global_mean_ : float
+    rating_range_ : (float, float)
+        Training minimum and maximum: predictions are clipped to it.
+    history_ : list of dict
+        Per epoch: ``epoch``, ``learning_rate``, ``train_rmse`` (running error of the
+        pass), ``validation_rmse`` with ``validation``, ``seconds``.
+    """
+
+    model_name: ClassVar[str] = "svd"
+    implicit: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        factors: int = 64,
+        learning_rate: float = 0.007,
+        regularization: float = 0.05,
+        bias_learning_rate: float | None = None,
+        bias_regularization: float | None = None,
+        epochs: int = 40,
+        init_scale: float = 0.1,
+        lr_schedule: str = "decay",
+        lr_decay: float = 0.96,
+        early_stopping_rounds: int | None = 3,
+        random_state: int | None = 0,
+        n_blocks: int | None = None,
+        n_threads: int | None = None,
+        shuffle_strata: bool = True,
+        show_progress: bool = False,
+    ) -> None:
+        self.factors = factors
+        self.learning_rate = learning_rate
+        self.regularization = regularization
+        self.bias_learning_rate = bias_learning_rate
+        self.bias_regularization = bias_regularization
+        self.epochs = epochs
+        self.init_scale = init_scale
+        self.lr_schedule = lr_schedule
+        self.lr_decay = lr_decay
+        self.early_stopping_rounds = early_stopping_rounds
+        self.random_state = random_state
+        self.n_blocks = n_blocks
+        self.n_threads = n_threads
+        self.shuffle_strata = shuffle_strata
+        self.show_progress = show_progress
+
+    # ------------------------------------------------------------------ parameters
+    def _validate_params(self) -> None:
+        _check_positive_int("factors", self.factors)
+        _check_positive_int("epochs", self.epochs)
+        for name in ("n_threads", "n_blocks", "early_stopping_rounds"):
+            if getattr(self, name) is not None:
+                _check_positive_int(name, getattr(self, name))
+        for name in ("learning_rate", "init_scale", "lr_decay", "bias_learning_rate"):
+            value = getattr(self, name)
+            if value is None and name == "bias_learning_rate":
+                continue
+            if not _finite(value) or value <= 0:
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        for name in ("regularization", "bias_regularization"):
+            value = getattr(self, name)
+            if value is None and name == "bias_regularization":
+                continue
+            if not _finite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"lr_schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}"
+            )
+        if self.random_state is not None and not isinstance(self.random_state, (int, np.integer)):
+            raise ValueError(f"random_state must be an int or None, got {self.random_state!r}")
+
+    @property
+    def _lr_b(self) -> float:
+        return float(
+            self.learning_rate if self.bias_learning_rate is None else self.bias_learning_rate
+        )
+
+    @property
+    def _reg_b(self) -> float:
+        return float(
+            self.regularization if self.bias_regularization is None else self.bias_regularization
+        )
+
+    # ------------------------------------------------------------------ fitting
+    def _initial_state(self, data: TrainingData, rng: np.random.Generator) -> tuple[dict, dict]:
+        """Factors ``N(0, init_scale²)`` by global row (users, then items); biases 0."""
+        k, scale = self.factors, np.float32(self.init_scale)
+        user = {
+            "factors": rng.standard_normal((data.n_users, k), dtype=np.float32) * scale,
+            "bias": np.zeros(data.n_users, dtype=np.float32),
+        }
+        item = {
+            "factors": rng.standard_normal((data.n_items, k), dtype=np.float32) * scale,
+            "bias": np.zeros(data.n_items, dtype=np.float32),
+        }
+        return user, item
+
+    def _fit(self, data: TrainingData, validation: Any, callback: EpochCallback | None) -> None:
+        seed_rng = np.random.default_rng(self.random_state)
+        with session() as client:
+            engine = DSGD(
+                client,
+                data.ratings,
+                data.n_users,
+                data.n_items,
+                n_blocks=self.n_blocks,
+                n_threads=self.n_threads,
+            )
+            try:
+                self._train(engine, data, validation, callback, seed_rng)
+            finally:
+                engine.close()
+
+    def _train(
+        self,
+        engine: DSGD,
+        data: TrainingData,
+        validation: Any,
+        callback: EpochCallback | None,
+        rng: np.random.Generator,
+    ) -> None:
+        summary = engine.value_summary()
+        if summary["count"] == 0:
+            raise InputError(f"no ratings to train on in {data.source}")
+        self.global_mean_ = summary["mean"]
+        self.rating_range_ = (summary["min"], summary["max"])
+        self.seen_items_ = engine.seen_items()
+        user, item = self._initial_state(data, rng)
+        engine.set_state(user, item)
+        del user, item
+        seed = int(rng.integers(2**62))
+        holdout = self._place_validation(engine, validation) if validation is not None else None
+
+        rates: list[float] = []
+        best: dict[str, Any] = {}
+
+        def make_step(epoch: int, reports: list[EpochReport]) -> SVDStep:
+            rates.append(self._rate(epoch, reports, rates))
+            return self._step(rates[-1])
+
+        def on_epoch(report: EpochReport) -> bool:
+            record: dict[str, Any] = {
+                "epoch": report.epoch + 1,
+                "learning_rate": rates[report.epoch],
+                "train_rmse": math.sqrt(report.stats["sse"] / max(report.stats["n"], 1)),
+            }
+            report.stats["train_rmse"] = record["train_rmse"]
+            stop = False
+            if holdout is not None:
+                scored = engine.evaluate(self._step(rates[report.epoch]), holdout)
+                rmse = math.sqrt(scored["sse"] / max(scored["n"], 1))
+                record["validation_rmse"] = report.stats["validation_rmse"] = rmse
+                if not best or rmse < best["rmse"]:
+                    best.update(rmse=rmse, epoch=report.epoch, state=engine.snapshot())
+                elif (
+                    self.early_stopping_rounds is not None
+                    and report.epoch - best["epoch"] >= self.early_stopping_rounds
+                ):
+                    stop = True
+            record["seconds"] = report.seconds
+            if not self._record_epoch(record, callback):
+                stop = True
+            return not stop
+
+        train(
+            engine,
+            make_step,
+            self.epochs,
+            seed,
+            shuffle_strata=self.shuffle_strata,
+            on_epoch=on_epoch,
+            progress=self.show_progress,
+            progress_stats=("train_rmse", "validation_rmse"),
+        )
+        if best and self.early_stopping_rounds is not None:
+            engine.restore(best["state"])
+            self.metrics_["best_epoch"] = best["epoch"] + 1
+            self.metrics_["validation_rmse"] = best["rmse"]
+        elif best:
+            self.metrics_["validation_rmse"] = self.history_[-1]["validation_rmse"]
+        best.clear()
+        user, item = engine.gather_state()
+        self.user_factors_, self.user_bias_ = user["factors"], user["bias"]
+        self.item_factors_, self.item_bias_ = item["factors"], item["bias"]
+        self.metrics_["train_rmse"] = self.history_[-1]["train_rmse"]
+        self.metrics_["epochs_run"] = len(self.history_)
+        self.metrics_["n_ratings"] = engine.nnz
+        if not np.isfinite(self.user_factors_).all() or not np.isfinite(self.item_factors_).all():
+            raise FloatingPointError(
+                "SVD diverged (non-finite factors): lower learning_rate or raise regularization"
+            )
+
+    def _rate(self, epoch: int, reports: list[EpochReport], rates: list[float]) -> float:
+        """The factor learning rate of ``epoch`` under ``lr_schedule``."""
+        if self.lr_schedule == "constant":
+            return float(self.learning_rate)
+        if self.lr_schedule == "decay":
+            return float(self.learning_rate * self.lr_decay**epoch)
+        if epoch < 2:  # bold driver: needs two losses to compare
+            return float(self.learning_rate)
+        last = reports[-1].stats["sse"] / max(reports[-1].stats["n"], 1)
+        before = reports[-2].stats["sse"] / max(reports[-2].stats["n"], 1)
+        return rates[-1] * (1.05 if last < before else 0.5)
+
+    def _step(self, rate: float) -> SVDStep:
+        scale = rate / float(self.learning_rate)
+        return SVDStep(
+            global_mean=float(self.global_mean_),
+            learning_rate=rate,
+            bias_learning_rate=self._lr_b * scale,
+            regularization=float(self.regularization),
+            bias_regularization=self._reg_b,
+            min_rating=float(self.rating_range_[0]),
+            max_rating=float(self.rating_range_[1]),
+        )
+
+    def _place_validation(self, engine: DSGD, validation: Any) -> list:
+        """Held-out ratings in the model's index space, placed next to the training cells."""
+        vdata = as_training_data(validation)
+        ratings = vdata.ratings
+        if vdata.fingerprint != self.fingerprint_:
+            user_map = self.user_ids_.get_indexer(vdata.user_ids).astype(np.int64)
+            item_map = self.item_ids_.get_indexer(vdata.item_ids).astype(np.int64)
+            ratings = ratings.map_partitions(
+                _remap_partition, user_map, item_map, meta=ratings._meta
+            )
+        total = int(vdata.ratings.map_partitions(len).sum().compute())
+        shards = engine.place_holdout(ratings)
+        placed = int(engine.value_summary(shards)["count"])
+        self.metrics_["validation_ratings"] = placed
+        if placed < total:
+            warnings.warn(
+                f"{total - placed} of {total} validation ratings have a user or item absent "
+                "from the training data and are left out of validation_rmse",
+                MfdaskWarning,
+                stacklevel=4,
+            )
+        if placed == 0:
+            raise InputError("no validation rating has a user and an item seen in training")
+        return shards
+
+    # ------------------------------------------------------------------ prediction
+    def predict_indices(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Predicted ratings for dense ``(users[n], items[n])`` pairs, clipped to the range.
+
+        Returns
+        -------
+        (n,) float32
+        """
+        self._check_fitted()
+        users = np.asarray(users, dtype=np.int64)
+        items = np.asarray(items, dtype=np.int64)
+        if users.shape != items.shape or users.ndim != 1:
+            raise ValueError(
+                f"users and items must be 1-d and of equal length, got {users.shape} "
+                f"and {items.shape}"
+            )
+        for name, idx, n in (("user", users, self.n_users), ("item", items, self.n_items)):
+            if len(idx) and (idx.min() < 0 or idx.max() >= n):
+                raise IndexError(f"{name} indices must lie in 0..{n - 1}")
+        return svd_predict(
+            users,
+            items,
+            self.user_factors_,
+            self.item_factors_,
+            self.user_bias_,
+            self.item_bias_,
+            float(self.global_mean_),
+            float(self.rating_range_[0]),
+            float(self.rating_range_[1]),
+        )
+
+    def predict(self, pairs: pd.DataFrame | dd.DataFrame, unknown: str = "error") -> np.ndarray:
+        """Predicted ratings for a DataFrame of ``user_id, item_id`` pairs (original ids).
+
+        Parameters
+        ----------
+        pairs : pandas DataFrame
+            Columns ``user_id`` and ``item_id``; other columns are ignored.
+        unknown : {"error", "baseline"}
+            What to do with ids not seen in training: raise :class:`UnknownIdError`, or
+            predict the baseline ``mu + b_u + b_i`` with the unknown side's bias (and the
+            dot product) taken as 0, as Surprise does.
+
+        Returns
+        -------
+        (len(pairs),) float32
+            Aligned with the rows of ``pairs``, clipped to the training rating range.
+        """
+        self._check_fitted()
+        if unknown not in UNKNOWN_POLICIES:
+            raise ValueError(f"unknown must be one of {list(UNKNOWN_POLICIES)}, got {unknown!r}")
+        if isinstance(pairs, dd.DataFrame):
+            raise InputError(
+                "predict takes a pandas DataFrame; for a Dask DataFrame use "
+                "pairs.map_partitions(model.predict, meta=('rating', 'f4'))"
+            )
+        missing = [c for c in (schema.USER_ID, schema.ITEM_ID) if c not in pairs.columns]
+        if missing:
+            raise InputError(
+                f"pairs are missing column(s) {missing}; they have {list(pairs.columns)}"
+            )
+        if unknown == "error":
+            return self.predict_indices(
+                self.user_index(pairs[schema.USER_ID]), self.item_index(pairs[schema.ITEM_ID])
+            )
+        u = self.user_ids_.get_indexer(pd.Index(pairs[schema.USER_ID]))
+        i = self.item_ids_.get_indexer(pd.Index(pairs[schema.ITEM_ID]))
+        known = (u >= 0) & (i >= 0)
+        out = np.empty(len(pairs), dtype=np.float32)
+        out[known] = self.predict_indices(u[known], i[known])
+        cold = ~known
+        base = np.full(int(cold.sum()), self.global_mean_, dtype=np.float32)
+        base += np.where(u[cold] >= 0, self.user_bias_[np.maximum(u[cold], 0)], 0)
+        base += np.where(i[cold] >= 0, self.item_bias_[np.maximum(i[cold], 0)], 0)
+        out[cold] = np.clip(base, *self.rating_range_)
+        return out
+
+    # ------------------------------------------------------------------ scoring
+    def _score_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """``[p_u, 1, mu + b_u]`` and ``[q_i, b_i, 1]``: their dot is the predicted rating."""
+        n_u, n_i = self.user_factors_.shape[0], self.item_factors_.shape[0]
+        uvec = np.hstack(
+            [
+                self.user_factors_,
+                np.ones((n_u, 1), np.float32),
+                (self.global_mean_ + self.user_bias_).astype(np.float32)[:, None],
+            ]
+        )
+        ivec = np.hstack([self.item_factors_, self.item_bias_[:, None], np.ones((n_i, 1))])
+        return uvec.astype(np.float32), ivec.astype(np.float32)
+
+    # ------------------------------------------------------------------ persistence
+    def _extra_user_columns(self) -> dict[str, np.ndarray]:
+        return {"bias": self.user_bias_}
+
+    def _extra_item_columns(self) -> dict[str, np.ndarray]:
+        return {"bias": self.item_bias_}
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {
+            "global_mean": float(self.global_mean_),
+            "rating_min": float(self.rating_range_[0]),
+            "rating_max": float(self.rating_range_[1]),
+        }
+
+    def _restore(
+        self,
+        user_extra: dict[str, np.ndarray],
+        item_extra: dict[str, np.ndarray],
+        state: dict[str, Any],
+    ) -> None:
+        try:
+            self.user_bias_ = user_extra["bias"].astype(np.float32)
+            self.item_bias_ = item_extra["bias"].astype(np.float32)
+            self.global_mean_ = float(state["global_mean"])
+            self.rating_range_ = (float(state["rating_min"]), float(state["rating_max"]))
+        except KeyError as exc:
+            raise ModelFileError(
+                f"saved SVD model lacks its biases or global mean ({exc})"
+            ) from exc
+
+
+def _finite(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float, np.floating, np.integer))
+        and not isinstance(value, bool)
+        and bool(np.isfinite(value))
+    )
