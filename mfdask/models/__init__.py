@@ -2,5 +2,6 @@
 
 from mfdask.models.als import ALS
 from mfdask.models.base import FactorModel, load_model
+from mfdask.models.svd import SVD
 
-__all__ = ["ALS", "FactorModel", "load_model"]
+__all__ = ["ALS", "SVD", "FactorModel", "load_model"]
