@@ -205,10 +205,12 @@ class FactorModel:
 
     def user_index(self, user_ids: Iterable[Any]) -> np.ndarray:
         """Dense indices of original ``user_ids``; unknown ids raise :class:`UnknownIdError`."""
+        self._check_fitted()
         return self._lookup(self.user_ids_, user_ids, "user")
 
     def item_index(self, item_ids: Iterable[Any]) -> np.ndarray:
         """Dense indices of original ``item_ids``; unknown ids raise :class:`UnknownIdError`."""
+        self._check_fitted()
         return self._lookup(self.item_ids_, item_ids, "item")
 
     def _lookup(self, index: pd.Index, ids: Iterable[Any], kind: str) -> np.ndarray:

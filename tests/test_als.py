@@ -1,0 +1,190 @@
+"""ALS on the cluster: monotone loss, exact vs CG, block invariance, planted clusters."""
+
+from __future__ import annotations
+
+import itertools
+
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+import pytest
+
+from mfdask import ALS
+from mfdask.engine.als import BlockALS, SolveSpec, row_ranges
+
+
+def clustered_ratings(
+    n_users=240, n_items=120, n_clusters=4, p_in=0.35, p_out=0.02, seed=0
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Users and items in planted clusters: a user rates its own cluster's items highly.
+
+    Returns the ratings (original ids offset from the dense ones) and each item's cluster.
+    """
+    rng = np.random.default_rng(seed)
+    user_cluster = rng.integers(0, n_clusters, n_users)
+    item_cluster = rng.integers(0, n_clusters, n_items)
+    same = user_cluster[:, None] == item_cluster[None, :]
+    rated = rng.random((n_users, n_items)) < np.where(same, p_in, p_out)
+    u, i = np.nonzero(rated)
+    liked = same[u, i] & (rng.random(len(u)) < 0.9)
+    rating = np.where(liked, rng.integers(4, 6, len(u)), rng.integers(1, 4, len(u)))
+    frame = pd.DataFrame(
+        {"user_id": u + 10, "item_id": i + 100, "rating": rating.astype("float32")}
+    )
+    return frame, item_cluster
+
+
+@pytest.fixture(scope="module")
+def clustered():
+    return clustered_ratings()
+
+
+@pytest.mark.parametrize("solver", ["cholesky", "cg"])
+@pytest.mark.parametrize("scaling", ["none", "count"])
+def test_loss_never_increases(client, clustered, solver, scaling):
+    frame, _ = clustered
+    model = ALS(
+        factors=8,
+        iterations=8,
+        solver=solver,
+        regularization_scaling=scaling,
+        regularization=0.05 if scaling == "none" else 0.01,
+        random_state=0,
+    ).fit(dd.from_pandas(frame, npartitions=3))
+    losses = np.array([h["loss"] for h in model.history_])
+    assert len(losses) == 8
+    assert np.all(np.diff(losses) <= 1e-6 * losses[:-1]), losses
+
+
+def test_cg_reaches_the_exact_objective(client, clustered):
+    frame, _ = clustered
+    final = {}
+    for solver in ("cholesky", "cg"):
+        model = ALS(factors=8, iterations=10, solver=solver, random_state=1).fit(frame)
+        final[solver] = model.history_[-1]["loss"]
+    assert final["cg"] == pytest.approx(final["cholesky"], rel=0.01)
+
+
+@pytest.mark.parametrize("solver", ["cholesky", "cg"])
+def test_one_block_and_four_blocks_give_the_same_model(client, clustered, solver):
+    frame, _ = clustered
+    fits = [
+        ALS(factors=6, iterations=4, solver=solver, n_blocks=b, random_state=3).fit(
+            dd.from_pandas(frame, npartitions=p)
+        )
+        for b, p in ((1, 1), (4, 3))
+    ]
+    np.testing.assert_allclose(fits[0].user_factors_, fits[1].user_factors_, atol=2e-5)
+    np.testing.assert_allclose(fits[0].item_factors_, fits[1].item_factors_, atol=2e-5)
+    assert fits[0].history_[-1]["loss"] == pytest.approx(fits[1].history_[-1]["loss"], rel=1e-5)
+
+
+def test_similar_items_recover_planted_clusters(client, clustered):
+    frame, item_cluster = clustered
+    model = ALS(factors=8, iterations=10, random_state=0).fit(frame)
+    items = np.arange(len(item_cluster)) + 100
+    similar = model.similar_items(items, n=5)
+    query = item_cluster[similar["item_id"].to_numpy() - 100]
+    found = item_cluster[similar["similar_item_id"].to_numpy() - 100]
+    assert (query == found).mean() > 0.9
+
+
+def test_recommendations_prefer_the_users_cluster(client, clustered):
+    frame, item_cluster = clustered
+    model = ALS(factors=8, iterations=10, random_state=0).fit(frame)
+    recs = model.recommend(frame["user_id"].unique()[:50], n=5)
+    positives = frame[frame.rating >= 4]
+    home = positives.groupby("user_id")["item_id"].agg(
+        lambda s: np.bincount(item_cluster[s.to_numpy() - 100]).argmax()
+    )
+    rec_cluster = item_cluster[recs["item_id"].to_numpy() - 100]
+    assert (rec_cluster == home.loc[recs["user_id"]].to_numpy()).mean() > 0.8
+    seen = set(zip(frame.user_id, frame.item_id, strict=True))
+    assert not any((u, i) in seen for u, i in zip(recs.user_id, recs.item_id, strict=True))
+
+
+def test_low_ratings_are_seen_but_not_positive(client):
+    frame = pd.DataFrame(
+        {"user_id": [1, 1, 2, 2], "item_id": [7, 8, 7, 9], "rating": [5.0, 2.0, 4.0, 1.0]}
+    )
+    model = ALS(factors=2, iterations=2, random_state=0).fit(frame)
+    assert model.metrics_["n_positives"] == 2
+    assert model.seen_items_.nnz == 4
+    assert set(model.recommend([1], n=5)["item_id"]) == {9}
+
+
+def test_no_positives_is_a_clear_error(client):
+    frame = pd.DataFrame({"user_id": [1, 2], "item_id": [7, 8], "rating": [1.0, 0.5]})
+    with pytest.raises(ValueError, match=r"positive_threshold=4\.0"):
+        ALS(factors=2, iterations=1).fit(frame)
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"solver": "lu"}, "solver must be one of"),
+        ({"confidence": "hkv"}, "confidence must be one of"),
+        ({"regularization_scaling": "n"}, "regularization_scaling"),
+        ({"preference": "count"}, "preference"),
+        ({"factors": 0}, "factors must be a positive integer"),
+        ({"regularization": -1.0}, "regularization must be a finite number"),
+        ({"alpha": 0.0, "confidence": "implicit"}, "alpha > 0"),
+    ],
+)
+def test_bad_hyper_parameters_are_named(client, params, match):
+    frame, _ = clustered_ratings(n_users=20, n_items=10)
+    with pytest.raises(ValueError, match=match):
+        ALS(**params).fit(frame)
+
+
+def test_callback_sees_each_iteration_and_can_stop(client, clustered):
+    frame, _ = clustered
+    seen = []
+    model = ALS(factors=4, iterations=10, random_state=0)
+    model.fit(frame, callback=lambda rec: seen.append(rec["iteration"]) or len(seen) < 3)
+    assert seen == [1, 2, 3]
+    assert [h["iteration"] for h in model.history_] == [1, 2, 3]
+    assert all(h["seconds"] > 0 for h in model.history_)
+
+
+def test_rating_blocks_never_move_after_placement(client, clustered):
+    """Only factors travel between workers once the blocks are placed (transfer log)."""
+    frame, _ = clustered
+    dense = pd.DataFrame(
+        {
+            "user_idx": (frame.user_id - 10).astype("int32"),
+            "item_idx": (frame.item_id - 100).astype("int32"),
+            "rating": frame.rating,
+        }
+    )
+    client.run(lambda dask_worker: dask_worker.transfer_incoming_log.clear())
+    run = BlockALS(
+        client,
+        dd.from_pandas(dense, npartitions=4),
+        240,
+        120,
+        SolveSpec(),
+        positive_threshold=4.0,
+        binary=True,
+        n_blocks=4,
+    )
+    run.initialize(np.zeros((240, 8), np.float32), np.full((120, 8), 0.1, np.float32))
+    for _ in range(3):
+        run.iterate()
+    run.loss()
+    blocks = set(run.rating_block_keys)
+    moved = client.run(
+        lambda dask_worker: [k for e in dask_worker.transfer_incoming_log for k in e["keys"]]
+    )
+    moved_keys = {k for keys in moved.values() for k in keys}
+    assert moved_keys, "factors must have travelled between the two workers"
+    assert not moved_keys & blocks
+    run.close()
+
+
+def test_row_ranges_cover_rows_with_balanced_work():
+    indptr = np.concatenate([[0], np.cumsum(np.r_[np.full(10, 100), np.ones(90)])]).astype(int)
+    ranges = row_ranges(indptr, 8, 2)
+    assert ranges[0][0] == 0 and ranges[-1][1] == 100
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
+    assert 5 <= ranges[0][1] <= 30
