@@ -1,0 +1,156 @@
+"""Errors and checks of rating input: what is a bad row, and how it is reported.
+
+Every problem found in input data is named by file, line and what is wrong, with a hint
+at what to change. The checks that are applied row by row live with the readers (they
+run inside the Dask tasks, vectorised); this module holds the vocabulary they share and
+the accounting check of :func:`check_accounting` that makes sure no row is ever dropped
+silently.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+BAD_ROW_POLICIES = ("error", "skip")
+"""``on_bad_rows``: stop at the first bad row, or quarantine bad rows and go on."""
+
+DUPLICATE_POLICIES = ("error", "last", "mean")
+"""``duplicates``: what to do with several ratings of one (user, item) pair.
+
+``error`` stops; ``last`` keeps the rating (and timestamp) that comes last in the
+input (file order, then line order); ``mean`` keeps the mean rating with the last
+timestamp.
+"""
+
+MAX_QUOTED_CHARS = 120
+"""Bad lines are quoted up to this many characters in messages and the quarantine."""
+
+
+class IngestError(ValueError):
+    """Input cannot be ingested as it is; the message names the file, line and problem.
+
+    Attributes
+    ----------
+    path : str or None
+        The file at fault.
+    line : int or None
+        1-based line number in ``path`` (row number for Parquet input).
+    problem : str
+        What is wrong, and what to change.
+    """
+
+    def __init__(self, problem: str, path: str | os.PathLike[str] | None = None, line=None):
+        self.path = None if path is None else str(path)
+        self.line = None if line is None else int(line)
+        self.problem = problem
+        where = ""
+        if self.path is not None:
+            where = (
+                f"{self.path}, line {self.line}: " if self.line is not None else f"{self.path}: "
+            )
+        super().__init__(where + problem)
+
+
+class BadRowsError(IngestError):
+    """Rows that do not parse or validate, with ``on_bad_rows="error"``."""
+
+
+class DuplicateRatingError(IngestError):
+    """Two ratings of the same (user, item) pair, with ``duplicates="error"``."""
+
+
+class DelimiterError(IngestError):
+    """A file does not split into the expected fields on the expected separator."""
+
+
+class AccountingError(RuntimeError):
+    """Rows in != rows out + rows quarantined + duplicates merged: a bug, never data."""
+
+
+def quote_line(text: str) -> str:
+    """A bad line as shown in messages: repr-quoted, cut at :data:`MAX_QUOTED_CHARS`."""
+    if len(text) > MAX_QUOTED_CHARS:
+        text = text[:MAX_QUOTED_CHARS] + "..."
+    return repr(text)
+
+
+def describe_sep(sep: str) -> str:
+    """A separator as a user would name it on the command line."""
+    names = {
+        ",": "','",
+        "\t": "a tab ('\\t')",
+        "::": "'::'",
+        "|": "'|'",
+        ";": "';'",
+        " ": "a space",
+    }
+    return names.get(sep, repr(sep))
+
+
+def guess_separator(line: str, expected_fields: int) -> str | None:
+    """The separator that splits ``line`` into ``expected_fields`` fields, if one does."""
+    for sep in ("::", "\t", ",", ";", "|", " "):
+        if len(line.split(sep)) == expected_fields:
+            return sep
+    for sep in ("::", "\t", ",", ";", "|", " "):
+        if len(line.split(sep)) >= 3:
+            return sep
+    return None
+
+
+def validate_policy(on_bad_rows: str, duplicates: str) -> None:
+    """Raise ``ValueError`` for an unknown ``on_bad_rows`` or ``duplicates`` policy."""
+    if on_bad_rows not in BAD_ROW_POLICIES:
+        raise ValueError(f"on_bad_rows must be one of {BAD_ROW_POLICIES}, not {on_bad_rows!r}")
+    if duplicates not in DUPLICATE_POLICIES:
+        raise ValueError(f"duplicates must be one of {DUPLICATE_POLICIES}, not {duplicates!r}")
+
+
+def validate_rating_range(rating_range: tuple[float, float] | None) -> None:
+    """Raise ``ValueError`` unless ``rating_range`` is None or finite ``(low, high)``."""
+    if rating_range is None:
+        return
+    low, high = rating_range
+    if not (float(low) <= float(high)) or float("inf") in (abs(low), abs(high)):
+        raise ValueError(f"rating range must be finite with min <= max, got [{low}, {high}]")
+
+
+@dataclass(frozen=True)
+class Accounting:
+    """Where every input row went; ``rows_in`` must equal the sum of the other three.
+
+    Attributes
+    ----------
+    rows_in : int
+        Data lines read (header and blank lines excluded), counted from the input.
+    rows_out : int
+        Ratings in the written dataset, counted from the written Parquet files.
+    quarantined : int
+        Bad rows, counted from the written quarantine file.
+    duplicates_merged : int
+        Ratings folded into another rating of the same (user, item) pair.
+    """
+
+    rows_in: int
+    rows_out: int
+    quarantined: int
+    duplicates_merged: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "rows_in": self.rows_in,
+            "rows_out": self.rows_out,
+            "rows_quarantined": self.quarantined,
+            "duplicates_merged": self.duplicates_merged,
+        }
+
+
+def check_accounting(acc: Accounting) -> None:
+    """Raise :class:`AccountingError` unless rows in = out + quarantined + merged."""
+    if acc.rows_in != acc.rows_out + acc.quarantined + acc.duplicates_merged:
+        raise AccountingError(
+            f"rows do not add up: {acc.rows_in} read != {acc.rows_out} written + "
+            f"{acc.quarantined} quarantined + {acc.duplicates_merged} duplicates merged; "
+            "nothing was written. This is a bug in mfdask: please report it with the input"
+        )
