@@ -125,6 +125,8 @@ def bpr_update(
 def bpr_sgd(
     users: np.ndarray,
     items: np.ndarray,
+    values: np.ndarray,
+    threshold: float,
     lo: int,
     hi: int,
     seed: int,
@@ -142,12 +144,18 @@ def bpr_sgd(
     reg_neg: float,
     stats: np.ndarray,
 ) -> None:
-    """One BPR pass over positives ``lo:hi`` of a cell, in a random order, in place.
+    """One BPR pass, in a random order and in place, over the positives among ratings ``lo:hi``.
 
     Parameters
     ----------
     users, items : (nnz,) int32
-        The cell's positives: local rows of ``user_factors`` / ``item_factors``.
+        The cell's ratings: local rows of ``user_factors`` / ``item_factors``.
+    values : (nnz,) float32
+        Their ratings; those ``>= threshold`` are the positives that get a step.
+    threshold : float
+        The positive threshold. Ratings below it are skipped but stay in the users'
+        rows, so an item the user rated is never drawn as a negative: negatives are
+        items the user has not interacted with at all.
     lo, hi : int
         The slice this call visits, each positive once, shuffled by ``seed``.
     seed : int
@@ -177,6 +185,8 @@ def bpr_sgd(
     # -ln σ(x_ui - x_uj) + ½(λ_u‖p_u‖² + λ_i‖q_i‖² + λ_j‖q_j‖²).
     for t in range(order.shape[0]):
         pos = order[t]
+        if values[pos] < threshold:
+            continue  # rated but not a positive: in the membership rows, never a positive
         u = users[pos]  # local user row: of the factors and of the shard's CSR alike
         state, j = sample_negative(
             state, indices, indptr[u], indptr[u + 1], item_block, n_blocks, n_block_items

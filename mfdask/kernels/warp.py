@@ -156,6 +156,8 @@ def user_run(users: np.ndarray, u: int) -> tuple[int, int]:
 def warp_sgd(
     users: np.ndarray,
     items: np.ndarray,
+    values: np.ndarray,
+    threshold: float,
     lo: int,
     hi: int,
     seed: int,
@@ -177,7 +179,7 @@ def warp_sgd(
     kos_n: int,
     stats: np.ndarray,
 ) -> None:
-    """One WARP pass over positives ``lo:hi`` of a cell, in a random order, in place.
+    """One WARP pass, in a random order and in place, over the positives among ratings ``lo:hi``.
 
     Arguments as for :func:`mfdask.kernels.bpr.bpr_sgd`, plus ``n_items`` (the whole
     catalogue, for :func:`warp_rank`), ``max_sampled`` (draws per positive) and
@@ -196,16 +198,19 @@ def warp_sgd(
     sampled = 0
     for t in range(order.shape[0]):
         pos = order[t]
+        if values[pos] < threshold:
+            continue  # rated but not a positive: in the membership rows, never a positive
         u = users[pos]  # local user row: of the factors and of the shard's CSR alike
         start = indptr[u]
         stop = indptr[u + 1]
         i = items[pos]
         if kos_n > 0:
             # k-OS: the kos_k-th best of kos_n positives of u drawn from this cell.
+            # (A draw that lands on a non-positive rating keeps the visited positive.)
             run_lo, run_hi = user_run(users, u)
             for s in range(kos_n):
                 state, r = randbelow(state, run_hi - run_lo)
-                picks[s] = items[run_lo + r]
+                picks[s] = items[run_lo + r] if values[run_lo + r] >= threshold else i
                 scores[s] = dot(user_factors, u, item_factors, picks[s])
             chosen = np.argsort(-scores[:kos_n])[min(kos_k, kos_n) - 1]
             i = picks[chosen]

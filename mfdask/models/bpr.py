@@ -1,0 +1,202 @@
+"""BPR: Bayesian personalised ranking (Rendle et al. 2009) on the DSGD engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from mfdask.data import schema
+from mfdask.engine.dsgd import EpochReport
+from mfdask.kernels import bpr as kernels
+from mfdask.models.pairwise import PairwiseModel
+
+
+@dataclass(frozen=True)
+class BPRBlockKernel:
+    """The BPR loss for :class:`mfdask.engine.dsgd.DSGD`: one epoch's hyper-parameters.
+
+    ``train`` runs :func:`mfdask.kernels.bpr.bpr_sgd` over a slice of a cell, drawing
+    each positive's negative among the held item block's items.
+    """
+
+    learning_rate: float
+    reg_user: float
+    reg_pos: float
+    reg_neg: float
+    user_dims: int
+    threshold: float
+
+    stat_names: ClassVar[tuple[str, ...]] = ("triples", "loss", "penalty", "correct")
+
+    def train(self, cell, shard, user, item, lo: int, hi: int, seed: int) -> np.ndarray:
+        stats = np.zeros(kernels.N_STATS, dtype=np.float64)
+        kernels.bpr_sgd(
+            cell.users,
+            cell.items,
+            cell.values,
+            self.threshold,
+            lo,
+            hi,
+            seed,
+            shard.indptr,
+            shard.indices,
+            user["factors"],
+            item["factors"],
+            cell.item_block,
+            cell.n_blocks,
+            cell.n_local_items,
+            self.user_dims,
+            self.learning_rate,
+            self.reg_user,
+            self.reg_pos,
+            self.reg_neg,
+            stats,
+        )
+        return stats
+
+
+class BPR(PairwiseModel):
+    """Matrix factorisation for implicit feedback by Bayesian personalised ranking.
+
+    BPR (Rendle, Freudenthaler, Gantner and Schmidt-Thieme, UAI 2009) learns to score
+    every positive ``i`` of a user above the items ``j`` the user has not interacted
+    with, by SGD on ``-ln σ(x_ui - x_uj)`` with L2 penalties (LearnBPR, fig. 4 there;
+    the kernel is :mod:`mfdask.kernels.bpr`). Use it for top-N recommendation from
+    clicks, plays or high ratings; it optimises AUC, so it spreads its effort over the
+    whole ranking (WARP concentrates on the top of it).
+
+    The ratings are cut into ``B x B`` cells trained stratum by stratum across workers
+    (DSGD, :mod:`mfdask.engine.dsgd`), with ``n_threads`` Hogwild threads per cell. Each
+    positive's negative is drawn uniformly from the items of the item block held while
+    its cell trains, among those the user has not rated: since residue blocking makes
+    each block a uniform sample of the catalogue, every item is still a negative for
+    every user once per epoch in expectation.
+
+    Per epoch ``history_`` records ``objective`` (the mean over the epoch's triples of
+    ``-ln σ(x_uij) + ½(λ_u‖p_u‖² + λ_i‖q_i‖² + λ_j‖q_j‖²)``, each measured just before
+    its step: the loss SGD descends), ``loss`` (its data term), ``auc`` (the share of
+    triples already ranked right before their step, a sampled training AUC),
+    ``positives``, ``learning_rate``, ``seconds`` and ``positives_per_second``.
+
+    Differences from ``implicit``'s BayesianPersonalizedRanking: ratings below
+    ``positive_threshold`` are not positives but are never drawn as negatives (they
+    were interacted with) and are filtered from recommendations; the objective is
+    reported, not only the share of right-ranked triples; the L2 weights of user,
+    positive and negative item are separate; the learning rate can decay.
+
+    Parameters
+    ----------
+    factors : int
+        Latent dimension ``k`` (plus one bias column with ``use_bias``).
+    learning_rate : float
+        SGD step size of the first epoch.
+    learning_rate_decay : float
+        Epoch ``e`` uses ``learning_rate / (1 + learning_rate_decay · e)``.
+    regularization : float
+        L2 weight λ_u on user factors, and the default of the items' weights.
+    item_regularization : float or None
+        λ_i on the positive item's factors and bias; None: ``regularization``.
+    negative_regularization : float or None
+        λ_j on the negative item's; None: ``item_regularization``.
+    epochs : int
+        Passes over the positives.
+    use_bias : bool
+        Learn an item bias (an extra factor column whose user entry is fixed at 1).
+    init_scale : float
+        Initial factors are ``N(0, (init_scale / √k)²)``, drawn by global row index.
+    positive_threshold : float
+        Ratings at or above it are positives.
+    random_state : int or None
+        Seeds the initial factors, the visiting orders and the negatives. With one
+        thread per cell a fit is reproducible for a given ``n_blocks``.
+    n_threads : int or None
+        Hogwild threads per cell; None uses the worker's threads.
+    n_blocks : int or None
+        ``B``; None gives one per worker.
+    show_progress : bool
+        A progress bar over epochs with the objective and the sampled AUC.
+    validation_k : int
+        Cut-off of the validation metric when ``fit`` gets ``validation``.
+    validation_metric : str
+        Key of :func:`mfdask.evaluate.evaluate_ranking`'s result to track (higher is better).
+    early_stopping_rounds : int or None
+        With ``validation``: stop when the metric has not improved for this many epochs
+        and keep the best epoch's factors.
+
+    Attributes
+    ----------
+    user_factors_ : (n_users, factors) float32
+    item_factors_ : (n_items, factors) float32
+    item_bias_ : (n_items,) float32 or None
+    seen_items_ : (n_users, n_items) bool CSR
+        Every rated item, positive or not.
+    history_ : list of dict
+        One record per epoch (see above).
+    """
+
+    model_name: ClassVar[str] = "bpr"
+
+    def __init__(
+        self,
+        factors: int = 64,
+        learning_rate: float = 0.05,
+        learning_rate_decay: float = 0.0,
+        regularization: float = 0.01,
+        item_regularization: float | None = None,
+        negative_regularization: float | None = None,
+        epochs: int = 100,
+        use_bias: bool = True,
+        init_scale: float = 0.1,
+        positive_threshold: float = schema.DEFAULT_POSITIVE_THRESHOLD,
+        random_state: int | None = None,
+        n_threads: int | None = None,
+        n_blocks: int | None = None,
+        show_progress: bool = False,
+        validation_k: int = 10,
+        validation_metric: str = "ndcg@10",
+        early_stopping_rounds: int | None = None,
+    ) -> None:
+        self.factors = factors
+        self.learning_rate = learning_rate
+        self.learning_rate_decay = learning_rate_decay
+        self.regularization = regularization
+        self.item_regularization = item_regularization
+        self.negative_regularization = negative_regularization
+        self.epochs = epochs
+        self.use_bias = use_bias
+        self.init_scale = init_scale
+        self.positive_threshold = positive_threshold
+        self.random_state = random_state
+        self.n_threads = n_threads
+        self.n_blocks = n_blocks
+        self.show_progress = show_progress
+        self.validation_k = validation_k
+        self.validation_metric = validation_metric
+        self.early_stopping_rounds = early_stopping_rounds
+
+    def _make_kernel(self, epoch: int, learning_rate: float) -> BPRBlockKernel:
+        reg_user, reg_pos, reg_neg = self._regularization()
+        return BPRBlockKernel(
+            learning_rate=learning_rate,
+            reg_user=reg_user,
+            reg_pos=reg_pos,
+            reg_neg=reg_neg,
+            user_dims=int(self.factors),
+            threshold=self._threshold,
+        )
+
+    def _epoch_record(self, report: EpochReport, learning_rate: float) -> dict[str, Any]:
+        s = report.stats
+        n = s["triples"]
+        return {
+            "epoch": report.epoch + 1,
+            "objective": (s["loss"] + s["penalty"]) / n if n else float("nan"),
+            "loss": s["loss"] / n if n else float("nan"),
+            "auc": s["correct"] / n if n else float("nan"),
+            "positives": int(n),
+            "learning_rate": float(learning_rate),
+            "seconds": float(report.seconds),
+            "positives_per_second": float(n / report.seconds) if report.seconds > 0 else 0.0,
+        }

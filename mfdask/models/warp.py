@@ -1,0 +1,236 @@
+"""WARP: weighted approximate-rank pairwise loss (Weston et al. 2011) on the DSGD engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from mfdask.data import schema
+from mfdask.engine.dsgd import EpochReport
+from mfdask.kernels import warp as kernels
+from mfdask.models.base import _check_positive_int
+from mfdask.models.pairwise import PairwiseModel
+
+
+@dataclass(frozen=True)
+class WARPBlockKernel:
+    """The WARP loss for :class:`mfdask.engine.dsgd.DSGD`: one epoch's hyper-parameters.
+
+    ``train`` runs :func:`mfdask.kernels.warp.warp_sgd` over a slice of a cell; the
+    rank estimate is scaled from the held block (``cell.n_local_items``) to the
+    catalogue (``cell.n_items``).
+    """
+
+    learning_rate: float
+    reg_user: float
+    reg_pos: float
+    reg_neg: float
+    user_dims: int
+    threshold: float
+    max_sampled: int
+    kos_k: int
+    kos_n: int
+
+    stat_names: ClassVar[tuple[str, ...]] = ("positives", "loss", "penalty", "correct", "sampled")
+
+    def train(self, cell, shard, user, item, lo: int, hi: int, seed: int) -> np.ndarray:
+        stats = np.zeros(kernels.N_STATS, dtype=np.float64)
+        kernels.warp_sgd(
+            cell.users,
+            cell.items,
+            cell.values,
+            self.threshold,
+            lo,
+            hi,
+            seed,
+            shard.indptr,
+            shard.indices,
+            user["factors"],
+            item["factors"],
+            cell.item_block,
+            cell.n_blocks,
+            cell.n_local_items,
+            cell.n_items,
+            self.user_dims,
+            self.learning_rate,
+            self.reg_user,
+            self.reg_pos,
+            self.reg_neg,
+            self.max_sampled,
+            self.kos_k,
+            self.kos_n,
+            stats,
+        )
+        return stats
+
+
+class WARP(PairwiseModel):
+    """Matrix factorisation for implicit feedback by the WARP loss (optionally k-OS).
+
+    WARP (Weston, Bengio and Usunier, "WSABIE", IJCAI 2011) ranks each positive above
+    the items the user has not interacted with, weighting a violated pair by the log of
+    the positive's estimated rank: for a positive, negatives are drawn until one scores
+    within the margin (``x_uj > x_ui - 1``) or ``max_sampled`` draws are spent, and the
+    number of draws ``N`` gives the rank estimate ``⌊(n - 1) / N⌋``. Positives that are
+    already near the top draw many negatives and get small steps; badly ranked ones get
+    large steps. It optimises the top of the ranking (precision@k) rather than AUC, and
+    is LightFM's ``loss="warp"``; with ``kos_n > 0`` it is the k-order-statistic variant
+    (Weston, Yee and Weiss, RecSys 2013; LightFM's ``"warp-kos"``), which steps on the
+    ``kos_k``-th best of ``kos_n`` sampled positives of the user. The kernel is
+    :mod:`mfdask.kernels.warp`.
+
+    Training runs on the DSGD engine like :class:`~mfdask.models.bpr.BPR`; negatives
+    are drawn from the item block held while a cell trains, and the rank estimate is
+    scaled from the block's size to the catalogue's (``⌊(n_block - 1) / N⌋ · n / n_block``,
+    see :func:`mfdask.kernels.warp.warp_rank`), so the weights do not depend on the
+    number of blocks.
+
+    Per epoch ``history_`` records ``objective`` (mean over positives of the weighted
+    hinge ``L(rank)(1 - x_ui + x_uj)`` of the update, 0 when no violator was found, plus
+    the L2 penalty of the updated rows, each before its step), ``loss`` (its data term),
+    ``auc`` (share of positives scored above their first sampled negative),
+    ``sampled_per_positive``, ``positives``, ``learning_rate``, ``seconds`` and
+    ``positives_per_second``.
+
+    Differences from LightFM: plain SGD with an inverse-time learning-rate decay instead
+    of Adagrad/Adadelta; negatives are drawn only among items the user has not rated (a
+    rated item is never a negative, and a draw of one does not count against
+    ``max_sampled``); no feature matrices; the L2 weights of user, positive and negative
+    are separate.
+
+    Parameters
+    ----------
+    factors : int
+        Latent dimension ``k`` (plus one bias column with ``use_bias``).
+    learning_rate : float
+        SGD step size of the first epoch.
+    learning_rate_decay : float
+        Epoch ``e`` uses ``learning_rate / (1 + learning_rate_decay · e)``.
+    regularization : float
+        L2 weight λ_u on user factors, and the default of the items' weights.
+    item_regularization : float or None
+        λ_i on the positive item's factors and bias; None: ``regularization``.
+    negative_regularization : float or None
+        λ_j on the negative item's; None: ``item_regularization``.
+    epochs : int
+        Passes over the positives.
+    max_sampled : int
+        Negatives drawn per positive before giving up on finding a violator.
+    kos_k, kos_n : int
+        k-OS WARP: step on the ``kos_k``-th best of ``kos_n`` positives drawn from the
+        user's positives in the held block; ``kos_n = 0`` is plain WARP.
+    use_bias : bool
+        Learn an item bias (an extra factor column whose user entry is fixed at 1).
+    init_scale : float
+        Initial factors are ``N(0, (init_scale / √k)²)``, drawn by global row index.
+    positive_threshold : float
+        Ratings at or above it are positives.
+    random_state : int or None
+        Seeds the initial factors, the visiting orders and the negatives.
+    n_threads : int or None
+        Hogwild threads per cell; None uses the worker's threads.
+    n_blocks : int or None
+        ``B``; None gives one per worker.
+    show_progress : bool
+        A progress bar over epochs with the objective and the sampled AUC.
+    validation_k, validation_metric, early_stopping_rounds
+        As for :class:`~mfdask.models.bpr.BPR`.
+
+    Attributes
+    ----------
+    user_factors_ : (n_users, factors) float32
+    item_factors_ : (n_items, factors) float32
+    item_bias_ : (n_items,) float32 or None
+    seen_items_ : (n_users, n_items) bool CSR
+    history_ : list of dict
+    """
+
+    model_name: ClassVar[str] = "warp"
+
+    def __init__(
+        self,
+        factors: int = 64,
+        learning_rate: float = 0.01,
+        learning_rate_decay: float = 0.0,
+        regularization: float = 0.01,
+        item_regularization: float | None = None,
+        negative_regularization: float | None = None,
+        epochs: int = 50,
+        max_sampled: int = 50,
+        kos_k: int = 5,
+        kos_n: int = 0,
+        use_bias: bool = True,
+        init_scale: float = 0.1,
+        positive_threshold: float = schema.DEFAULT_POSITIVE_THRESHOLD,
+        random_state: int | None = None,
+        n_threads: int | None = None,
+        n_blocks: int | None = None,
+        show_progress: bool = False,
+        validation_k: int = 10,
+        validation_metric: str = "ndcg@10",
+        early_stopping_rounds: int | None = None,
+    ) -> None:
+        self.factors = factors
+        self.learning_rate = learning_rate
+        self.learning_rate_decay = learning_rate_decay
+        self.regularization = regularization
+        self.item_regularization = item_regularization
+        self.negative_regularization = negative_regularization
+        self.epochs = epochs
+        self.max_sampled = max_sampled
+        self.kos_k = kos_k
+        self.kos_n = kos_n
+        self.use_bias = use_bias
+        self.init_scale = init_scale
+        self.positive_threshold = positive_threshold
+        self.random_state = random_state
+        self.n_threads = n_threads
+        self.n_blocks = n_blocks
+        self.show_progress = show_progress
+        self.validation_k = validation_k
+        self.validation_metric = validation_metric
+        self.early_stopping_rounds = early_stopping_rounds
+
+    def _validate_params(self) -> None:
+        super()._validate_params()
+        _check_positive_int("max_sampled", self.max_sampled)
+        _check_positive_int("kos_k", self.kos_k)
+        if isinstance(self.kos_n, bool) or not isinstance(self.kos_n, (int, np.integer)):
+            raise ValueError(f"kos_n must be an integer >= 0, got {self.kos_n!r}")
+        if self.kos_n < 0:
+            raise ValueError(f"kos_n must be >= 0 (0 = plain WARP), got {self.kos_n!r}")
+        if self.kos_n and self.kos_k > self.kos_n:
+            raise ValueError(
+                f"k-OS needs kos_k <= kos_n, got kos_k={self.kos_k}, kos_n={self.kos_n}"
+            )
+
+    def _make_kernel(self, epoch: int, learning_rate: float) -> WARPBlockKernel:
+        reg_user, reg_pos, reg_neg = self._regularization()
+        return WARPBlockKernel(
+            learning_rate=learning_rate,
+            reg_user=reg_user,
+            reg_pos=reg_pos,
+            reg_neg=reg_neg,
+            user_dims=int(self.factors),
+            threshold=self._threshold,
+            max_sampled=int(self.max_sampled),
+            kos_k=int(self.kos_k),
+            kos_n=int(self.kos_n),
+        )
+
+    def _epoch_record(self, report: EpochReport, learning_rate: float) -> dict[str, Any]:
+        s = report.stats
+        n = s["positives"]
+        return {
+            "epoch": report.epoch + 1,
+            "objective": (s["loss"] + s["penalty"]) / n if n else float("nan"),
+            "loss": s["loss"] / n if n else float("nan"),
+            "auc": s["correct"] / n if n else float("nan"),
+            "sampled_per_positive": s["sampled"] / n if n else float("nan"),
+            "positives": int(n),
+            "learning_rate": float(learning_rate),
+            "seconds": float(report.seconds),
+            "positives_per_second": float(n / report.seconds) if report.seconds > 0 else 0.0,
+        }
