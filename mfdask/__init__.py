@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from mfdask.models import ALS, SVD, FactorModel, load_model
+from mfdask.models import ALS, BPR, SVD, WARP, FactorModel, load_model
 
-__all__ = ["ALS", "SVD", "FactorModel", "__version__", "load_model"]
+__all__ = ["ALS", "BPR", "SVD", "WARP", "FactorModel", "__version__", "load_model"]

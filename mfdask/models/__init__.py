@@ -2,6 +2,8 @@
 
 from mfdask.models.als import ALS
 from mfdask.models.base import FactorModel, load_model
+from mfdask.models.bpr import BPR
 from mfdask.models.svd import SVD
+from mfdask.models.warp import WARP
 
-__all__ = ["ALS", "SVD", "FactorModel", "load_model"]
+__all__ = ["ALS", "BPR", "SVD", "WARP", "FactorModel", "load_model"]
