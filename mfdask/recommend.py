@@ -1,14 +1,17 @@
 """Batch top-k: score a chunk of users (or items) against all items, keep the k best.
 
-Everything is vectorised over a chunk of rows: one matrix product, one ``argpartition``
-along the rows, then a sort of the ``k`` survivors. Already-seen items are masked to
-``-inf`` through the CSR of the chunk's rows, so no Python loop runs per user.
+Everything is vectorised over a chunk of rows: one matrix product, then one pass of the
+selection kernel :func:`mfdask.kernels.topk.top_k_rows` over each row (a size-``k`` heap,
+no ``(m, n)`` temporaries). Already-seen items are masked to ``-inf`` through the CSR of
+the chunk's rows, so no Python loop runs per user.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+
+from mfdask.kernels.topk import top_k_rows
 
 DEFAULT_CHUNK_CELLS = 16_000_000
 """Score-matrix cells per chunk (64 MB of float32): bounds memory for any catalogue size."""
@@ -36,22 +39,22 @@ def top_k_of_scores(
     Returns
     -------
     indices : (m, k) int64
-        Column indices, by descending score; ``-1`` where fewer than ``k`` columns remain.
+        Column indices, by descending score (equal scores: lower column first); ``-1``
+        where fewer than ``k`` columns with a finite score remain.
     values : (m, k) float32
         Their scores; ``-inf`` where the index is ``-1``.
     """
+    scores = np.ascontiguousarray(scores, dtype=np.float32)
     m, n = scores.shape
     k = min(k, n)
     if exclude is not None and exclude.nnz:
-        rows = np.repeat(np.arange(m), np.diff(exclude.indptr))
-        scores[rows, exclude.indices] = -np.inf
-    if k < n:
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        indptr = exclude.indptr.astype(np.int64, copy=False)
+        indices = exclude.indices.astype(np.int64, copy=False)
     else:
-        part = np.broadcast_to(np.arange(n), (m, n)).copy()
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-part_scores, axis=1, kind="stable")
-    idx = np.take_along_axis(part, order, axis=1).astype(np.int64)
-    val = np.take_along_axis(part_scores, order, axis=1)
-    idx[~np.isfinite(val)] = -1
-    return idx, val.astype(np.float32)
+        indptr = np.zeros(m + 1, dtype=np.int64)
+        indices = np.empty(0, dtype=np.int64)
+    idx = np.empty((m, k), dtype=np.int64)
+    val = np.empty((m, k), dtype=np.float32)
+    if k > 0:
+        top_k_rows(scores, k, indptr, indices, idx, val)
+    return idx, val

@@ -7,13 +7,56 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as pads
 import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mfdask.data.dataset import open_dataset, write_dataset
 from mfdask.engine import topk
 from mfdask.engine.topk import read_manifest, recommend_all, similar_items_all
 from mfdask.models.base import ModelMismatchError
+from mfdask.recommend import top_k_of_scores
 from tests.conftest import planted_ratings
 from tests.fixed_model import FixedModel
+
+
+def _top_k_twin(scores: np.ndarray, k: int, exclude: sp.csr_matrix | None):
+    """Obviously correct top-k: sort each row by (-score, column), drop non-finite."""
+    scores = scores.astype(np.float32).copy()
+    if exclude is not None:
+        scores[exclude.toarray().astype(bool)] = -np.inf
+    m, n = scores.shape
+    k = min(k, n)
+    idx = np.full((m, k), -1, np.int64)
+    val = np.full((m, k), -np.inf, np.float32)
+    for r in range(m):
+        ok = np.flatnonzero(np.isfinite(scores[r]))
+        order = ok[np.lexsort((ok, -scores[r, ok]))][:k]
+        idx[r, : len(order)] = order
+        val[r, : len(order)] = scores[r, order]
+    return idx, val
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    m=st.integers(1, 6),
+    n=st.integers(1, 40),
+    k=st.integers(1, 45),
+    levels=st.integers(2, 50),
+    density=st.floats(0, 1),
+    seed=st.integers(0, 2**16),
+)
+def test_top_k_kernel_matches_the_twin(m, n, k, levels, density, seed):
+    rng = np.random.default_rng(seed)
+    # Few distinct levels: ties are common, and must go to the lower column.
+    scores = rng.integers(0, levels, (m, n)).astype(np.float32)
+    scores[rng.random((m, n)) < 0.05] = np.nan
+    exclude = sp.random(m, n, density=density, format="csr", random_state=seed)
+    idx, val = top_k_of_scores(scores.copy(), k, exclude)
+    want_idx, want_val = _top_k_twin(scores, k, exclude)
+    np.testing.assert_array_equal(idx, want_idx)
+    np.testing.assert_array_equal(val, want_val)
+    assert idx.shape == (m, min(k, n))
 
 
 def _fit(frame: pd.DataFrame, **params) -> FixedModel:
