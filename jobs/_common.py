@@ -68,7 +68,9 @@ def run_job(run: Callable[[argparse.Namespace], int], args: argparse.Namespace, 
 
 def standalone_main(module: ModuleType, argv: Sequence[str] | None = None) -> int:
     """``python -m jobs.NAME``: the same arguments as ``mfdask NAME``."""
-    name = module.__name__.rsplit(".", 1)[-1]
+    # Under ``python -m jobs.NAME`` the module is ``__main__``; its spec keeps the real name.
+    spec = getattr(module, "__spec__", None)
+    name = (spec.name if spec is not None else module.__name__).rsplit(".", 1)[-1]
     parser = argparse.ArgumentParser(
         prog=f"python -m jobs.{name}",
         description=module.__doc__,
