@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import ClassVar
 
@@ -266,3 +267,113 @@ def test_mismatched_dataset_is_refused(client, data, tmp_path):
     ds = write_dataset(dd.from_pandas(dense, npartitions=1), users, items, tmp_path / "other")
     with pytest.raises(ModelMismatchError, match="id-map fingerprint"):
         evaluate_ranking(model, ds)
+
+
+# --------------------------------------------------------------------------- the job
+
+
+def _saved(model_cls, train, tmp_path, name, **params):
+    """A real model class with planted factors, saved as `mfdask train` would save it."""
+    planted = _model(train)
+    model = model_cls(**params)
+    for attr in ("user_ids_", "item_ids_", "user_factors_", "item_factors_", "seen_items_"):
+        setattr(model, attr, getattr(planted, attr))
+    model.fingerprint_, model.items_, model.history_, model.metrics_ = (
+        planted.fingerprint_,
+        None,
+        [],
+        {},
+    )
+    if not model.implicit:
+        rng = np.random.default_rng(7)
+        model.user_bias_ = rng.normal(0, 0.1, N_USERS).astype(np.float32)
+        model.item_bias_ = rng.normal(0, 0.1, N_ITEMS).astype(np.float32)
+        model.global_mean_ = 3.5
+        model.rating_range_ = (1.0, 5.0)
+    return model, model.save(tmp_path / name)
+
+
+def _test_dataset(test, tmp_path):
+    users = pd.DataFrame({"user_id": np.arange(N_USERS) + 1000, "user_idx": np.arange(N_USERS)})
+    items = pd.DataFrame({"item_id": np.arange(N_ITEMS) + 5000, "item_idx": np.arange(N_ITEMS)})
+    dense = pd.DataFrame(
+        {
+            "user_idx": (test.user_id - 1000).astype("int32"),
+            "item_idx": (test.item_id - 5000).astype("int32"),
+            "rating": test.rating,
+            "timestamp": np.zeros(len(test), "int64"),
+        }
+    )
+    return write_dataset(dd.from_pandas(dense, npartitions=2), users, items, tmp_path / "test")
+
+
+def test_job_writes_json_and_table(client, data, tmp_path, capsys):
+    from mfdask.cli import main
+    from mfdask.models import ALS, SVD
+
+    train, test = data
+    ds = _test_dataset(test, tmp_path)
+    als, als_dir = _saved(ALS, train, tmp_path, "als", factors=4)
+    out = tmp_path / "als.json"
+    assert main(["evaluate", str(als_dir), str(ds.path), "--k", "5", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "NDCG@5" in printed and "AUC (exact)" in printed
+    report = json.loads(out.read_text())
+    assert report["model_class"] == "ALS" and report["k"] == 5
+    direct = evaluate_ranking(als, ds, k=5)
+    for key in ("precision", "recall", "ndcg", "map", "auc", "implicit_precision", "users"):
+        assert report["metrics"][key] == pytest.approx(direct[key]), key
+    assert "rmse" not in report["metrics"]
+
+    svd, svd_dir = _saved(SVD, train, tmp_path, "svd", factors=4)
+    out = tmp_path / "svd.json"
+    assert main(["evaluate", str(svd_dir), str(ds.path), "--output", str(out)]) == 0
+    metrics = json.loads(out.read_text())["metrics"]
+    want = rmse(
+        svd.predict_indices(test.user_id.to_numpy() - 1000, test.item_id.to_numpy() - 5000),
+        test.rating,
+    )
+    assert metrics["rmse"] == pytest.approx(want, rel=1e-6)
+    assert metrics["count"] == len(test) and "ndcg" in metrics
+    assert "RMSE" in capsys.readouterr().out
+
+
+def test_job_errors(client, data, tmp_path, capsys):
+    from mfdask.cli import main
+    from mfdask.models import ALS
+
+    train, test = data
+    ds = _test_dataset(test, tmp_path)
+    _, als_dir = _saved(ALS, train, tmp_path, "als", factors=4)
+    out = tmp_path / "m.json"
+    out.write_text("{}")
+    assert main(["evaluate", str(als_dir), str(ds.path), "--output", str(out)]) == 2
+    assert f"{out} already exists: choose another --output or pass --overwrite" in (
+        capsys.readouterr().err
+    )
+    args = ["evaluate", str(tmp_path / "nomodel"), str(ds.path), "--output", str(out)]
+    assert main([*args, "--overwrite"]) == 2
+    assert "is not a saved mfdask model: model.json is missing" in capsys.readouterr().err
+    other = tmp_path / "other"
+    users = pd.DataFrame({"user_id": np.arange(3), "user_idx": np.arange(3)})
+    items = pd.DataFrame({"item_id": np.arange(3), "item_idx": np.arange(3)})
+    dense = pd.DataFrame(
+        {
+            "user_idx": np.array([0], "int32"),
+            "item_idx": np.array([1], "int32"),
+            "rating": np.array([5.0], "float32"),
+            "timestamp": np.array([0], "int64"),
+        }
+    )
+    write_dataset(dd.from_pandas(dense, npartitions=1), users, items, other)
+    args = ["evaluate", str(als_dir), str(other), "--output", str(out), "--overwrite"]
+    assert main(args) == 2
+    assert "the model was trained on a dataset with id-map fingerprint" in capsys.readouterr().err
+    assert (
+        main(
+            ["evaluate", str(als_dir), str(tmp_path / "none"), "--output", str(out), "--overwrite"]
+        )
+        == 2
+    )
+    assert "does not exist" in capsys.readouterr().err
+    assert out.read_text() == "{}"  # nothing was overwritten by a failed run
