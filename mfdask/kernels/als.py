@@ -37,7 +37,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, fastmath=True)
 def solve_rows_cholesky(
     indptr: np.ndarray,
     indices: np.ndarray,
@@ -131,7 +131,7 @@ def solve_rows_cholesky(
     return -1
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, fastmath=True)
 def solve_rows_cg(
     indptr: np.ndarray,
     indices: np.ndarray,
@@ -228,7 +228,7 @@ def solve_rows_cg(
             dst[row, q] = x[q]
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, fastmath=True)
 def objective_rows(
     indptr: np.ndarray,
     indices: np.ndarray,
@@ -285,7 +285,7 @@ def objective_rows(
     return error, penalty
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, fastmath=True)
 def penalty_rows(
     indptr: np.ndarray, factors: np.ndarray, regularization: float, count_scaled: bool
 ) -> float:
