@@ -289,12 +289,15 @@ def catalogue_coverage(recs: np.ndarray, n_items: int) -> float:
 
 
 def _order_keys(x: np.ndarray) -> np.ndarray:
-    """Map float32 values to uint32 keys with the same order (no NaN; -0.0 == +0.0)."""
+    """Map float32 values to uint32 keys with the same order (no NaN; -0.0 == +0.0).
+
+    IEEE-754 bits order positive floats like unsigned integers and negative ones in
+    reverse, so negatives get every bit flipped and positives only the sign bit: an
+    arithmetic shift of the signed view makes that mask without a branch.
+    """
     x = np.ascontiguousarray(x, dtype=np.float32) + np.float32(0.0)  # -0.0 -> +0.0
-    bits = x.view(np.uint32)
-    sign = np.uint32(0x80000000)
-    # Negative floats: larger magnitude, larger bits -> invert all; positive: set the sign.
-    return np.where(bits & sign, ~bits, bits | sign)
+    signed = x.view(np.int32)
+    return (signed ^ ((signed >> 31) | np.int32(-(2**31)))).view(np.uint32)
 
 
 def auc(
@@ -358,11 +361,12 @@ def auc(
         x[pr, pc] = np.asarray(scores[pr, pc], dtype=np.float32)  # positives stay positives
         n_excl = np.diff(ex.indptr) - np.diff(ex.multiply(rel).tocsr().indptr)
     n_neg = n - n_pos - n_excl
-    keys = (np.arange(m, dtype=np.uint64)[:, None] << np.uint64(32)) | _order_keys(x).astype(
-        np.uint64
-    )
-    flat = np.sort(keys, axis=1).ravel()  # row prefix: sorting rows sorts the whole block
-    pk = keys[pr, pc]
+    keys = _order_keys(x)
+    # The row index in the high 32 bits makes the row-wise sorted keys one sorted array,
+    # so a single searchsorted finds every positive's place within its own row.
+    high = np.arange(m, dtype=np.uint64)[:, None] << np.uint64(32)
+    flat = (high | np.sort(keys, axis=1)).ravel()
+    pk = (pr.astype(np.uint64) << np.uint64(32)) | keys[pr, pc].astype(np.uint64)
     offset = pr * n
     below = np.searchsorted(flat, pk, side="left") - offset
     upto = np.searchsorted(flat, pk, side="right") - offset
