@@ -104,7 +104,7 @@ def _read_user_block(path: str, block: int, n_user_blocks: int) -> pd.DataFrame:
     if not files:
         return _RATINGS_META.copy()
     table = pq.read_table(files, columns=list(schema.RATING_DTYPES))
-    part = table.to_pandas().astype(schema.RATING_DTYPES, copy=False)
+    part = table.to_pandas().astype(schema.RATING_DTYPES)
     wrong = part[schema.USER_IDX].to_numpy() % n_user_blocks != block
     if wrong.any():
         user = int(part[schema.USER_IDX].to_numpy()[np.flatnonzero(wrong)[0]])
