@@ -188,3 +188,36 @@ def test_row_ranges_cover_rows_with_balanced_work():
     assert ranges[0][0] == 0 and ranges[-1][1] == 100
     assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
     assert 5 <= ranges[0][1] <= 30
+
+
+def test_similar_items_on_synthetic_clusters(client, tmp_path):
+    """The generator's planted item clusters come back as nearest neighbours."""
+    from mfdask.data.synth import synthesize
+
+    dataset = synthesize(tmp_path / "synth", n_ratings=60_000, n_clusters=8, seed=0)
+    items = dataset.items()
+    model = ALS(factors=16, iterations=8, regularization=0.1, alpha=2.0, random_state=0)
+    model.fit(dataset)
+    popular = model.seen_items_.sum(axis=0).A1.argsort()[::-1][:100]
+    query = model.item_ids_[popular]
+    similar = model.similar_items(query, n=5)
+    cluster = items.set_index("item_id")["cluster"]
+    same = (
+        cluster.loc[similar.item_id].to_numpy() == cluster.loc[similar.similar_item_id].to_numpy()
+    )
+    assert same.mean() > 0.7
+
+
+@pytest.mark.distributed
+def test_real_scheduler_processes_give_the_in_process_model(client, clustered, tmp_path):
+    from distributed import Client
+
+    from tests.processes import process_cluster
+
+    frame, _ = clustered
+    params = {"factors": 6, "iterations": 3, "n_blocks": 2, "random_state": 0}
+    local = ALS(**params).fit(frame)
+    with process_cluster(tmp_path / "logs", n_workers=2) as cluster, Client(cluster.address):
+        remote = ALS(**params).fit(frame)
+    np.testing.assert_allclose(remote.item_factors_, local.item_factors_, atol=1e-5)
+    assert remote.history_[-1]["loss"] == pytest.approx(local.history_[-1]["loss"], rel=1e-5)
