@@ -221,3 +221,20 @@ def test_real_scheduler_processes_give_the_in_process_model(client, clustered, t
         remote = ALS(**params).fit(frame)
     np.testing.assert_allclose(remote.item_factors_, local.item_factors_, atol=1e-5)
     assert remote.history_[-1]["loss"] == pytest.approx(local.history_[-1]["loss"], rel=1e-5)
+
+
+def test_validation_metric_and_early_stopping(client, clustered):
+    frame, _ = clustered
+    rng = np.random.default_rng(0)
+    positives = frame.index[frame.rating >= 4].to_numpy()
+    held = rng.choice(positives, size=len(positives) // 5, replace=False)
+    train, valid = frame.drop(index=held), frame.loc[held]
+    model = ALS(factors=8, iterations=8, alpha=5.0, random_state=0, early_stopping_rounds=2).fit(
+        train, validation=valid
+    )
+    scores = [h["ndcg"] for h in model.history_]
+    best = int(np.argmax(scores))
+    assert model.metrics_["best_iteration"] == best + 1
+    assert model.metrics_["ndcg"] == pytest.approx(max(scores))
+    assert len(scores) == 8 or len(scores) - 1 - best == 2
+    assert max(scores) > 0.2, "planted clusters make held-out positives easy to rank"

@@ -97,7 +97,8 @@ class ALS(FactorModel):
     validation_k : int
         Cut-off of the validation metric when ``fit`` gets ``validation``.
     validation_metric : str
-        Key of :func:`mfdask.evaluate.evaluate_ranking`'s result to track (higher is better).
+        Key of :func:`mfdask.evaluate.evaluate_ranking`'s result to track, at
+        ``validation_k`` (higher is better): ``"ndcg"``, ``"precision"``, ``"map"``...
     early_stopping_rounds : int or None
         With ``validation``: stop when the metric has not improved for this many
         iterations and keep the best iteration's factors.
@@ -134,7 +135,7 @@ class ALS(FactorModel):
         calculate_training_loss: bool = True,
         show_progress: bool = False,
         validation_k: int = 10,
-        validation_metric: str = "ndcg@10",
+        validation_metric: str = "ndcg",
         early_stopping_rounds: int | None = None,
     ) -> None:
         self.factors = factors
@@ -236,8 +237,8 @@ class ALS(FactorModel):
             if self.calculate_training_loss:
                 record["loss"] = run.loss()
                 progress.set_postfix(loss=f"{record['loss']:.5f}")
-            self.user_factors_, self.item_factors_ = run.factors()
             if validation is not None:
+                self.user_factors_, self.item_factors_ = run.factors()
                 score = self._validation_score(validation)
                 record[self.validation_metric] = score
                 if best is None or score > best[0]:
@@ -252,6 +253,7 @@ class ALS(FactorModel):
             if not keep_going:
                 break
         progress.close()
+        self.user_factors_, self.item_factors_ = run.factors()
         if best is not None and self.early_stopping_rounds is not None:
             self.metrics_["best_iteration"] = best[1] + 1
             self.metrics_[self.validation_metric] = best[0]
