@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from benchmarks.common import print_table, require_movielens, write_results
+from benchmarks.common import OUT, print_table, require_movielens, write_results
 from mfdask.data.split import assign_test
 from mfdask.metrics.ranking import ranking_metrics
 
@@ -226,13 +226,94 @@ def tune(problem: Problem, grid: dict[str, list]) -> list[dict[str, Any]]:
     return rows
 
 
+def needed_rows(blocks: list[sp.csr_matrix], n_src: int) -> float:
+    """Mean share of the source rows a residue block refers to: what a routing plan
+    (Spark's out-blocks) would send instead of the whole source matrix."""
+    return float(np.mean([len(np.unique(b.indices)) / n_src for b in blocks]))
+
+
+def run_scale(n_ratings: int, iterations: int, params: dict[str, Any]) -> dict[str, Any]:
+    """Time per iteration at ``n_ratings`` synthetic ratings: mfdask on 2 workers vs implicit."""
+    from distributed import Client, LocalCluster
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    from mfdask import ALS
+    from mfdask.data.dataset import is_dataset, open_dataset
+    from mfdask.data.synth import synthesize
+
+    dest = OUT / f"synth-{n_ratings}"
+    started = time.perf_counter()
+    dataset = open_dataset(dest) if is_dataset(dest) else synthesize(dest, n_ratings=n_ratings)
+    print(f"synthetic data: {time.perf_counter() - started:.1f} s", flush=True)
+    shape = (dataset.n_users, dataset.n_items)
+    frame = dataset.ratings(["user_idx", "item_idx", "rating"]).compute()
+    frame = frame[frame.rating >= 4]
+    positives = csr(frame, shape)
+    del frame
+    out: dict[str, Any] = {
+        "ratings": n_ratings,
+        "positives": positives.nnz,
+        "users": shape[0],
+        "items": shape[1],
+        "iterations": iterations,
+    }
+    model = AlternatingLeastSquares(
+        factors=FACTORS,
+        iterations=iterations,
+        calculate_training_loss=False,
+        num_threads=2,
+        random_state=0,
+        **{k: params[k] for k in ("regularization", "alpha")},
+    )
+    started = time.perf_counter()
+    model.fit(positives, show_progress=False)
+    out["implicit s/iter"] = (time.perf_counter() - started) / iterations
+    del model
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    )
+    with Client(cluster, set_as_default=True):
+        als = ALS(
+            factors=FACTORS,
+            iterations=iterations,
+            random_state=0,
+            calculate_training_loss=False,
+            **params,
+        )
+        started = time.perf_counter()
+        als.fit(dataset)
+        out["mfdask fit s"] = time.perf_counter() - started
+        out["mfdask s/iter"] = float(np.median([h["seconds"] for h in als.history_[1:]]))
+    cluster.close()
+    user_blocks = [positives[b::2] for b in range(2)]
+    item_blocks = [positives.T.tocsr()[b::2] for b in range(2)]
+    out["rows needed, user half (2 blocks)"] = needed_rows(user_blocks, shape[1])
+    out["rows needed, item half (2 blocks)"] = needed_rows(item_blocks, shape[0])
+    item_blocks16 = [positives.T.tocsr()[b::16] for b in range(16)]
+    out["rows needed, item half (16 blocks)"] = needed_rows(item_blocks16, shape[0])
+    out["mfdask vs implicit"] = out["mfdask s/iter"] / out["implicit s/iter"]
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--tune", action="store_true", help="grid-search both on a validation split first"
     )
     parser.add_argument("--repeats", type=int, default=3, help="timing rounds (best kept)")
+    parser.add_argument(
+        "--scale",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead: time per iteration on N synthetic ratings (e.g. 20000000)",
+    )
     args = parser.parse_args(argv if argv is not None else sys.argv[1:])
+    if args.scale:
+        row = run_scale(args.scale, iterations=5, params=DEFAULT_MFDASK)
+        print_table([row], f"{args.scale:,} synthetic ratings, 2 cores, 64 factors")
+        print("wrote", write_results(f"als_scale_{args.scale}", row))
+        return
     from distributed import Client, LocalCluster
 
     root = require_movielens("ml-1m")
