@@ -377,3 +377,32 @@ def test_job_errors(client, data, tmp_path, capsys):
     )
     assert "does not exist" in capsys.readouterr().err
     assert out.read_text() == "{}"  # nothing was overwritten by a failed run
+
+
+def test_agrees_with_implicit_ranking_metrics(client, data):
+    """implicit's precision/map/ndcg/auc equal our implicit_precision/map/ndcg/implicit_auc."""
+    pytest.importorskip("implicit")
+    from implicit.cpu.als import AlternatingLeastSquares
+    from implicit.evaluation import ranking_metrics_at_k
+
+    train, test = data
+    model = _model(train, PlantedModel)
+    theirs = AlternatingLeastSquares(factors=model.factors, num_threads=1)
+    theirs.user_factors = model.user_factors_.copy()
+    theirs.item_factors = model.item_factors_.copy()
+    pos = test[test.rating >= 4]
+    test_pos = sp.csr_matrix(
+        (np.ones(len(pos), np.float32), (pos.user_id - 1000, pos.item_id - 5000)),
+        shape=(N_USERS, N_ITEMS),
+    )
+    want = ranking_metrics_at_k(
+        theirs, model.seen_items_.astype(np.float32), test_pos, K=5, show_progress=False
+    )
+    got = evaluate_ranking(model, test, k=5)
+    for a, b in (
+        ("precision", "implicit_precision"),
+        ("map", "map"),
+        ("ndcg", "ndcg"),
+        ("auc", "implicit_auc"),
+    ):
+        assert got[b] == pytest.approx(float(want[a]), rel=1e-6), a
