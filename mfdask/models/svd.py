@@ -129,6 +129,11 @@ class SVD(FactorModel):
     ``random_state`` and cluster shape; more threads add Hogwild races (same quality, not
     bitwise equal).
 
+    The defaults were chosen from held-out learning curves on a random 90/10 split of
+    MovieLens-1M at 64 factors (``benchmarks/bench_svd.py``): about 0.843 held-out RMSE,
+    where Surprise's ``SVD`` with its best published ML-1M setting reaches 0.844. Stronger
+    factor regularisation (0.08, 0.1) or a weaker one (0.04) did worse there.
+
     Parameters
     ----------
     factors : int
@@ -140,7 +145,8 @@ class SVD(FactorModel):
     bias_learning_rate : float or None
         γ_b; None uses ``learning_rate``.
     bias_regularization : float or None
-        λ_b; None uses ``regularization``.
+        λ_b; None uses ``regularization``. Biases are regularised less than factors:
+        each has one degree of freedom and is estimated from all of a row's ratings.
     epochs : int
         Passes over the ratings (fewer with early stopping).
     init_scale : float
@@ -182,14 +188,14 @@ class SVD(FactorModel):
     def __init__(
         self,
         factors: int = 64,
-        learning_rate: float = 0.007,
-        regularization: float = 0.05,
+        learning_rate: float = 0.01,
+        regularization: float = 0.06,
         bias_learning_rate: float | None = None,
-        bias_regularization: float | None = None,
-        epochs: int = 40,
+        bias_regularization: float | None = 0.01,
+        epochs: int = 70,
         init_scale: float = 0.1,
         lr_schedule: str = "decay",
-        lr_decay: float = 0.96,
+        lr_decay: float = 0.97,
         early_stopping_rounds: int | None = 3,
         random_state: int | None = 0,
         n_blocks: int | None = None,
