@@ -525,10 +525,10 @@ def evaluate(
         rating = not model.implicit
     if not (ranking or rating):
         raise ValueError("nothing to evaluate: ranking and rating are both off")
-    if rating and not callable(getattr(model, "predict_indices", None)):
-        raise TypeError(
-            f"{type(model).__name__} has no predict_indices(users, items), so rating error "
-            "cannot be measured: evaluate its ranking only (rating=False)"
+    if rating and model.implicit:
+        raise ValueError(
+            f"{type(model).__name__} is an implicit model: its scores are preferences, not "
+            "ratings, so RMSE/MAE do not apply; evaluate its ranking only (rating=False)"
         )
     if positive_threshold is not None:
         positive_threshold = float(positive_threshold)
@@ -615,9 +615,4 @@ def evaluate_rating(model: FactorModel, test: Any) -> dict[str, float]:
         For an implicit model (ALS, BPR, WARP): its scores are preferences, not ratings.
     """
     model._check_fitted()
-    if model.implicit:
-        raise ValueError(
-            f"{type(model).__name__} is an implicit model: its scores are preferences, not "
-            "ratings, so RMSE/MAE do not apply; use evaluate_ranking"
-        )
     return evaluate(model, test, ranking=False, rating=True, positive_threshold=None)

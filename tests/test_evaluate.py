@@ -231,7 +231,7 @@ def test_errors_are_named(client, data, tmp_path):
         evaluate_ranking(model, test, k=0)
     with pytest.raises(ValueError, match="implicit model"):
         evaluate_rating(model, test)
-    with pytest.raises(TypeError, match="no predict_indices"):
+    with pytest.raises(ValueError, match="implicit model: its scores are preferences"):
         evaluate(model, test, rating=True)
     with pytest.raises(ValueError, match=r"no test user has a positive \(rating >= 6\)"):
         evaluate_ranking(model, test, positive_threshold=6)

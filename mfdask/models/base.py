@@ -253,6 +253,16 @@ class FactorModel:
     def _user_embeddings(self) -> np.ndarray:
         return self.user_factors_
 
+    def predict_indices(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Scores of dense-index pairs ``(users[j], items[j])``, ``(m,) float32``.
+
+        The ranking score for implicit models; SVD overrides it with the clipped rating.
+        """
+        uvec, ivec = self._score_vectors()
+        users = np.asarray(users, dtype=np.int64)
+        items = np.asarray(items, dtype=np.int64)
+        return np.einsum("ij,ij->i", uvec[users], ivec[items]).astype(np.float32)
+
     def recommend(
         self,
         user_ids: Any,
