@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mfdask import ALS, BPR, WARP, load_model
+from mfdask import ALS, BPR, SVD, WARP, load_model
 from mfdask.models.base import FactorModel, NotFittedError, UnknownIdError
 
 MODEL_FACTORIES: list[Callable[[], FactorModel]] = [
@@ -20,6 +20,7 @@ MODEL_FACTORIES: list[Callable[[], FactorModel]] = [
     lambda: ALS(factors=8, iterations=3, solver="cholesky", confidence="implicit", random_state=0),
     lambda: BPR(factors=8, epochs=3, random_state=0),
     lambda: WARP(factors=8, epochs=3, kos_n=4, kos_k=2, use_bias=False, random_state=0),
+    lambda: SVD(factors=8, epochs=3, random_state=0),
 ]
 
 
