@@ -279,8 +279,24 @@ def _output_error(path: Path, what: str, exc: OSError) -> PermissionError:
     )
 
 
-def _check_writable(path: Path, what: str) -> None:
-    """Fail before any work when ``path`` cannot be created (parent a file, read-only...)."""
+def check_output_dir(path: str | os.PathLike[str], what: str, overwrite: bool = False) -> Path:
+    """Fail before any work when ``path`` exists (without ``overwrite``) or cannot be made.
+
+    Jobs call it before they start a cluster or a fit, so that a typo in ``--output``
+    costs a second, not a training run.
+
+    Raises
+    ------
+    FileExistsError
+        ``path`` exists and ``overwrite`` is false.
+    PermissionError
+        The nearest existing ancestor of ``path`` is a file or is not writable.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(
+            f"{path} already exists: choose another destination or pass --overwrite"
+        )
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -293,6 +309,7 @@ def _check_writable(path: Path, what: str) -> None:
         raise PermissionError(
             f"cannot write {what} to {path}: {parent} is not writable; choose a writable --output"
         )
+    return path
 
 
 def _n_blocks(n_rows: int, n_workers: int, multiple_of: int, requested: int | None) -> int:
@@ -335,12 +352,7 @@ def _run_blocks(
         raise ValueError(f"n must be a positive integer, got {n!r}")
     if isinstance(chunk_cells, bool) or int(chunk_cells) < 1:
         raise ValueError(f"chunk_cells must be a positive integer, got {chunk_cells!r}")
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(
-            f"{path} already exists: choose another destination or pass --overwrite"
-        )
-    _check_writable(path, what)
+    path = check_output_dir(path, what, overwrite)
     started = time.perf_counter()
     with session() as client:
         workers = worker_addresses(client)
@@ -435,6 +447,7 @@ def recommend_all(
     filter_seen: bool = True,
     n_blocks: int | None = None,
     chunk_cells: int = DEFAULT_CHUNK_CELLS,
+    metadata: dict[str, Any] | None = None,
 ) -> TopKOutput:
     """Top-``n`` items for every user, scored on the workers, written as Parquet.
 
@@ -462,7 +475,9 @@ def recommend_all(
         Output partitions; default: a multiple of the dataset's ``n_user_blocks`` with at
         most :data:`BLOCK_ROWS` users each and at least one block per worker.
     chunk_cells : int
-        Score-matrix cells per chunk on a worker (memory: about 16 bytes per cell at peak).
+        Score-matrix cells per chunk on a worker (one float32 matrix: 4 bytes a cell).
+    metadata : dict, optional
+        Extra JSON-serialisable fields for the manifest (provenance, a data label...).
 
     Returns
     -------
@@ -522,7 +537,11 @@ def recommend_all(
         block_multiple=block_multiple,
         chunk_cells=chunk_cells,
         overwrite=overwrite,
-        manifest_extra={"filter_seen": bool(filter_seen), "seen_source": source},
+        manifest_extra={
+            "filter_seen": bool(filter_seen),
+            "seen_source": source,
+            **(metadata or {}),
+        },
     )
 
 
@@ -535,6 +554,7 @@ def similar_items_all(
     overwrite: bool = False,
     n_blocks: int | None = None,
     chunk_cells: int = DEFAULT_CHUNK_CELLS,
+    metadata: dict[str, Any] | None = None,
 ) -> TopKOutput:
     """The ``n`` most similar items to every item (cosine of item factors) as Parquet.
 
@@ -552,7 +572,7 @@ def similar_items_all(
         Output directory (see :func:`recommend_all`).
     items : sequence of original item ids, optional
         Query items (default: all); candidates are always every item.
-    overwrite, n_blocks, chunk_cells
+    overwrite, n_blocks, chunk_cells, metadata
         As for :func:`recommend_all`.
     """
     model._check_fitted()
@@ -582,7 +602,7 @@ def similar_items_all(
         block_multiple=1,
         chunk_cells=chunk_cells,
         overwrite=overwrite,
-        manifest_extra={},
+        manifest_extra=dict(metadata or {}),
     )
 
 

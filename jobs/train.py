@@ -1,0 +1,134 @@
+"""Train one model (svd, als, bpr or warp) on a dataset and save it.
+
+Hyper-parameters come from --param NAME=VALUE flags and/or a TOML job file (--config);
+flags win. Everything is checked before the cluster starts: an unknown model or
+parameter name is rejected with the valid ones, a bad value with its type or range.
+The model is written atomically and an existing --output is kept unless --overwrite.
+
+  mfdask train --model als --train out/prepared/split/train --output out/models/als \\
+      --param factors=64 --param iterations=15 --param random_state=0
+
+  # als.toml                            mfdask train --config als.toml
+  model = "als"
+  train = "out/prepared/split/train"
+  output = "out/models/als"
+  [params]
+  factors = 64
+  iterations = 15
+
+Parameter names are the constructors' (`python -c "import mfdask; help(mfdask.ALS)"`):
+factors, regularization, learning_rate, epochs / iterations, alpha, random_state, ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from jobs._common import (
+    JobError,
+    add_cluster_arguments,
+    cluster_spec,
+    print_dashboard,
+    standalone_main,
+)
+
+HELP = "train a model (svd, als, bpr, warp) from flags or a TOML job file; save it"
+
+log = logging.getLogger("mfdask")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="JOB.toml", help="TOML job file (see above)")
+    parser.add_argument("--model", metavar="NAME", help="svd, als, bpr or warp")
+    parser.add_argument("--train", metavar="DATASET", help="training dataset (a split's train/)")
+    parser.add_argument(
+        "--validation",
+        metavar="DATASET",
+        help="held-out dataset for per-epoch metrics and early stopping (optional)",
+    )
+    parser.add_argument("--output", metavar="DIR", help="where to save the model")
+    parser.add_argument(
+        "--param",
+        metavar="NAME=VALUE",
+        action="append",
+        default=[],
+        help="a hyper-parameter (repeatable); `none` for an optional one",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    add_cluster_arguments(parser)
+
+
+def resolve(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The unfitted, validated model and the job settings (train, validation, output).
+
+    Raises ``ValueError`` (unknown model / parameter, bad value) or ``JobError``
+    (a required setting missing) before any cluster is started.
+    """
+    from mfdask.jobfile import build_model, coerce_params, load_job_file, parse_param_flags
+    from mfdask.models.registry import model_class
+
+    job: dict[str, Any] = load_job_file(args.config) if args.config else {}
+    settings = {
+        key: getattr(args, key) if getattr(args, key) is not None else job.get(key)
+        for key in ("model", "train", "validation", "output")
+    }
+    for key in ("model", "train", "output"):
+        if not settings[key]:
+            raise JobError(f"no {key} given: pass --{key} or set `{key}` in the --config job file")
+    cls = model_class(str(settings["model"]))
+    params = coerce_params(
+        cls, job.get("params", {}), f"job file {args.config} [params]", text=False
+    )
+    params.update(coerce_params(cls, parse_param_flags(args.param), "--param", text=True))
+    return build_model(str(settings["model"]), params), settings
+
+
+def _progress(total: int | None):
+    def report(record: dict[str, Any]) -> None:
+        epoch = record.get("epoch", record.get("iteration", "?"))
+        parts = [f"epoch {epoch}" + (f"/{total}" if total else "")]
+        for key in ("loss", "train_rmse", "validation_rmse", "auc", "validation"):
+            value = record.get(key)
+            if isinstance(value, (int, float)):
+                parts.append(f"{key} {value:.5g}")
+        if isinstance(record.get("seconds"), (int, float)):
+            parts.append(f"{record['seconds']:.2f} s")
+        log.info("  ".join(parts))
+
+    return report
+
+
+def run(args: argparse.Namespace) -> int:
+    from mfdask.engine.cluster import session
+    from mfdask.engine.topk import check_output_dir
+
+    model, settings = resolve(args)
+    output = check_output_dir(settings["output"], "the model", args.overwrite)
+    for key in ("train", "validation"):
+        if settings[key] and not Path(settings[key]).exists():
+            raise JobError(
+                f"{key} data {settings[key]} does not exist: prepare it with "
+                "`mfdask prepare` or `mfdask split`"
+            )
+    total = getattr(model, "iterations", None) or getattr(model, "epochs", None)
+    with session(cluster_spec(args)) as client:
+        print_dashboard(client)
+        log.info("training %r on %s", model, settings["train"])
+        model.fit(settings["train"], validation=settings["validation"], callback=_progress(total))
+    model.save(output, overwrite=args.overwrite)
+    last = model.history_[-1] if model.history_ else {}
+    loss = f", final loss {last['loss']:.5g}" if isinstance(last.get("loss"), (int, float)) else ""
+    print(
+        f"{type(model).__name__}: {len(model.history_)} epochs in "
+        f"{model.metrics_.get('fit_seconds', 0.0):.1f} s{loss}; "
+        f"{model.n_users:,} users x {model.n_items:,} items; saved to {output}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(standalone_main(sys.modules[__name__]))
