@@ -453,3 +453,27 @@ def test_demo_on_movielens_1m(capsys, ml1m_dir, tmp_path):
     assert code == 0
     toy_story = stdout.split("Movies most similar to Toy Story (1995)")[1].split("\n\n")[0]
     assert "Toy Story 2 (1999)" in toy_story
+
+
+@pytest.mark.distributed
+def test_jobs_on_separate_scheduler_and_workers_match_local(capsys, als_dir, tmp_path):
+    """`dask scheduler` + two `dask worker` processes give the LocalCluster's outputs."""
+    from tests.processes import process_cluster
+
+    local = tmp_path / "local"
+    for job in ("recommend", "similar"):
+        code, _, _ = _run(capsys, job, als_dir, local / job, "--blocks", "4")
+        assert code == 0
+    remote = tmp_path / "remote"
+    with process_cluster(tmp_path / "logs", n_workers=2) as cluster:
+        for job in ("recommend", "similar"):
+            code, _, err = _run(
+                capsys, job, als_dir, remote / job, "--blocks", "4", "--scheduler", cluster.address
+            )
+            assert code == 0, err
+    for job in ("recommend", "similar"):
+        pd.testing.assert_frame_equal(_read(local / job), _read(remote / job))
+        assert (
+            read_manifest(local / job)["rows_per_block"]
+            == read_manifest(remote / job)["rows_per_block"]
+        )
