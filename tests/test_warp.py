@@ -1,0 +1,152 @@
+"""WARP: rank estimate and its block rescaling, the step against numerical gradients, learning."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mfdask import WARP
+from mfdask.kernels import warp as kw
+from tests.test_bpr import held_out_auc, numerical_gradient, planted_implicit
+
+
+def test_rank_with_one_block_is_lightfms():
+    for n_items, tries in ((3706, 1), (3706, 7), (100, 99), (10, 10)):
+        assert kw.warp_rank(tries, n_items, n_items) == np.floor((n_items - 1) / tries)
+    assert kw.warp_weight(1, 3706, 3706) == pytest.approx(np.log(3705))
+    assert kw.warp_weight(50, 10, 10) == 0.0  # ln max(1, 0)
+
+
+def test_rank_from_a_block_is_scaled_to_the_catalogue():
+    assert kw.warp_rank(3, 1000, 4000) == np.floor(999 / 3) * 4.0
+    # A catalogue with a share of violating items, spread evenly over residue blocks
+    # (as residue blocking spreads items regardless of their scores). The draws until a
+    # violator are geometric; the expected estimate from one block, rescaled, must match
+    # the expected estimate from the whole catalogue (computed exactly, no sampling).
+    n_items, n_blocks, share = 4000, 4, 0.05
+
+    def expected_rank(n_pool: int) -> float:
+        t = np.arange(1, 20000)
+        prob = share * (1 - share) ** (t - 1)
+        return float(sum(p * kw.warp_rank(int(n), n_pool, n_items) for n, p in zip(t, prob)))
+
+    catalogue = expected_rank(n_items)
+    scaled = expected_rank(n_items // n_blocks)
+    assert scaled == pytest.approx(catalogue, rel=0.01)
+    unscaled = scaled / n_blocks
+    assert unscaled == pytest.approx(catalogue / n_blocks, rel=0.01)  # what ln would miss
+    # ⌊(n-1)/N⌋ over geometric N estimates the violators to within its known upward bias.
+    assert share * n_items < catalogue < 4 * share * n_items
+
+
+def warp_objective(p, qi, qj, weight, user_dims, reg_user, reg_pos, reg_neg) -> float:
+    """Slow twin: L (1 - x_ui + x_uj) + ½ Σ λ‖·‖² for a fixed rank weight L (float64)."""
+    hinge = 1.0 - p @ qi + p @ qj
+    pen = 0.5 * (reg_user * p[:user_dims] @ p[:user_dims] + reg_pos * qi @ qi + reg_neg * qj @ qj)
+    return float(weight * hinge + pen)
+
+
+@pytest.mark.parametrize("use_bias", [False, True])
+def test_warp_step_is_minus_learning_rate_times_the_numerical_gradient(use_bias):
+    rng = np.random.default_rng(3)
+    k = 6
+    user_dims = k - 1 if use_bias else k
+    P = rng.normal(0, 0.5, (1, k)).astype(np.float32)
+    Q = rng.normal(0, 0.5, (4, k)).astype(np.float32)
+    if use_bias:
+        P[:, -1] = 1.0
+    regs = (0.01, 0.04, 0.02)
+    weight, lr = 2.7, 1e-3
+    p0, qi0, qj0 = P[0].astype(np.float64), Q[1].astype(np.float64), Q[3].astype(np.float64)
+    P1, Q1 = P.copy(), Q.copy()
+    pen = kw.warp_update(P1, Q1, 0, 1, 3, weight, user_dims, lr, *regs)
+    args = (weight, user_dims, *regs)
+    assert pen == pytest.approx(warp_objective(p0, qi0, qj0, *args) - weight * (1 - p0 @ (qi0 - qj0)))
+    gp = numerical_gradient(lambda p: warp_objective(p, qi0, qj0, *args), p0)
+    gi = numerical_gradient(lambda q: warp_objective(p0, q, qj0, *args), qi0)
+    gj = numerical_gradient(lambda q: warp_objective(p0, qi0, q, *args), qj0)
+    gp[user_dims:] = 0.0
+    np.testing.assert_allclose((P1[0] - P[0]) / -lr, gp, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose((Q1[1] - Q[1]) / -lr, gi, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose((Q1[3] - Q[3]) / -lr, gj, rtol=1e-3, atol=1e-3)
+
+
+def _one_user_cell(score_gap: float):
+    """User 0 owns global items 0 and 2 of block 0 (of 2 blocks, 3 local items: 0, 2, 4).
+
+    The only negative in the block is global 4 (local 2); ``score_gap`` is
+    x_ui - x_uj at the start.
+    """
+    k = 3
+    P = np.array([[1.0, 0.0, 0.0]], np.float32)
+    Q = np.array([[score_gap, 0.1, 0.0], [0.0, 0.2, 0.3], [0.0, -0.1, 0.2]], np.float32)
+    cell = {
+        "users": np.array([0], np.int32),
+        "items": np.array([0], np.int32),
+        "values": np.array([5.0], np.float32),
+        "indptr": np.array([0, 3], np.int64),
+        "indices": np.array([0, 1, 2], np.int32),  # global 1 is in the other block
+    }
+    return k, P, Q, cell
+
+
+def _run(cell, P, Q, n_items, max_sampled=5, lr=0.1):
+    stats = np.zeros(kw.N_STATS)
+    kw.warp_sgd(
+        cell["users"], cell["items"], cell["values"], 4.0, 0, 1, 5, cell["indptr"],
+        cell["indices"], P, Q, 0, 2, 3, n_items, P.shape[1], lr, 0.0, 0.0, 0.0,
+        max_sampled, 1, 0, stats,
+    )  # fmt: skip
+    return stats
+
+
+def test_violation_on_the_first_draw_uses_the_pre_step_values_and_the_scaled_rank():
+    k, P, Q, cell = _one_user_cell(score_gap=0.5)  # x_ui - x_uj = 0.5 < 1: a violation
+    n_items = 6
+    weight = np.log(np.floor((3 - 1) / 1) * n_items / 3)  # rank 2 in the block, 4 overall
+    expect_P, expect_Q = P.copy(), Q.copy()
+    p, qi, qj = P[0].copy(), Q[0].copy(), Q[2].copy()
+    expect_P[0] = p + 0.1 * weight * (qi - qj)  # with the item vectors from before the step
+    expect_Q[0] = qi + 0.1 * weight * p
+    expect_Q[2] = qj - 0.1 * weight * p
+    stats = _run(cell, P, Q, n_items)
+    np.testing.assert_allclose(P, expect_P, rtol=1e-6)
+    np.testing.assert_allclose(Q, expect_Q, rtol=1e-6)
+    assert stats[kw.STAT_SAMPLED] == 1 and stats[kw.STAT_POSITIVES] == 1
+    assert stats[kw.STAT_LOSS] == pytest.approx(weight * 0.5, rel=1e-6)
+
+
+def test_no_violator_within_max_sampled_means_no_step():
+    k, P, Q, cell = _one_user_cell(score_gap=3.0)
+    before = (P.copy(), Q.copy())
+    stats = _run(cell, P, Q, n_items=6, max_sampled=7)
+    np.testing.assert_array_equal(P, before[0])
+    np.testing.assert_array_equal(Q, before[1])
+    assert stats[kw.STAT_SAMPLED] == 7 and stats[kw.STAT_LOSS] == 0.0
+    assert stats[kw.STAT_CORRECT] == 1
+
+
+@pytest.mark.parametrize("kos_n", [0, 5])
+def test_warp_learns_planted_preferences(client, kos_n):
+    frame, like, watched = planted_implicit(seed=4)
+    test = frame[frame.rating >= 4].sample(frac=0.2, random_state=0)
+    train = frame.drop(test.index)
+    model = WARP(factors=8, epochs=30, kos_n=kos_n, kos_k=2, random_state=0).fit(train)
+    assert held_out_auc(model, test, ~like & ~watched) > 0.9
+    history = pd.DataFrame(model.history_)
+    assert history.auc.iloc[-1] > 0.9
+    assert history.sampled_per_positive.iloc[-1] > history.sampled_per_positive.iloc[0]
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"max_sampled": 0}, "max_sampled"),
+        ({"kos_n": -1}, "kos_n"),
+        ({"kos_n": 3, "kos_k": 4}, "kos_k"),
+    ],
+)
+def test_bad_parameters_are_named(params, message):
+    with pytest.raises(ValueError, match=message):
+        WARP(**params).fit(pd.DataFrame({"user_id": [1], "item_id": [1], "rating": [5.0]}))
