@@ -235,6 +235,16 @@ def test_split_of_split_and_manifest(client, tmp_path):
     assert split["train_rows"] == sub.n_ratings and split["test_rows"] == validation.n_ratings
     assert split["fraction"] == 0.2 and split["min_positives"] == 5
     assert read_all(validation).merge(read_all(test), on=[schema.USER_IDX, schema.ITEM_IDX]).empty
+    assert (train.manifest["split"]["depth"], split["depth"]) == (0, 1)
+
+
+def test_random_split_of_random_train_with_the_same_seed(client, tmp_path):
+    ds = write(random_ratings(5, n_users=80, density=0.5), tmp_path / "full")
+    train, _ = split_dataset(ds, tmp_path / "s", method="random", fraction=0.2, seed=0)
+    _, validation = split_dataset(train, tmp_path / "t", method="random", fraction=0.2, seed=0)
+    # Fresh keys at depth 1: about 20% of train again, not an empty validation set.
+    share = validation.n_ratings / train.n_ratings
+    assert 0.15 < share < 0.25, share
 
 
 def test_split_refuses_bad_requests(client, tmp_path):

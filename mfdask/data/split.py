@@ -22,7 +22,8 @@ on one scores the other):
 Determinism. The random key of a rating is a hash of ``(seed, user_idx, item_idx)``
 (:mod:`mfdask.data.hashing`), never a generator advanced per partition, so the same seed
 gives the same split whatever the partitioning of the input, the number of workers or
-the order tasks run in.
+the order tasks run in. A split of a split salts the hash with its depth (recorded in the
+manifest), so re-splitting a train set with the same seed still draws fresh keys.
 
 Distribution. A canonical dataset is hive-partitioned by user block
 (``user_block = user_idx % n_user_blocks``), so all ratings of a user lie in one
@@ -194,29 +195,34 @@ def assign_test(
     positive_threshold: float = schema.DEFAULT_POSITIVE_THRESHOLD,
     min_positives: int = DEFAULT_MIN_POSITIVES,
     n_last: int = 1,
+    depth: int = 0,
 ) -> np.ndarray:
     """``(n,) bool``: which of these ratings go to test (see the module docstring).
 
     The arrays must hold *all* ratings of every user they mention (a user block); the
-    result does not depend on their order.
+    result does not depend on their order. ``depth`` (how many splits produced the
+    input) salts the random keys, so that splitting a train set again with the same seed
+    draws fresh keys: otherwise every rating left in a random split's train has a key
+    above ``fraction`` and the second split's test would be empty.
     """
     user = np.asarray(user, dtype=np.int64)
     item = np.asarray(item, dtype=np.int64)
     n = len(user)
+    stream = _STREAM_SPLIT + int(depth)
     if method == "random":
-        return hash_uniform(seed, _STREAM_SPLIT, user, item) < fraction
+        return hash_uniform(seed, stream, user, item) < fraction
     test = np.zeros(n, dtype=bool)
     if method == "user_holdout":
         rows = np.flatnonzero(is_positive(rating, positive_threshold))
         u = user[rows]
-        key = hash_keys(seed, _STREAM_SPLIT, u, item[rows])
+        key = hash_keys(seed, stream, u, item[rows])
         order = np.lexsort((key, u))  # by user, then by random key
         rank, size = _rank_within_groups(u[order])
         held = rank < holdout_count(size, fraction, min_positives)
         test[rows[order[held]]] = True
         return test
     if method == "last_n":
-        key = hash_keys(seed, _STREAM_SPLIT, user, item)
+        key = hash_keys(seed, stream, user, item)
         ts = np.asarray(timestamp, dtype=np.int64)
         order = np.lexsort((key, -ts, user))  # by user, latest first, ties by random key
         rank, size = _rank_within_groups(user[order])
@@ -340,7 +346,9 @@ def split_dataset(
             f"{dest} already exists: choose another destination or pass --overwrite"
         )
 
-    params: dict[str, Any] = {"method": method, "seed": int(seed)}
+    parent = ds.manifest.get("split")
+    depth = int(parent.get("depth", 0)) + 1 if isinstance(parent, dict) else 0
+    params: dict[str, Any] = {"method": method, "seed": int(seed), "depth": depth}
     if method in ("random", "user_holdout"):
         params["fraction"] = fraction
     if method == "user_holdout":
