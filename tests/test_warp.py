@@ -29,7 +29,8 @@ def test_rank_from_a_block_is_scaled_to_the_catalogue():
     def expected_rank(n_pool: int) -> float:
         t = np.arange(1, 20000)
         prob = share * (1 - share) ** (t - 1)
-        return float(sum(p * kw.warp_rank(int(n), n_pool, n_items) for n, p in zip(t, prob)))
+        ranks = np.array([kw.warp_rank(int(n), n_pool, n_items) for n in t])
+        return float(prob @ ranks)
 
     catalogue = expected_rank(n_items)
     scaled = expected_rank(n_items // n_blocks)
@@ -62,7 +63,8 @@ def test_warp_step_is_minus_learning_rate_times_the_numerical_gradient(use_bias)
     P1, Q1 = P.copy(), Q.copy()
     pen = kw.warp_update(P1, Q1, 0, 1, 3, weight, user_dims, lr, *regs)
     args = (weight, user_dims, *regs)
-    assert pen == pytest.approx(warp_objective(p0, qi0, qj0, *args) - weight * (1 - p0 @ (qi0 - qj0)))
+    hinge = 1 - p0 @ (qi0 - qj0)
+    assert pen == pytest.approx(warp_objective(p0, qi0, qj0, *args) - weight * hinge)
     gp = numerical_gradient(lambda p: warp_objective(p, qi0, qj0, *args), p0)
     gi = numerical_gradient(lambda q: warp_objective(p0, q, qj0, *args), qi0)
     gj = numerical_gradient(lambda q: warp_objective(p0, qi0, q, *args), qj0)
@@ -102,7 +104,7 @@ def _run(cell, P, Q, n_items, max_sampled=5, lr=0.1):
 
 
 def test_violation_on_the_first_draw_uses_the_pre_step_values_and_the_scaled_rank():
-    k, P, Q, cell = _one_user_cell(score_gap=0.5)  # x_ui - x_uj = 0.5 < 1: a violation
+    _, P, Q, cell = _one_user_cell(score_gap=0.5)  # x_ui - x_uj = 0.5 < 1: a violation
     n_items = 6
     weight = np.log(np.floor((3 - 1) / 1) * n_items / 3)  # rank 2 in the block, 4 overall
     expect_P, expect_Q = P.copy(), Q.copy()
@@ -118,7 +120,7 @@ def test_violation_on_the_first_draw_uses_the_pre_step_values_and_the_scaled_ran
 
 
 def test_no_violator_within_max_sampled_means_no_step():
-    k, P, Q, cell = _one_user_cell(score_gap=3.0)
+    _, P, Q, cell = _one_user_cell(score_gap=3.0)
     before = (P.copy(), Q.copy())
     stats = _run(cell, P, Q, n_items=6, max_sampled=7)
     np.testing.assert_array_equal(P, before[0])
