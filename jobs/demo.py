@@ -21,7 +21,7 @@ Outputs (OUTPUT, default out/demo, written atomically; --overwrite replaces it):
   dataset/  split/{train,test}/  models/NAME/  recommendations/NAME/  similar_items/NAME/
   metrics.json  metrics.csv  summary.txt  report.html  loss.png  metrics.png
 
-  mfdask demo                                   # ML-1M (about 3 minutes on 2 cores)
+  mfdask demo                                   # ML-1M, all four models
   mfdask demo --models als,svd --output out/quick
   mfdask demo --synthetic --synthetic-ratings 100000 --param warp.epochs=10
 """
@@ -214,10 +214,12 @@ def metrics_table(metrics: dict[str, dict[str, Any]], k: int) -> pd.DataFrame:
 
 
 def format_metrics(table: pd.DataFrame) -> str:
-    def fmt(v: float) -> str:
-        return "-" if not math.isfinite(v) else f"{v:.4f}" if abs(v) < 100 else f"{v:.0f}"
-
-    return table.to_string(float_format=fmt, na_rep="-")
+    """The metrics table as text: 4 decimals, seconds with 1, ``-`` where not applicable."""
+    text = table.copy().astype(object)
+    for label, row in table.iterrows():
+        digits = 1 if "seconds" in str(label) else 4
+        text.loc[label] = [f"{v:.{digits}f}" if math.isfinite(v) else "-" for v in row]
+    return text.to_string()
 
 
 def _read_rows(path: Path, column: str, value: Any) -> pd.DataFrame:
