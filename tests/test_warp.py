@@ -134,7 +134,9 @@ def test_warp_learns_planted_preferences(client, kos_n):
     frame, like, watched = planted_implicit(seed=4)
     test = frame[frame.rating >= 4].sample(frac=0.2, random_state=0)
     train = frame.drop(test.index)
-    model = WARP(factors=8, epochs=30, kos_n=kos_n, kos_k=2, random_state=0).fit(train)
+    model = WARP(
+        factors=8, epochs=30, learning_rate_decay=0.0, kos_n=kos_n, kos_k=2, random_state=0
+    ).fit(train)
     assert held_out_auc(model, test, ~like & ~watched) > 0.9
     history = pd.DataFrame(model.history_)
     assert history.auc.iloc[-1] > 0.9

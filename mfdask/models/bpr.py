@@ -146,7 +146,7 @@ class BPR(PairwiseModel):
         regularization: float = 0.01,
         item_regularization: float | None = None,
         negative_regularization: float | None = None,
-        epochs: int = 100,
+        epochs: int = 30,
         use_bias: bool = True,
         init_scale: float = 0.1,
         positive_threshold: float = schema.DEFAULT_POSITIVE_THRESHOLD,
