@@ -20,9 +20,13 @@ src = users; one routine serves both)::
 
 The source factors are small next to the ratings (ML-1M: 3,706 x 64 float32 is 0.9 MB),
 so every destination block receives the whole source matrix, which Dask transfers once
-per worker. Spark instead sends each block only the rows it needs (its "out-blocks");
-that saves bandwidth when the factor matrix is large and blocks are many, at the price of
-a gather per block. Old factor futures are released as soon as the next ones exist.
+per worker. Spark instead sends each block only the rows it needs (its "out-blocks").
+That saves little at the block counts a factor-sized cluster uses: on ML-1M's positives a
+residue user block refers to 97 % of the items with 2 blocks, 92 % with 4, 76 % with 16
+and 54 % with 64 (item blocks: 100 %, 100 %, 90 %, 61 % of the users), so a routing plan
+would cut the traffic by under a tenth below 16 blocks while adding a gather task per
+block. Broadcasting is what is implemented; routing pays off only with many dozens of
+blocks. Old factor futures are released as soon as the next ones exist.
 
 Inside a worker, a block's rows are cut into ranges of about equal work, one per thread;
 the numba kernels release the GIL, so the ranges run in parallel.
