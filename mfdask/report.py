@@ -27,6 +27,7 @@ LOSS_KEYS = ("loss", "train_rmse", "objective")
 """History fields that hold the training objective, in order of preference."""
 
 VALIDATION_PREFIXES = ("validation", "ndcg@", "precision@", "map@", "auc")
+"""History fields drawn as a second curve: validation metrics, and BPR/WARP's sampled AUC."""
 
 METRIC_ROWS = (
     "precision",
@@ -62,6 +63,12 @@ def loss_curve(history: Sequence[Mapping[str, Any]]) -> tuple[str, list[float], 
         if points:
             return key, [p[0] for p in points], [p[1] for p in points]
     return "", [], []
+
+
+def _curve_label(key: str) -> str:
+    # BPR/WARP record "auc": the share of sampled training triples ranked right, not a
+    # held-out metric; every other secondary curve is computed on validation data.
+    return "train auc (sampled triples)" if key == "auc" else key
 
 
 def _validation_curves(history: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple]]:
@@ -106,7 +113,7 @@ def plot_losses(
                     [p[1] for p in points],
                     linestyle="--",
                     color="tab:orange",
-                    label=vkey,
+                    label=_curve_label(vkey),
                 )
                 twin.set_ylabel(vkey)
             lines = ax.get_lines() + twin.get_lines()
