@@ -33,7 +33,7 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--scheduler-timeout",
         type=float,
-        default=10.0,
+        default=5.0,
         help="seconds to wait for --scheduler before failing",
     )
 

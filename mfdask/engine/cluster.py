@@ -44,7 +44,7 @@ class ClusterSpec:
     n_workers: int | None = None
     threads_per_worker: int = 1
     memory_limit: str | None = None
-    timeout: float = 10.0
+    timeout: float = 5.0
     processes: bool = True
 
 
@@ -55,7 +55,7 @@ def _current_client() -> Client | None:
         return None
 
 
-def connect(address: str, timeout: float = 10.0) -> Client:
+def connect(address: str, timeout: float = 5.0) -> Client:
     """Connect to the scheduler at ``address`` or raise :class:`ClusterError` in ``timeout`` s."""
     try:
         return Client(address, timeout=timeout, set_as_default=True)
