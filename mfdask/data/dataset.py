@@ -208,12 +208,31 @@ def summarise_ratings(ratings: dd.DataFrame) -> dict[str, Any]:
     n_users_rated = ratings[schema.USER_IDX].drop_duplicates(split_out=1).count()
     n_items_rated = ratings[schema.ITEM_IDX].drop_duplicates(split_out=1).count()
     hist, n_users_rated, n_items_rated = dd.compute(hist, n_users_rated, n_items_rated)
-    hist = hist.sort_index()
+    return ratings_summary(
+        hist.index.to_numpy(), hist.to_numpy(), int(n_users_rated), int(n_items_rated)
+    )
+
+
+def ratings_summary(
+    values: np.ndarray, counts: np.ndarray, users_with_ratings: int, items_with_ratings: int
+) -> dict[str, Any]:
+    """The manifest's rating summary from a histogram (``values`` may repeat: summed here).
+
+    Parameters
+    ----------
+    values, counts : array
+        Rating values and how many ratings have each; pieces of several histograms may be
+        concatenated.
+    users_with_ratings, items_with_ratings : int
+        Distinct users and items that have at least one rating.
+    """
+    hist = pd.Series(np.asarray(counts, dtype=np.int64), index=np.asarray(values, np.float64))
+    hist = hist.groupby(level=0).sum().sort_index()
     rows = int(hist.sum())
     return {
         "rows": rows,
-        "users_with_ratings": int(n_users_rated),
-        "items_with_ratings": int(n_items_rated),
+        "users_with_ratings": int(users_with_ratings),
+        "items_with_ratings": int(items_with_ratings),
         "rating_min": float(hist.index.min()) if rows else None,
         "rating_max": float(hist.index.max()) if rows else None,
         "rating_mean": float((hist.index.to_numpy() * hist.to_numpy()).sum() / rows)
@@ -258,25 +277,70 @@ def write_dataset(
     missing = [c for c in schema.RATING_DTYPES if c not in ratings.columns]
     if missing:
         raise DatasetError(f"cannot write a dataset without column(s) {missing}")
-    users = users.sort_values(schema.USER_IDX).reset_index(drop=True)
-    items = items.sort_values(schema.ITEM_IDX).reset_index(drop=True)
-    users[schema.USER_IDX] = users[schema.USER_IDX].astype("int32")
-    items[schema.ITEM_IDX] = items[schema.ITEM_IDX].astype("int32")
     ratings = ratings[list(schema.RATING_DTYPES)]
     meta = _with_user_block(ratings._meta, n_user_blocks)
     blocked = ratings.map_partitions(_with_user_block, n_user_blocks, meta=meta)
-    with atomic_directory(dest, overwrite=overwrite) as tmp:
+
+    def write_ratings(ratings_dir: Path) -> dict[str, Any]:
         blocked.to_parquet(
-            str(tmp / schema.RATINGS_DIR),
+            str(ratings_dir),
             partition_on=[schema.USER_BLOCK],
             write_index=False,
             engine="pyarrow",
             write_metadata_file=False,
         )
+        written = Dataset(ratings_dir.parent, {"users": 0, "items": 0, "rows": 0})
+        return summarise_ratings(written.ratings())
+
+    return write_dataset_from(
+        write_ratings,
+        users,
+        items,
+        dest,
+        n_user_blocks=n_user_blocks,
+        manifest_extra=manifest_extra,
+        overwrite=overwrite,
+        before_commit=before_commit,
+    )
+
+
+def write_dataset_from(
+    write_ratings: Callable[[Path], dict[str, Any]],
+    users: pd.DataFrame,
+    items: pd.DataFrame,
+    dest: str | os.PathLike[str],
+    *,
+    n_user_blocks: int = DEFAULT_USER_BLOCKS,
+    manifest_extra: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    before_commit: Callable[[Path, dict[str, Any]], None] | None = None,
+) -> Dataset:
+    """Write a canonical dataset atomically, its ratings written by ``write_ratings``.
+
+    :func:`write_dataset` writes a Dask DataFrame through this; a producer that already
+    holds its ratings grouped by user block (the ingest does) writes its own Parquet
+    files and computes the summary on the way, saving a pass over the data.
+
+    Parameters
+    ----------
+    write_ratings : callable
+        ``write_ratings(ratings_dir) -> summary``: writes the ratings hive-partitioned
+        under ``ratings_dir`` (``user_block=k/*.parquet``, ``user_block = user_idx %
+        n_user_blocks``, the columns and dtypes of :data:`mfdask.data.schema.RATING_DTYPES`)
+        and returns the summary of what it wrote, as :func:`ratings_summary` makes it.
+        It runs inside the temporary directory: raising abandons the whole write.
+    users, items, dest, n_user_blocks, manifest_extra, overwrite, before_commit
+        As for :func:`write_dataset`.
+    """
+    users = users.sort_values(schema.USER_IDX).reset_index(drop=True)
+    items = items.sort_values(schema.ITEM_IDX).reset_index(drop=True)
+    users[schema.USER_IDX] = users[schema.USER_IDX].astype("int32")
+    items[schema.ITEM_IDX] = items[schema.ITEM_IDX].astype("int32")
+    with atomic_directory(dest, overwrite=overwrite) as tmp:
+        ratings_dir = tmp / schema.RATINGS_DIR
+        summary = write_ratings(ratings_dir)
         users.to_parquet(tmp / schema.USERS_FILE, index=False)
         items.to_parquet(tmp / schema.ITEMS_FILE, index=False)
-        written = Dataset(tmp, {"users": len(users), "items": len(items), "rows": 0})
-        summary = summarise_ratings(written.ratings())
         manifest = {
             "schema_version": schema.SCHEMA_VERSION,
             "users": len(users),

@@ -1,26 +1,34 @@
 """Ingest raw ratings into a canonical mfdask dataset (:mod:`mfdask.data.schema`).
 
-The work is done by Dask, block by block, and the client never holds the ratings:
+The work is done by Dask in two rounds of tasks, and the client never holds the ratings:
 
-1. **Parse.** One task per line-aligned block of text (or Parquet row group) parses and
-   validates its lines (:mod:`mfdask.data.readers`), writes the valid ratings, still with
-   their original ids, and the bad rows to a staging directory beside the destination,
-   and returns only counts, the first bad row, and the block's distinct ids.
-2. **Ids.** The distinct ids are merged by a tree of small tasks and come to the client
-   (users plus items: small next to the ratings). Dense indices follow the ascending
-   order of the original ids, so the same input always gives the same id maps. Each
-   block's line count gives the absolute line number at which it starts, so bad rows
-   and duplicates are named by their line in the file.
-3. **Bad rows.** With ``on_bad_rows="error"`` the first bad row (in file order) stops the
-   ingest with its file, line and problem, before anything is written. With ``"skip"``
-   bad rows go, with their line and reason, to ``quarantine.parquet`` in the dataset.
-4. **Duplicates.** Ratings are mapped to dense ids and shuffled by user (Dask's
-   disk-backed shuffle), so every (user, item) pair meets its duplicates in one
-   partition; each partition then applies the policy (error / keep last / mean).
-5. **Write.** :func:`mfdask.data.dataset.write_dataset` writes the dataset atomically;
-   before it is renamed into place the rows are accounted for: rows read = rows written
-   + rows quarantined + duplicates merged, each counted from what was actually written,
+1. **Parse** (one task per line-aligned block of text, or Parquet row group). Each task
+   parses and validates its lines (:mod:`mfdask.data.readers`) and stages its valid
+   ratings, still with their original ids, in one Arrow IPC file whose record batch
+   ``b`` holds the rows of user bucket ``b`` (a hash of the original user id), in line
+   order; bad rows go to a staging Parquet file. It returns only counts, the first bad
+   row, the rows per bucket, and the block's distinct ids. The same round merges the
+   distinct ids by a tree of small tasks and checksums the source files.
+2. **Ids and bad rows** (on the client: small). Dense indices follow the ascending order
+   of the original ids, so the same input always gives the same id maps. Each block's
+   line count gives the absolute line at which it starts, so bad rows and duplicates
+   are named by their line in the file. With ``on_bad_rows="error"`` the first bad row
+   (in file order) stops the ingest before anything is written.
+3. **Buckets** (one task per user bucket). Every rating of a user is in one bucket, so
+   duplicate (user, item) pairs meet inside one task: no shuffle. A task reads its batch
+   of every block (only those bytes), maps the ids to dense indices, resolves duplicates
+   by the policy, and writes its rows straight into the dataset's ``user_block=k``
+   directories (one file per user block it touches); it returns the rows written
+   (read back from the Parquet footers), the rating histogram and the distinct users
+   and items, from which the manifest's summary is built without re-reading anything.
+4. **Commit.** :func:`mfdask.data.dataset.write_dataset_from` writes into a temporary
+   directory renamed into place at the end; before that the bad rows are written to
+   ``quarantine.parquet`` and the rows are accounted for: rows read = rows written +
+   rows quarantined + duplicates merged, each counted from what was actually written,
    or nothing is written at all.
+
+Memory is bounded by the block size (round 1) and the bucket size (round 3): the number
+of buckets grows with the input (about :data:`ROWS_PER_BUCKET` ratings each).
 """
 
 from __future__ import annotations
@@ -35,7 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import dask
-import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -49,13 +56,15 @@ from mfdask.data.dataset import (
     Dataset,
     is_dataset,
     open_dataset,
-    write_dataset,
+    ratings_summary,
+    write_dataset_from,
 )
 from mfdask.data.readers import (
     DEFAULT_BLOCKSIZE,
     ROLES,
     ParsedBlock,
     RatingSource,
+    estimate_rows,
     parse_parquet_row_group,
     parse_text_block,
     read_items,
@@ -63,6 +72,7 @@ from mfdask.data.readers import (
 )
 from mfdask.data.validate import (
     Accounting,
+    AccountingError,
     BadRowsError,
     DuplicateRatingError,
     IngestError,
@@ -76,8 +86,15 @@ log = logging.getLogger("mfdask")
 
 _GOOD = "good"
 _BAD = "bad"
-_MERGED = "merged"
 _UNION_FAN_IN = 16
+
+ROWS_PER_BUCKET = 2_000_000
+"""Ratings per user bucket (one task of the last round), as estimated from the input.
+
+A bucket task holds about 120 bytes per rating at its peak (the staged columns, dense
+indices, the sort order and the output), so ~250 MB per worker at this size.
+"""
+MAX_BUCKETS = 4096
 
 
 def ingest(
@@ -203,11 +220,71 @@ def _check_destination(dest: Path, overwrite: bool) -> None:
 # --------------------------------------------------------------------------- stage 1
 
 
-def _stage(parsed: ParsedBlock, block: int, staging: str) -> dict[str, Any]:
-    """Write one block's valid and bad rows to the staging directory; return its counts."""
+def n_buckets_for(rows: int) -> int:
+    """User buckets for about ``rows`` ratings: ~:data:`ROWS_PER_BUCKET` each."""
+    return int(min(MAX_BUCKETS, max(1, -(-int(rows) // ROWS_PER_BUCKET))))
+
+
+def bucket_of(ids: pd.Series | np.ndarray, n_buckets: int) -> np.ndarray:
+    """The user bucket of each original id: a fixed hash of the id modulo ``n_buckets``.
+
+    The hash (pandas' ``hash_array``, SipHash with a fixed key) depends only on the id's
+    value, so every block of every file sends a user's ratings to the same bucket.
+    """
+    values = ids.to_numpy() if isinstance(ids, pd.Series) else np.asarray(ids)
+    if n_buckets == 1 or len(values) == 0:
+        return np.zeros(len(values), dtype=np.int32)
+    if values.dtype.kind in "iu":
+        h = pd.util.hash_array(values.astype(np.int64, copy=False))
+    else:
+        h = pd.util.hash_array(values.astype(object, copy=False))
+    return (h % np.uint64(n_buckets)).astype(np.int32)
+
+
+def _arrow_ids(values: pd.Series, order: np.ndarray | None) -> pa.Array:
+    """Staged ids: integers in the narrowest of int32/int64 that holds them, or strings."""
+    v = values.to_numpy()
+    if v.dtype.kind in "iu":
+        v = _take(v, order)
+        if len(v) and np.iinfo(np.int32).min <= v.min() and v.max() <= np.iinfo(np.int32).max:
+            v = v.astype(np.int32)
+        return pa.array(v)
+    v = v.astype(object, copy=False)
+    return pa.array(_take(v, order), type=pa.string())
+
+
+def _take(values: np.ndarray, order: np.ndarray | None) -> np.ndarray:
+    return values if order is None else values[order]
+
+
+def _block_file(staging: str | Path, block: int) -> Path:
+    return Path(staging) / _GOOD / f"block-{block:06d}.arrow"
+
+
+def _stage(parsed: ParsedBlock, block: int, staging: str, n_buckets: int) -> dict[str, Any]:
+    """Stage one block's valid rows (one IPC record batch per user bucket) and bad rows."""
     good = parsed.good
-    good["block"] = np.int32(block)
-    good.to_parquet(Path(staging) / _GOOD / f"part-{block:06d}.parquet", index=False)
+    bucket = bucket_of(good["user_id"], n_buckets)
+    counts = np.bincount(bucket, minlength=n_buckets).astype(np.int64)
+    if len(good):
+        order = None if n_buckets == 1 else np.argsort(bucket, kind="stable")
+        line = good["line"].to_numpy()
+        line = line.astype(np.int32 if parsed.n_lines < 2**31 else np.int64)
+        batch = pa.record_batch(
+            [
+                _arrow_ids(good["user_id"], order),
+                _arrow_ids(good["item_id"], order),
+                pa.array(_take(good["rating"].to_numpy(dtype=np.float32), order)),
+                pa.array(_take(good["timestamp"].to_numpy(dtype=np.int64), order)),
+                pa.array(_take(line, order)),
+            ],
+            names=["user_id", "item_id", "rating", "timestamp", "line"],
+        )
+        offsets = np.concatenate(([0], np.cumsum(counts)))
+        with pa.OSFile(str(_block_file(staging, block)), "wb") as sink:
+            with pa.ipc.new_file(sink, batch.schema) as writer:
+                for b in range(n_buckets):
+                    writer.write_batch(batch.slice(int(offsets[b]), int(counts[b])))
     bad = parsed.bad
     first_bad = None
     if len(bad):
@@ -222,6 +299,7 @@ def _stage(parsed: ParsedBlock, block: int, staging: str) -> dict[str, Any]:
         "n_good": len(good),
         "n_bad": len(bad),
         "first_bad": first_bad,
+        "bucket_rows": counts,
         "users": _distinct(good["user_id"]),
         "items": _distinct(good["item_id"]),
     }
@@ -235,15 +313,21 @@ def _distinct(ids: pd.Series) -> np.ndarray:
 
 
 def _stage_text(
-    data: bytes, source: RatingSource, first_in_file: bool, block: int, staging: str
+    data: bytes,
+    source: RatingSource,
+    first_in_file: bool,
+    block: int,
+    staging: str,
+    n_buckets: int,
 ) -> dict[str, Any]:
-    return _stage(parse_text_block(data, source, first_in_file), block, staging)
+    return _stage(parse_text_block(data, source, first_in_file), block, staging, n_buckets)
 
 
 def _stage_parquet(
-    path: str, row_group: int, source: RatingSource, block: int, staging: str
+    path: str, row_group: int, source: RatingSource, block: int, staging: str, n_buckets: int
 ) -> dict[str, Any]:
-    return _stage(parse_parquet_row_group(Path(path), row_group, source), block, staging)
+    parsed = parse_parquet_row_group(Path(path), row_group, source)
+    return _stage(parsed, block, staging, n_buckets)
 
 
 def _counts_only(stats: dict[str, Any]) -> dict[str, Any]:
@@ -274,7 +358,7 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 
 def _plan_blocks(
-    src: RatingSource, staging: Path, blocksize: int
+    src: RatingSource, staging: Path, blocksize: int, n_buckets: int
 ) -> tuple[list[Delayed], list[int]]:
     """One staging task per block; also the file index of each block."""
     tasks: list[Delayed] = []
@@ -286,7 +370,9 @@ def _plan_blocks(
             for j, data in enumerate(per_file[0]):
                 block = len(tasks)
                 tasks.append(
-                    dask.delayed(_stage_text, pure=False)(data, src, j == 0, block, stage_dir)
+                    dask.delayed(_stage_text, pure=False)(
+                        data, src, j == 0, block, stage_dir, n_buckets
+                    )
                 )
                 file_of_block.append(f_idx)
         else:
@@ -294,113 +380,165 @@ def _plan_blocks(
             for rg in range(n_groups):
                 block = len(tasks)
                 tasks.append(
-                    dask.delayed(_stage_parquet, pure=False)(str(path), rg, src, block, stage_dir)
+                    dask.delayed(_stage_parquet, pure=False)(
+                        str(path), rg, src, block, stage_dir, n_buckets
+                    )
                 )
                 file_of_block.append(f_idx)
     return tasks, file_of_block
 
 
-# --------------------------------------------------------------------------- stage 2
+# --------------------------------------------------------------------------- stage 3
 
 
-def _lookup(sorted_ids: np.ndarray, values: pd.Series) -> np.ndarray:
+def _lookup(sorted_ids: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Dense index of each value in the sorted distinct ids (all values are present)."""
-    v = values.to_numpy()
     if sorted_ids.dtype.kind in "iu":
-        return np.searchsorted(sorted_ids, v).astype(np.int32)
-    return pd.Index(sorted_ids).get_indexer(v.astype(object)).astype(np.int32)
+        return np.searchsorted(sorted_ids, values).astype(np.int32)
+    return pd.Index(sorted_ids).get_indexer(values.astype(object)).astype(np.int32)
 
 
-_INDEXED_META = pd.DataFrame(
-    {
-        schema.USER_IDX: pd.Series([], dtype="int32"),
-        schema.ITEM_IDX: pd.Series([], dtype="int32"),
-        schema.RATING: pd.Series([], dtype="float32"),
-        schema.TIMESTAMP: pd.Series([], dtype="int64"),
-        "file": pd.Series([], dtype="int32"),
-        "line": pd.Series([], dtype="int64"),
+def _read_bucket(
+    bucket: int, blocks: Sequence[int], n_rows: int, staging: str, id_kinds: tuple[str, str]
+) -> dict[str, np.ndarray]:
+    """Bucket ``bucket``'s rows of the given blocks, in block order, as numpy columns.
+
+    Only that record batch of each block's IPC file is read. ``block`` says which block
+    each row came from (for its file and absolute line).
+    """
+    cols: dict[str, Any] = {
+        "rating": np.empty(n_rows, np.float32),
+        "timestamp": np.empty(n_rows, np.int64),
+        "line": np.empty(n_rows, np.int64),
+        "block": np.empty(n_rows, np.int32),
     }
-)
+    for key, kind in zip(("user_id", "item_id"), id_kinds, strict=True):
+        cols[key] = np.empty(n_rows, np.int64) if kind == "int" else []
+    pos = 0
+    for block in blocks:
+        with pa.OSFile(str(_block_file(staging, block)), "rb") as f:
+            batch = pa.ipc.open_file(f).get_batch(bucket)
+        n = batch.num_rows
+        for key in ("rating", "timestamp", "line"):
+            cols[key][pos : pos + n] = batch.column(key).to_numpy()
+        cols["block"][pos : pos + n] = block
+        for key, kind in zip(("user_id", "item_id"), id_kinds, strict=True):
+            values = batch.column(key).to_numpy(zero_copy_only=False)
+            if kind == "int":
+                cols[key][pos : pos + n] = values
+            else:
+                cols[key].append(values)
+        pos += n
+    if pos != n_rows:
+        raise AccountingError(f"bucket {bucket}: staged {pos} rows, the blocks counted {n_rows}")
+    for key, kind in zip(("user_id", "item_id"), id_kinds, strict=True):
+        if kind != "int":
+            parts = cols[key]
+            cols[key] = np.concatenate(parts) if parts else np.empty(0, dtype=object)
+    return cols
 
 
-def _index_partition(
-    part: pd.DataFrame,
+def _finish_bucket(
+    bucket: int,
+    blocks: Sequence[int],
+    n_rows: int,
+    staging: str,
+    out_dir: str,
     user_ids: np.ndarray,
     item_ids: np.ndarray,
     first_line: np.ndarray,
     file_of_block: np.ndarray,
-) -> pd.DataFrame:
-    """Original ids -> dense indices; block-relative -> absolute line numbers."""
-    block = part["block"].to_numpy()
-    return pd.DataFrame(
-        {
-            schema.USER_IDX: _lookup(user_ids, part["user_id"]),
-            schema.ITEM_IDX: _lookup(item_ids, part["item_id"]),
-            schema.RATING: part["rating"].to_numpy(dtype=np.float32),
-            schema.TIMESTAMP: part["timestamp"].to_numpy(dtype=np.int64),
-            "file": file_of_block[block].astype(np.int32),
-            "line": first_line[block] + part["line"].to_numpy(dtype=np.int64),
-        }
-    )
-
-
-_RESOLVED_META = pd.DataFrame(
-    {
-        **{c: pd.Series([], dtype=t) for c, t in schema.RATING_DTYPES.items()},
-        _MERGED: pd.Series([], dtype="int32"),
-    }
-)
-
-
-def _resolve_duplicates(
-    part: pd.DataFrame,
     policy: str,
-    files: Sequence[str],
-    user_ids: np.ndarray,
-    item_ids: np.ndarray,
-) -> pd.DataFrame:
-    """Apply the duplicate policy to a partition that holds all ratings of its users.
+    n_user_blocks: int,
+) -> dict[str, Any]:
+    """Dense ids, duplicates resolved, and the bucket written into the dataset.
 
-    Rows are sorted by (user, item, file, line), so a pair's ratings are adjacent and in
-    input order; ``merged`` counts the ratings folded into each output row.
+    The rows arrive in input order (block, then line); a stable sort by (user, item)
+    keeps a pair's ratings in input order, so "last" is the last line of the input.
+    With ``policy="error"`` a duplicate is returned (the earliest repeated rating in
+    input order, with the line it repeats), not raised, so that the driver can name the
+    first one of the whole input; nothing of the bucket is written then.
     """
-    u = part[schema.USER_IDX].to_numpy()
-    i = part[schema.ITEM_IDX].to_numpy()
-    f = part["file"].to_numpy()
-    ln = part["line"].to_numpy()
-    order = np.lexsort((ln, f, i, u))
-    u, i, f, ln = u[order], i[order], f[order], ln[order]
-    r = part[schema.RATING].to_numpy()[order]
-    t = part[schema.TIMESTAMP].to_numpy()[order]
-    n = len(u)
-    repeat = (u[1:] == u[:-1]) & (i[1:] == i[:-1])
-    starts = np.flatnonzero(np.concatenate(([True], ~repeat))) if n else np.zeros(0, np.int64)
-    if len(starts) < n and policy == "error":
-        later = int(np.flatnonzero(repeat)[0]) + 1
-        first = later - 1
-        where = f"line {ln[first]}" + ("" if f[first] == f[later] else f" of {files[f[first]]}")
-        raise DuplicateRatingError(
-            f"duplicate rating: user {user_ids[u[later]]} already rated item "
-            f"{item_ids[i[later]]} at {where}; pass --duplicates last (keep the last rating) "
-            "or --duplicates mean to merge duplicates",
-            files[f[later]],
-            ln[later],
-        )
-    last = np.concatenate((starts[1:], [n])) - 1 if n else starts
-    sizes = last - starts + 1
-    if policy == "mean" and len(starts) < n:
-        rating = (np.add.reduceat(r.astype(np.float64), starts) / sizes).astype(np.float32)
-    else:
-        rating = r[last]
-    return pd.DataFrame(
-        {
-            schema.USER_IDX: u[last],
-            schema.ITEM_IDX: i[last],
-            schema.RATING: rating,
-            schema.TIMESTAMP: t[last],
-            _MERGED: (sizes - 1).astype(np.int32),
-        }
+    kinds = (
+        "int" if user_ids.dtype.kind in "iu" else "str",
+        "int" if item_ids.dtype.kind in "iu" else "str",
     )
+    c = _read_bucket(bucket, blocks, n_rows, staging, kinds)
+    u = _lookup(user_ids, c.pop("user_id"))
+    i = _lookup(item_ids, c.pop("item_id"))
+    key = u.astype(np.int64) * max(1, len(item_ids)) + i
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    n = len(key)
+    repeat = key[1:] == key[:-1]
+    starts = np.flatnonzero(np.concatenate(([True], ~repeat))) if n else np.zeros(0, np.int64)
+    block = c["block"]
+    if len(starts) < n and policy == "error":
+        later = order[np.flatnonzero(repeat) + 1]
+        earlier = order[np.flatnonzero(repeat)]
+        f_later = file_of_block[block[later]]
+        ln_later = first_line[block[later]] + c["line"][later]
+        k = int(np.lexsort((ln_later, f_later))[0])
+        j = int(earlier[k])
+        return {
+            "bucket": bucket,
+            "duplicate": {
+                "file": int(f_later[k]),
+                "line": int(ln_later[k]),
+                "first_file": int(file_of_block[block[j]]),
+                "first_line": int(first_line[block[j]] + c["line"][j]),
+                "user": user_ids[u[j]].item() if kinds[0] == "int" else str(user_ids[u[j]]),
+                "item": item_ids[i[j]].item() if kinds[1] == "int" else str(item_ids[i[j]]),
+            },
+        }
+    last = (np.concatenate((starts[1:], [n])) - 1) if n else starts
+    keep = order[last]
+    rating_in = c["rating"]
+    if policy == "mean" and len(starts) < n:
+        sizes = last - starts + 1
+        rating = np.add.reduceat(rating_in[order].astype(np.float64), starts) / sizes
+        rating = rating.astype(np.float32)
+    else:
+        rating = rating_in[keep]
+    out_u, out_i, out_t = u[keep], i[keep], c["timestamp"][keep]
+    del c, order, key, u, i
+
+    written = 0
+    out = Path(out_dir)
+    user_block = out_u % n_user_blocks
+    by_block = np.argsort(user_block, kind="stable") if n_user_blocks > 1 else None
+    counts = np.bincount(user_block, minlength=n_user_blocks)
+    offsets = np.concatenate(([0], np.cumsum(counts)))
+    for k in np.flatnonzero(counts):
+        sel = (
+            slice(offsets[k], offsets[k + 1])
+            if by_block is None
+            else by_block[offsets[k] : offsets[k + 1]]
+        )
+        table = pa.Table.from_arrays(
+            [
+                pa.array(out_u[sel]),
+                pa.array(out_i[sel]),
+                pa.array(rating[sel]),
+                pa.array(out_t[sel]),
+            ],
+            schema=schema.RATINGS_ARROW_SCHEMA,
+        )
+        path = out / f"{schema.USER_BLOCK}={k}" / f"part-{bucket:05d}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, path)
+        written += pq.read_metadata(path).num_rows
+    values, value_counts = np.unique(rating, return_counts=True)
+    return {
+        "bucket": bucket,
+        "rows_read": n,
+        "rows_written": written,
+        "merged": n - len(starts),
+        "hist_values": values,
+        "hist_counts": value_counts,
+        "users": int(np.count_nonzero(np.diff(out_u)) + 1) if len(out_u) else 0,
+        "items": np.unique(out_i),
+    }
 
 
 # --------------------------------------------------------------------------- driver
@@ -417,7 +555,8 @@ def _ingest(
     overwrite: bool,
     blocksize: int,
 ) -> Dataset:
-    tasks, file_of_block = _plan_blocks(src, staging, blocksize)
+    n_buckets = n_buckets_for(estimate_rows(src))
+    tasks, file_of_block = _plan_blocks(src, staging, blocksize, n_buckets)
     counts = [dask.delayed(_counts_only, pure=True)(t) for t in tasks]
     users = _tree_union([t["users"] for t in tasks])
     items = _tree_union([t["items"] for t in tasks])
@@ -464,31 +603,6 @@ def _ingest(
             int(first_line[c["block"]] + line),
         )
 
-    # Dense ids, duplicates resolved per user, staged once more to count what merged.
-    good = dd.read_parquet(str(staging / _GOOD), engine="pyarrow", split_row_groups=False)
-    uid = dask.delayed(user_ids, pure=True)
-    iid = dask.delayed(item_ids, pure=True)
-    indexed = good.map_partitions(
-        _index_partition, uid, iid, first_line, fob, meta=_INDEXED_META, align_dataframes=False
-    )
-    n_parts = max(1, good.npartitions)
-    shuffled = indexed.shuffle(on=schema.USER_IDX, npartitions=n_parts) if n_parts > 1 else indexed
-    resolved = shuffled.map_partitions(
-        _resolve_duplicates,
-        duplicates,
-        files,
-        uid,
-        iid,
-        meta=_RESOLVED_META,
-        align_dataframes=False,
-    )
-    resolved_dir = staging / "resolved"
-    resolved.to_parquet(str(resolved_dir), write_index=False, write_metadata_file=False)
-    merged = int(dd.read_parquet(str(resolved_dir), columns=[_MERGED])[_MERGED].sum().compute())
-    ratings = dd.read_parquet(
-        str(resolved_dir), columns=list(schema.RATING_DTYPES), split_row_groups=False
-    )
-
     users_map = pd.DataFrame(
         {schema.USER_ID: user_ids, schema.USER_IDX: np.arange(len(user_ids), dtype=np.int32)}
     )
@@ -500,6 +614,64 @@ def _ingest(
             frame[key] = frame[key].astype("str")
     if items_meta is not None:
         items_map = items_map.merge(items_meta, on=schema.ITEM_ID, how="left", validate="1:1")
+
+    bucket_rows = np.stack([c["bucket_rows"] for c in counts])  # (blocks, buckets)
+    outcome: dict[str, int] = {}
+
+    def write_ratings(ratings_dir: Path) -> dict[str, Any]:
+        """Round 3: one task per non-empty user bucket writes its rows into the dataset."""
+        uid = dask.delayed(user_ids, pure=True)
+        iid = dask.delayed(item_ids, pure=True)
+        work = []
+        for b in np.flatnonzero(bucket_rows.sum(axis=0)):
+            blocks = [int(k) for k in np.flatnonzero(bucket_rows[:, b])]
+            work.append(
+                dask.delayed(_finish_bucket, pure=False)(
+                    int(b),
+                    blocks,
+                    int(bucket_rows[:, b].sum()),
+                    str(staging),
+                    str(ratings_dir),
+                    uid,
+                    iid,
+                    first_line,
+                    fob,
+                    duplicates,
+                    n_user_blocks,
+                )
+            )
+        stats = dask.compute(*work)
+        dups = [s["duplicate"] for s in stats if "duplicate" in s]
+        if dups:
+            d = min(dups, key=lambda d: (d["file"], d["line"]))
+            where = f"line {d['first_line']}" + (
+                "" if d["first_file"] == d["file"] else f" of {files[d['first_file']]}"
+            )
+            raise DuplicateRatingError(
+                f"duplicate rating: user {d['user']} already rated item {d['item']} at "
+                f"{where}; pass --duplicates last (keep the last rating) or --duplicates mean "
+                "to merge duplicates",
+                files[d["file"]],
+                d["line"],
+            )
+        staged = sum(s["rows_read"] for s in stats)
+        if staged != n_good:
+            raise AccountingError(f"{n_good} valid rows were parsed but {staged} were staged")
+        outcome["rows_written"] = sum(s["rows_written"] for s in stats)
+        outcome["merged"] = sum(s["merged"] for s in stats)
+        users_rated = sum(s["users"] for s in stats)
+        items_rated = len(_union(*[s["items"] for s in stats]))
+        if (users_rated, items_rated) != (len(user_ids), len(item_ids)):
+            raise AccountingError(
+                f"{users_rated} users and {items_rated} items have ratings written, but the "
+                f"id maps hold {len(user_ids)} users and {len(item_ids)} items"
+            )
+        return ratings_summary(
+            np.concatenate([s["hist_values"] for s in stats]),
+            np.concatenate([s["hist_counts"] for s in stats]),
+            users_rated,
+            items_rated,
+        )
 
     manifest_extra = {
         "format": src.format,
@@ -518,9 +690,9 @@ def _ingest(
             "columns": _column_names(src),
             "header_lines": n_header,
             "blank_lines": n_blank,
+            "user_buckets": n_buckets,
         },
         "rows_in": rows_in,
-        "duplicates_merged": merged,
     }
 
     def before_commit(tmp: Path, manifest: dict[str, Any]) -> None:
@@ -529,15 +701,20 @@ def _ingest(
         )
         acc = Accounting(
             rows_in=rows_in,
-            rows_out=int(manifest["rows"]),
+            rows_out=outcome["rows_written"],
             quarantined=quarantined,
-            duplicates_merged=merged,
+            duplicates_merged=outcome["merged"],
         )
+        if acc.rows_out != int(manifest["rows"]):
+            raise AccountingError(
+                f"{acc.rows_out} rows written but the histogram counts {manifest['rows']}"
+            )
         check_accounting(acc)
+        manifest["duplicates_merged"] = outcome["merged"]
         manifest.update(acc.as_dict())
 
-    ds = write_dataset(
-        ratings,
+    ds = write_dataset_from(
+        write_ratings,
         users_map,
         items_map,
         dest,

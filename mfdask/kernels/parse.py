@@ -114,17 +114,27 @@ def _parse_float(buf, s, e, pow10):
         return False, 0.0
     if p < e and (buf[p] == 101 or buf[p] == 69):  # 'e' / 'E'
         ok, x = _parse_int(buf, p + 1, e)
-        if not ok or x > 300 or x < -300:
+        if not ok:
             return False, 0.0
-        scale += x
+        # Past these the value is 0 or overflows whatever the mantissa (<= 18 digits).
+        scale += max(-400, min(400, x))
         p = e
     if p != e:
         return False, 0.0
     v = float(mant)
-    if scale < 0:
-        v = v / pow10[-scale] if -scale < pow10.shape[0] else v * 10.0**scale
-    elif scale > 0:
-        v = v * pow10[scale] if scale < pow10.shape[0] else v * 10.0**scale
+    # One exact power of ten (|scale| <= 22) rounds once; beyond, steps of 1e22 keep
+    # intermediate values normal for as long as possible (subnormal results stay close).
+    top = pow10.shape[0] - 1
+    while scale < 0:
+        step = min(-scale, top)
+        v = v / pow10[step]
+        scale += step
+    while scale > 0:
+        step = min(scale, top)
+        v = v * pow10[step]
+        scale -= step
+    if not np.isfinite(v):
+        return False, 0.0
     return True, -v if neg else v
 
 
