@@ -41,7 +41,7 @@ from functools import lru_cache
 
 import dask.dataframe as dd
 import numpy as np
-from distributed import Client, Future, get_worker, wait
+from distributed import Client, Future, get_worker
 
 from mfdask.engine.blocks import (
     RowBlock,
@@ -50,6 +50,8 @@ from mfdask.engine.blocks import (
     persist_partitions,
     place_row_blocks,
 )
+from mfdask.engine.checkpoint import block_digest, combine_digests
+from mfdask.engine.resilience import collect, gather
 from mfdask.kernels.als import objective_rows, penalty_rows, solve_rows_cg, solve_rows_cholesky
 
 
@@ -267,6 +269,12 @@ class BlockALS:
     seen : scipy.sparse.csr_matrix
         ``(n_users, n_items)`` bool, every rated item (positive or not).
     n_positives : int
+    digest : str
+        Content digest of the ratings (identifies the data in checkpoints).
+
+    Every wait goes through :func:`mfdask.engine.resilience.gather`: a lost worker
+    raises :class:`~mfdask.engine.resilience.WorkerLostError` instead of hanging on
+    tasks pinned to it, and :meth:`rebuild` places the ratings again.
     """
 
     def __init__(
@@ -284,22 +292,61 @@ class BlockALS:
         self.n_users = n_users
         self.n_items = n_items
         self.spec = spec
+        self._ratings = ratings
+        self._positive = (float(positive_threshold), bool(binary))
         n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
         self.n_blocks = int(n_blocks or max(1, n_workers))
-        parts = persist_partitions(client, ratings)
-        user_full = place_row_blocks(client, parts, self.n_blocks, n_users, n_items)
-        item_full = place_row_blocks(client, parts, self.n_blocks, n_items, n_users, transpose=True)
-        del parts
-        self.seen = assemble_seen(client, user_full, n_users, n_items)
-        self.user_blocks = self._compact(user_full, positive_threshold, binary)
-        self.item_blocks = self._compact(item_full, positive_threshold, binary)
-        del user_full, item_full
+        self.user_blocks: list[Future] = []
+        self.item_blocks: list[Future] = []
+        self._place(first=True)
         self.n_positives = sum(
-            client.gather([client.submit(block_nnz, b, pure=False) for b in self.user_blocks])
+            gather(
+                client,
+                [client.submit(block_nnz, b, pure=False) for b in self.user_blocks],
+                self._watched,
+            )
         )
         self.user_factors: list[Future] = []
         self.item_factors: list[Future] = []
         self._item_source: Future | None = None
+
+    def _place(self, first: bool = False) -> None:
+        """Shuffle the ratings into blocks on the current workers and compact them.
+
+        The first time, also record the seen items and the content digest of the ratings
+        (for checkpoints); :meth:`rebuild` calls it again after a worker was lost.
+        """
+        client = self.client
+        parts = persist_partitions(client, self._ratings)
+        user_full = place_row_blocks(client, parts, self.n_blocks, self.n_users, self.n_items)
+        item_full = place_row_blocks(
+            client, parts, self.n_blocks, self.n_items, self.n_users, transpose=True
+        )
+        del parts
+        if first:
+            self.seen = assemble_seen(client, user_full, self.n_users, self.n_items)
+            self.digest = combine_digests(
+                gather(
+                    client,
+                    [client.submit(block_digest, b, pure=False) for b in user_full],
+                    [],
+                )
+            )
+        self.user_blocks = self._compact(user_full, *self._positive)
+        self.item_blocks = self._compact(item_full, *self._positive)
+        # Where each block lives, fixed until the next rebuild: tasks are pinned there.
+        self._user_where = block_workers(client, self.user_blocks)
+        self._item_where = block_workers(client, self.item_blocks)
+        self._watched = self._user_where + self._item_where
+
+    def rebuild(self) -> None:
+        """Place the ratings again on the workers there are now (after losing one).
+
+        Reads the input again (the lost blocks are not recoverable from anywhere else);
+        the factors must then be put back with :meth:`initialize`.
+        """
+        self.close()
+        self._place()
 
     # -- placement ---------------------------------------------------------------
     def _compact(self, blocks: list[Future], threshold: float, binary: bool) -> list[Future]:
@@ -316,14 +363,10 @@ class BlockALS:
             )
             for b, w in zip(blocks, where, strict=True)
         ]
-        wait(out)
-        for f in out:
-            if f.status == "error":
-                f.result()
+        collect(self.client, out, where)
         return out
 
-    def _scatter_rows(self, full: np.ndarray, blocks: list[Future]) -> list[Future]:
-        where = block_workers(self.client, blocks)
+    def _scatter_rows(self, full: np.ndarray, where: list[str]) -> list[Future]:
         return [
             self.client.scatter(_take_rows(full, b, self.n_blocks), workers=[w], hash=False)
             for b, w in enumerate(where)
@@ -332,10 +375,10 @@ class BlockALS:
     def initialize(self, user_factors: np.ndarray, item_factors: np.ndarray) -> None:
         """Start from the given factors (drawn by the caller by global row index)."""
         self.user_factors = self._scatter_rows(
-            np.asarray(user_factors, np.float32), self.user_blocks
+            np.asarray(user_factors, np.float32), self._user_where
         )
         self.item_factors = self._scatter_rows(
-            np.asarray(item_factors, np.float32), self.item_blocks
+            np.asarray(item_factors, np.float32), self._item_where
         )
         self._item_source = None
 
@@ -350,10 +393,9 @@ class BlockALS:
         return self.client.submit(assemble_source, n_rows, factor_blocks, grams, pure=False)
 
     def _half(
-        self, dst_blocks: list[Future], source: Future, previous: list[Future]
+        self, dst_blocks: list[Future], source: Future, previous: list[Future], where: list[str]
     ) -> list[Future]:
         """One half-iteration: solve every destination block against ``source``."""
-        where = block_workers(self.client, dst_blocks)
         return [
             self.client.submit(solve_block, block, source, prev, self.spec, workers=[w], pure=False)
             for block, prev, w in zip(dst_blocks, previous, where, strict=True)
@@ -362,9 +404,13 @@ class BlockALS:
     def iterate(self) -> None:
         """One full iteration: users against items, then items against users."""
         item_source = self._item_source or self._source(self.item_factors, self.n_items)
-        self.user_factors = self._half(self.user_blocks, item_source, self.user_factors)
+        self.user_factors = self._half(
+            self.user_blocks, item_source, self.user_factors, self._user_where
+        )
         user_source = self._source(self.user_factors, self.n_users)
-        self.item_factors = self._half(self.item_blocks, user_source, self.item_factors)
+        self.item_factors = self._half(
+            self.item_blocks, user_source, self.item_factors, self._item_where
+        )
         self._item_source = self._source(self.item_factors, self.n_items)
 
     def loss(self) -> float:
@@ -375,8 +421,7 @@ class BlockALS:
         """
         item_source = self._item_source or self._source(self.item_factors, self.n_items)
         self._item_source = item_source
-        where_u = block_workers(self.client, self.user_blocks)
-        where_i = block_workers(self.client, self.item_blocks)
+        where_u, where_i = self._user_where, self._item_where
         parts = [
             self.client.submit(
                 block_objective, b, item_source, f, self.spec, workers=[w], pure=False
@@ -387,21 +432,19 @@ class BlockALS:
             self.client.submit(block_penalty, b, f, self.spec, workers=[w], pure=False)
             for b, f, w in zip(self.item_blocks, self.item_factors, where_i, strict=True)
         ]
-        errors, pens = self.client.gather(parts), self.client.gather(penalties)
+        errors = gather(self.client, parts, self._watched)
+        pens = gather(self.client, penalties, self._watched)
         total = sum(e + p for e, p in errors) + sum(pens)
         return float(total) / max(1, self.n_positives)
 
     def wait(self) -> None:
         """Block until the current factors exist (for timing)."""
-        wait(self.user_factors + self.item_factors)
-        for f in self.user_factors + self.item_factors:
-            if f.status == "error":
-                f.result()
+        collect(self.client, self.user_factors + self.item_factors, self._watched)
 
     def factors(self) -> tuple[np.ndarray, np.ndarray]:
         """The current ``(user_factors, item_factors)`` gathered to the client."""
-        users = self.client.gather(self.user_factors)
-        items = self.client.gather(self.item_factors)
+        users = gather(self.client, self.user_factors, self._watched)
+        items = gather(self.client, self.item_factors, self._watched)
         return _interleave(users, self.n_users), _interleave(items, self.n_items)
 
     def close(self) -> None:

@@ -18,6 +18,7 @@ Randomness is not stored: drivers derive every random stream from
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -119,3 +120,137 @@ class CheckpointStore:
     def clear(self) -> None:
         """Remove every checkpoint (a fresh fit that is not resuming)."""
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint was written by a fit with other parameters or other data."""
+
+
+def block_digest(block: Any) -> str:
+    """BLAKE2 digest of a rating block's content (runs on the block's worker).
+
+    ``block`` is a :class:`mfdask.engine.blocks.RowBlock`; its arrays are sorted
+    canonically, so the digest does not depend on how the input was partitioned.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    h.update(np.asarray([block.block, block.n_blocks, block.n_rows, block.n_cols]).tobytes())
+    for array in (block.indptr, block.indices, block.data):
+        h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()
+
+
+def combine_digests(digests: list[str]) -> str:
+    """One digest for the whole rating matrix from its blocks' digests, in block order."""
+    return hashlib.blake2b("".join(digests).encode(), digest_size=16).hexdigest()
+
+
+def _differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(_differences(a, b, f"{prefix}{key}."))
+        elif a != b:
+            out.append(f"{prefix}{key} (checkpoint: {a!r}, this fit: {b!r})")
+    return out
+
+
+class FitCheckpoints:
+    """The checkpoint policy of one fit: when to save, where, and what may be resumed.
+
+    Every ``every`` completed iterations (and at the end of the fit) the fit's state is
+    saved: to ``directory`` through a :class:`CheckpointStore` when one is given, and
+    always in memory as the point a fit recovering from a lost worker restarts from.
+
+    A checkpoint records the fit's *identity*: the model class, its parameters (those
+    that change the model; not ``checkpoint_dir``, ``checkpoint_every``, ``n_threads`` or
+    ``show_progress``), the id-map fingerprint, a digest of the training ratings and the
+    number of blocks. Resuming from a checkpoint of another identity is refused with
+    :class:`CheckpointMismatchError` naming what differs.
+
+    Parameters
+    ----------
+    directory : path or None
+        Where checkpoints go; None keeps them in memory only.
+    every : int
+        Iterations between checkpoints.
+    resume : bool
+        Continue from the newest checkpoint in ``directory`` (a fresh fit when there is
+        none); False removes earlier checkpoints there before the first save.
+    """
+
+    def __init__(
+        self, directory: str | os.PathLike[str] | None, every: int, resume: bool = False
+    ) -> None:
+        if resume and directory is None:
+            raise ValueError(
+                "resume=True needs checkpoint_dir: set the model's checkpoint_dir to the "
+                "directory the interrupted fit wrote its checkpoints to"
+            )
+        self.store = CheckpointStore(directory) if directory is not None else None
+        self.every = int(every)
+        self.resume = bool(resume)
+        self.identity: dict[str, Any] = {}
+        self.last: Checkpoint | None = None
+
+    def peek(self) -> Checkpoint | None:
+        """The checkpoint a resumed fit would start from (not yet checked), or None."""
+        if not self.resume or self.store is None:
+            return None
+        return self.store.latest()
+
+    def begin(self, identity: dict[str, Any]) -> Checkpoint | None:
+        """Fix this fit's identity; return the checked checkpoint to resume from, or None.
+
+        Raises
+        ------
+        CheckpointMismatchError
+            The newest checkpoint belongs to a different fit.
+        """
+        self.identity = json.loads(json.dumps(identity))  # as it will read back
+        start = self.peek()
+        if start is None:
+            if self.store is not None and not self.resume:
+                self.store.clear()
+            return None
+        saved = start.state.get("identity", {})
+        diff = _differences(saved, self.identity)
+        if diff:
+            raise CheckpointMismatchError(
+                f"the checkpoint in {self.store.directory} belongs to a different fit: "
+                + "; ".join(diff)
+                + ". Resume with the parameters and data it was written with, or start "
+                "afresh (without resume, or with another checkpoint_dir)"
+            )
+        self.last = start
+        return start
+
+    def due(self, iteration: int) -> bool:
+        """Whether to checkpoint after ``iteration`` completed iterations."""
+        return iteration % self.every == 0
+
+    def save(
+        self, iteration: int, arrays: dict[str, np.ndarray], state: dict[str, Any]
+    ) -> Checkpoint:
+        """Keep a checkpoint in memory and, with a directory, write it atomically."""
+        state = json.loads(json.dumps({**state, "identity": self.identity}))
+        arrays = {name: np.asarray(a) for name, a in arrays.items()}
+        if self.store is not None:
+            self.store.save(iteration, arrays, state)
+        self.last = Checkpoint(iteration=iteration, arrays=arrays, state=state)
+        return self.last
+
+    def describe_resume(self) -> str:
+        """How to continue after the fit failed (for error messages)."""
+        if self.store is None:
+            return (
+                "no checkpoint was written (checkpoint_dir is not set): restart the "
+                "cluster and fit again"
+            )
+        if self.last is None:
+            return f"no checkpoint in {self.store.directory} yet: restart the cluster and fit again"
+        return (
+            f"the last checkpoint (after iteration {self.last.iteration}) is in "
+            f"{self.store.directory}: restart the cluster and fit with resume=True "
+            "(mfdask train --resume) to continue from it"
+        )

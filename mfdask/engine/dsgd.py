@@ -90,7 +90,9 @@ from mfdask.engine.blocks import (
     persist_partitions,
     place_row_blocks,
 )
+from mfdask.engine.checkpoint import block_digest, combine_digests
 from mfdask.engine.cluster import worker_addresses
+from mfdask.engine.resilience import gather
 
 State = dict[str, np.ndarray]
 """Named float32 arrays of one block (or, on the client, of all rows)."""
@@ -416,6 +418,8 @@ class DSGD:
             raise ValueError(f"n_threads must be >= 1, got {n_threads!r}")
         self.n_threads = n_threads
         self.value_col = value_col
+        self._ratings = ratings  # kept to place the ratings again after a lost worker
+        self._holdouts: list[tuple[dd.DataFrame, list[Future]]] = []
         parts = persist_partitions(client, ratings)
         self._row_blocks = place_row_blocks(
             client, parts, self.n_blocks, self.n_users, self.n_items, value_col=value_col
@@ -443,8 +447,14 @@ class DSGD:
     def place_holdout(self, ratings: dd.DataFrame) -> list[Future]:
         """Place held-out ratings in the same cells and on the same workers, for evaluation.
 
-        Returns shard futures to pass to :meth:`evaluate`.
+        Returns shard futures to pass to :meth:`evaluate` (a list that :meth:`rebuild`
+        refills in place).
         """
+        shards = self._place_holdout(ratings)
+        self._holdouts.append((ratings, shards))
+        return shards
+
+    def _place_holdout(self, ratings: dd.DataFrame) -> list[Future]:
         parts = persist_partitions(self.client, ratings)
         rows = place_row_blocks(
             self.client,
@@ -463,8 +473,10 @@ class DSGD:
 
     def value_summary(self, shards: list[Future] | None = None) -> dict[str, float]:
         """``count``, ``mean``, ``min`` and ``max`` of the values, reduced on the workers."""
-        parts = self.client.gather(
-            [self.client.submit(_shard_value_summary, s) for s in (shards or self._shards)]
+        parts = gather(
+            self.client,
+            [self.client.submit(_shard_value_summary, s) for s in (shards or self._shards)],
+            self._workers,
         )
         a = np.asarray(parts, dtype=np.float64).reshape(-1, 4)
         count = a[:, 0].sum()
@@ -515,8 +527,8 @@ class DSGD:
         out = {
             name: np.empty((n_rows, *shape[1:]), dtype=dt) for name, (shape, dt) in shapes.items()
         }
-        for b, fut in enumerate(futures):
-            for name, arr in fut.result().items():
+        for b, block in enumerate(gather(self.client, futures, self._workers)):
+            for name, arr in block.items():
                 out[name][b :: self.n_blocks] = arr
         return out
 
@@ -567,7 +579,7 @@ class DSGD:
                 self._user[w] = submit(operator.getitem, out, 0, workers=where, pure=False)
                 self._item[j] = submit(operator.getitem, out, 1, workers=where, pure=False)
                 stats.append(submit(operator.getitem, out, 2, workers=where, pure=False))
-        totals = np.sum(self.client.gather(stats), axis=0)
+        totals = np.sum(gather(self.client, stats, self._workers), axis=0)
         return EpochReport(
             epoch=epoch,
             stats=_named(kernel.stat_names, totals),
@@ -594,8 +606,38 @@ class DSGD:
             )
             for w in range(self.n_blocks)
         ]
-        return _named(kernel.stat_names, np.sum(self.client.gather(parts), axis=0))
+        return _named(kernel.stat_names, np.sum(gather(self.client, parts, self._workers), axis=0))
 
+    # -------------------------------------------------------------- recovery
+    # Used by mfdask.engine.resilience.run_fit: a content digest for checkpoints, and
+    # placing the ratings again after a worker (and the blocks it held) was lost.
+    def digest(self) -> str:
+        """Content digest of the training ratings (identifies the data in checkpoints)."""
+        parts = [
+            self.client.submit(block_digest, rb, workers=[w], pure=False)
+            for rb, w in zip(self._row_blocks, self._workers, strict=True)
+        ]
+        return combine_digests(gather(self.client, parts, self._workers))
+
+    def rebuild(self) -> None:
+        """Place the ratings (and held-out ratings) again on the workers there are now.
+
+        The blocks of a lost worker exist nowhere else, so the input is read again and
+        cut into the same ``n_blocks`` blocks (several per worker on a smaller cluster).
+        The state must be placed again with :meth:`set_state` afterwards.
+        """
+        self.close()
+        parts = persist_partitions(self.client, self._ratings)
+        self._row_blocks = place_row_blocks(
+            self.client, parts, self.n_blocks, self.n_users, self.n_items, value_col=self.value_col
+        )
+        del parts
+        self._workers = block_workers(self.client, self._row_blocks)
+        self._shards = self._build_shards(self._row_blocks)
+        for ratings, shards in self._holdouts:
+            shards[:] = self._place_holdout(ratings)
+
+    # -------------------------------------------------------------- end of recovery
     def close(self) -> None:
         """Release every block this engine holds on the cluster."""
         self._user, self._item, self._shards, self._row_blocks = [], [], [], []
