@@ -28,7 +28,60 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from mfdask.kernels.sgd_common import seed_thread, shuffled_range
+from mfdask.kernels.sgd_common import (
+    CHUNK,
+    PREFETCH_DISTANCE,
+    prefetch_row,
+    seed_thread,
+    shuffled_range,
+)
+
+
+@njit(nogil=True, cache=True, fastmath=True)
+def svd_steps(
+    users: np.ndarray,
+    items: np.ndarray,
+    ratings: np.ndarray,
+    n: int,
+    user_factors: np.ndarray,
+    item_factors: np.ndarray,
+    user_bias: np.ndarray,
+    item_bias: np.ndarray,
+    mu: np.float32,
+    lr: np.float32,
+    lr_b: np.float32,
+    reg: np.float32,
+    reg_b: np.float32,
+) -> float:
+    """SGD steps on ratings ``0 .. n - 1`` of contiguous buffers, in that order.
+
+    The inner loop of :func:`svd_sgd`; returns the sum of the pre-step squared errors.
+    """
+    k = user_factors.shape[1]
+    sse = 0.0
+    for m in range(n):
+        if m + PREFETCH_DISTANCE < n:
+            prefetch_row(user_factors, users[m + PREFETCH_DISTANCE])
+            prefetch_row(item_factors, items[m + PREFETCH_DISTANCE])
+        u = users[m]
+        i = items[m]
+        p = user_factors[u]
+        q = item_factors[i]
+        # e_ui = r_ui - (mu + b_u + b_i + p_u . q_i)
+        dot = np.float32(0.0)
+        for f in range(k):
+            dot += p[f] * q[f]
+        err = ratings[m] - (mu + user_bias[u] + item_bias[i] + dot)
+        sse += err * err
+        user_bias[u] += lr_b * (err - reg_b * user_bias[u])
+        item_bias[i] += lr_b * (err - reg_b * item_bias[i])
+        # Simultaneous step on p_u and q_i, both from their pre-step values.
+        for f in range(k):
+            pf = p[f]
+            qf = q[f]
+            p[f] = pf + lr * (err * qf - reg * pf)
+            q[f] = qf + lr * (err * pf - reg * qf)
+    return sse
 
 
 @njit(nogil=True, cache=True, fastmath=True)
@@ -51,15 +104,20 @@ def svd_sgd(
 ) -> float:
     """One SGD pass over ratings ``lo:hi`` in a random order, updating in place.
 
+    The order is ``shuffled_range(lo, hi)`` after ``seed_thread(seed)``
+    (:mod:`mfdask.kernels.sgd_common`); the shuffled ratings are gathered into small
+    contiguous buffers a chunk at a time and the factor rows prefetched a few ratings
+    ahead, so the pass runs at the speed of the arithmetic, not of the cache misses.
+
     Parameters
     ----------
     users, items : (nnz,) int32
         Row of each rating in ``user_factors`` / ``item_factors``.
     ratings : (nnz,) float32
     lo, hi : int
-        The slice of ratings this call visits (each once, shuffled by ``seed``).
-    user_factors : (n_u, k) float32
-    item_factors : (n_i, k) float32
+        The slice this call visits (each once, shuffled by ``seed``).
+    user_factors : (n_u, k) float32, C-contiguous
+    item_factors : (n_i, k) float32, C-contiguous
     user_bias : (n_u,) float32
     item_bias : (n_i,) float32
     mu : float
@@ -77,33 +135,33 @@ def svd_sgd(
     """
     seed_thread(seed)
     order = shuffled_range(lo, hi)
-    k = user_factors.shape[1]
-    lr = np.float32(learning_rate)
-    lr_b = np.float32(bias_learning_rate)
-    reg = np.float32(regularization)
-    reg_b = np.float32(bias_regularization)
-    mu32 = np.float32(mu)
+    n = order.shape[0]
+    buf_u = np.empty(CHUNK, dtype=users.dtype)
+    buf_i = np.empty(CHUNK, dtype=items.dtype)
+    buf_r = np.empty(CHUNK, dtype=np.float32)
     sse = 0.0
-    for n in range(order.shape[0]):
-        idx = order[n]
-        u = users[idx]
-        i = items[idx]
-        p = user_factors[u]
-        q = item_factors[i]
-        # e_ui = r_ui - (mu + b_u + b_i + p_u . q_i)
-        dot = np.float32(0.0)
-        for f in range(k):
-            dot += p[f] * q[f]
-        err = ratings[idx] - (mu32 + user_bias[u] + item_bias[i] + dot)
-        sse += err * err
-        user_bias[u] += lr_b * (err - reg_b * user_bias[u])
-        item_bias[i] += lr_b * (err - reg_b * item_bias[i])
-        # Simultaneous step on p_u and q_i, both from their pre-step values.
-        for f in range(k):
-            pf = p[f]
-            qf = q[f]
-            p[f] = pf + lr * (err * qf - reg * pf)
-            q[f] = qf + lr * (err * pf - reg * qf)
+    for start in range(0, n, CHUNK):
+        m = min(CHUNK, n - start)
+        for t in range(m):
+            idx = order[start + t]
+            buf_u[t] = users[idx]
+            buf_i[t] = items[idx]
+            buf_r[t] = ratings[idx]
+        sse += svd_steps(
+            buf_u,
+            buf_i,
+            buf_r,
+            m,
+            user_factors,
+            item_factors,
+            user_bias,
+            item_bias,
+            np.float32(mu),
+            np.float32(learning_rate),
+            np.float32(bias_learning_rate),
+            np.float32(regularization),
+            np.float32(bias_regularization),
+        )
     return sse
 
 
