@@ -108,6 +108,15 @@ class ALS(FactorModel):
     early_stopping_rounds : int or None
         With ``validation``: stop when the metric has not improved for this many
         iterations and keep the best iteration's factors.
+    checkpoint_dir : str or None
+        Directory for checkpoints (factors, optimiser state, history) written atomically
+        every ``checkpoint_every`` iterations; ``fit(..., resume=True)`` continues from the
+        newest. None keeps checkpoints in memory only, as restart points for recovering
+        from a lost worker.
+    checkpoint_every : int
+        Iterations between checkpoints. Each checkpoint also cuts the task lineage on the
+        scheduler (the fit continues from the concrete arrays), so long fits keep a
+        bounded task graph.
 
     Attributes
     ----------
@@ -143,6 +152,8 @@ class ALS(FactorModel):
         validation_k: int = 10,
         validation_metric: str = "ndcg",
         early_stopping_rounds: int | None = None,
+        checkpoint_dir: str | None = None,
+        checkpoint_every: int = 5,
     ) -> None:
         self.factors = factors
         self.regularization = regularization
@@ -162,6 +173,8 @@ class ALS(FactorModel):
         self.validation_k = validation_k
         self.validation_metric = validation_metric
         self.early_stopping_rounds = early_stopping_rounds
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
 
     def _validate_params(self) -> None:
         _check_positive_int("factors", self.factors)
@@ -214,7 +227,7 @@ class ALS(FactorModel):
                 self._spec(),
                 positive_threshold=float(self.positive_threshold),
                 binary=self.preference == "binary",
-                n_blocks=self.n_blocks,
+                n_blocks=self._resumable_blocks(),
             )
             try:
                 if run.n_positives == 0:
@@ -223,16 +236,31 @@ class ALS(FactorModel):
                         f"{data.source}: lower positive_threshold for this rating scale"
                     )
                 self.seen_items_ = run.seen
-                run.initialize(*self._initial_factors(data))
-                self._iterate(run, validation, callback)
+                start = self._checkpoints.begin(self._fit_identity(data, run.digest, run.n_blocks))
+                self._iterate(client, run, data, validation, callback, start)
             finally:
                 run.close()
         self.metrics_["n_positives"] = run.n_positives
 
-    def _iterate(self, run: BlockALS, validation: Any, callback: EpochCallback | None) -> None:
-        best: tuple[float, int, np.ndarray, np.ndarray] | None = None
-        progress = tqdm(range(self.iterations), disable=not self.show_progress, unit="it")
-        for iteration in progress:
+    def _iterate(
+        self,
+        client: Any,
+        run: BlockALS,
+        data: TrainingData,
+        validation: Any,
+        callback: EpochCallback | None,
+        start: Any,
+    ) -> None:
+        """Iterate with checkpoints; the best iteration is kept with early stopping.
+
+        Checkpoint state: factors, the best iteration's factors and score, the history.
+        ALS draws nothing at random after the start, so a resumed or recovered fit
+        computes exactly the floats of an uninterrupted one.
+        """
+        best: dict[str, Any] = {}
+        progress = tqdm(total=self.iterations, disable=not self.show_progress, unit="it")
+
+        def step(iteration: int) -> bool:
             started = time.perf_counter()
             run.iterate()  # users against items, then items against users
             run.wait()
@@ -247,23 +275,73 @@ class ALS(FactorModel):
                 self.user_factors_, self.item_factors_ = run.factors()
                 score = self._validation_score(validation)
                 record[self.validation_metric] = score
-                if best is None or score > best[0]:
-                    best = (score, iteration, self.user_factors_, self.item_factors_)
+                if not best or score > best["score"]:
+                    best.update(
+                        score=score,
+                        iteration=iteration,
+                        user=self.user_factors_,
+                        item=self.item_factors_,
+                    )
             keep_going = self._record_epoch(record, callback)
             if (
-                best is not None
+                best
                 and self.early_stopping_rounds is not None
-                and iteration - best[1] >= self.early_stopping_rounds
+                and iteration - best["iteration"] >= self.early_stopping_rounds
             ):
                 keep_going = False
-            if not keep_going:
-                break
-        progress.close()
-        self.user_factors_, self.item_factors_ = run.factors()
-        if best is not None and self.early_stopping_rounds is not None:
-            self.metrics_["best_iteration"] = best[1] + 1
-            self.metrics_[self.validation_metric] = best[0]
-            self.user_factors_, self.item_factors_ = best[2], best[3]
+            progress.update(1)
+            return keep_going
+
+        def capture() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+            users, items = run.factors()
+            arrays = {"user_factors": users, "item_factors": items}
+            if best:
+                arrays.update(best_user_factors=best["user"], best_item_factors=best["item"])
+            state = {
+                "history": self.history_,
+                "best": {"score": best["score"], "iteration": best["iteration"]} if best else None,
+            }
+            return arrays, state
+
+        def reseed(arrays: dict[str, np.ndarray]) -> None:
+            run.initialize(arrays["user_factors"], arrays["item_factors"])
+
+        def restore(point: Any) -> None:
+            best.clear()
+            if point is None:
+                self.history_ = []
+                run.initialize(*self._initial_factors(data))
+            else:
+                self.history_ = list(point.state["history"])
+                if point.state.get("best"):
+                    best.update(
+                        point.state["best"],
+                        user=point.arrays["best_user_factors"],
+                        item=point.arrays["best_item_factors"],
+                    )
+                reseed(point.arrays)
+            progress.n = len(self.history_)
+            progress.refresh()
+
+        try:
+            final = self._run_iterations(
+                client,
+                self.iterations,
+                start,
+                step=step,
+                capture=capture,
+                restore=restore,
+                reseed=reseed,
+                rebuild=run.rebuild,
+            )
+        finally:
+            progress.close()
+        self.user_factors_ = final.arrays["user_factors"]
+        self.item_factors_ = final.arrays["item_factors"]
+        if best and self.early_stopping_rounds is not None:
+            self.metrics_["best_iteration"] = best["iteration"] + 1
+            self.metrics_[self.validation_metric] = best["score"]
+            self.user_factors_, self.item_factors_ = best["user"], best["item"]
 
     def _validation_score(self, validation: Any) -> float:
         from mfdask.evaluate import evaluate_ranking

@@ -102,6 +102,26 @@ def _read_factors(path: Path, id_name: str) -> tuple[pd.Index, np.ndarray, dict[
     return ids, factors, extra
 
 
+def _progress_bar(show: bool, total: int) -> Any:
+    """A tqdm bar over epochs, or None (``MFDASK_NO_PROGRESS=1`` hides it too)."""
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="epoch", disable=os.environ.get("MFDASK_NO_PROGRESS") == "1")
+
+
+def flatten_state(prefix: str, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``{"factors": a}`` -> ``{"<prefix>.factors": a}``: engine state as checkpoint arrays."""
+    return {f"{prefix}.{name}": array for name, array in state.items()}
+
+
+def unflatten_state(prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The inverse of :func:`flatten_state` for one ``prefix``."""
+    head = f"{prefix}."
+    return {name[len(head) :]: a for name, a in arrays.items() if name.startswith(head)}
+
+
 class FactorModel:
     """Base of every mfdask model: recommend, similar items/users, save and load.
 
@@ -141,7 +161,12 @@ class FactorModel:
 
     # ------------------------------------------------------------------ fitting
     def fit(
-        self, train: Any, validation: Any = None, callback: EpochCallback | None = None
+        self,
+        train: Any,
+        validation: Any = None,
+        callback: EpochCallback | None = None,
+        *,
+        resume: bool = False,
     ) -> FactorModel:
         """Learn factors from ``train`` (a dataset path, pandas or Dask DataFrame).
 
@@ -154,13 +179,23 @@ class FactorModel:
             early stopping where the model supports it.
         callback
             Called with each epoch's record (``epoch``, ``loss``, ``seconds``, ...);
-            returning ``False`` stops training early.
+            returning ``False`` stops training early. Iterations replayed after a lost
+            worker or a resume are reported again.
+        resume : bool
+            Continue from the newest checkpoint in ``checkpoint_dir`` (written by an
+            interrupted fit of the same model on the same data) and end with the model an
+            uninterrupted fit would have produced; without a checkpoint there, start
+            afresh. A checkpoint of another fit (other parameters or data) is refused
+            with :class:`~mfdask.engine.checkpoint.CheckpointMismatchError`. Not a
+            hyper-parameter: it says how to run this fit, not which model to learn.
 
         Returns
         -------
         self
         """
         self._validate_params()
+        self._validate_checkpoint_params()
+        self._checkpoints = self._make_checkpoints(resume)
         data = as_training_data(train)
         self.user_ids_ = data.user_ids
         self.item_ids_ = data.item_ids
@@ -175,6 +210,76 @@ class FactorModel:
 
     def _validate_params(self) -> None:
         """Check hyper-parameters; subclasses extend it. Raise ``ValueError`` naming them."""
+
+    # ------------------------------------------------------------------ checkpoints
+    CHECKPOINT_OPERATIONAL: ClassVar[tuple[str, ...]] = (
+        "checkpoint_dir",
+        "checkpoint_every",
+        "n_threads",
+        "show_progress",
+    )
+    """Parameters that say how a fit runs, not which model it learns: a checkpoint
+    written under other values of these can be resumed."""
+
+    def _validate_checkpoint_params(self) -> None:
+        every = getattr(self, "checkpoint_every", 1)
+        _check_positive_int("checkpoint_every", every)
+        directory = getattr(self, "checkpoint_dir", None)
+        if directory is not None and not isinstance(directory, (str, os.PathLike)):
+            raise ValueError(f"checkpoint_dir must be a path or None, got {directory!r}")
+
+    def _make_checkpoints(self, resume: bool) -> Any:
+        from mfdask.engine.checkpoint import FitCheckpoints
+
+        directory = getattr(self, "checkpoint_dir", None)
+        return FitCheckpoints(
+            None if directory is None else os.fspath(directory),
+            getattr(self, "checkpoint_every", 1),
+            resume=resume,
+        )
+
+    def _fit_identity(self, data: TrainingData, digest: str, n_blocks: int) -> dict[str, Any]:
+        """What makes a checkpoint this fit's: model, parameters, data, block count."""
+        params = {
+            k: v for k, v in self.get_params().items() if k not in self.CHECKPOINT_OPERATIONAL
+        }
+        return {
+            "class": type(self).__name__,
+            "params": params,
+            "fingerprint": data.fingerprint,
+            "n_users": data.n_users,
+            "n_items": data.n_items,
+            "ratings_digest": digest,
+            "n_blocks": int(n_blocks),
+        }
+
+    def _resumable_blocks(self) -> int | None:
+        """``n_blocks`` for the engine: the parameter, else the checkpoint's when resuming.
+
+        Keeping the checkpoint's block count makes a resumed fit compute what the
+        interrupted one would have, whatever the number of workers now.
+        """
+        if getattr(self, "n_blocks", None) is not None:
+            return self.n_blocks
+        start = self._checkpoints.peek()
+        if start is not None:
+            saved = start.state.get("identity", {}).get("n_blocks")
+            if isinstance(saved, int):
+                return saved
+        return None
+
+    def _run_iterations(self, client: Any, n_iterations: int, start: Any, **hooks: Any) -> Any:
+        """Run the fit loop of :func:`mfdask.engine.resilience.run_fit`; record recoveries."""
+        from mfdask.engine.resilience import run_fit
+
+        if start is not None:
+            self.metrics_["resumed_from"] = start.iteration
+        final, recoveries = run_fit(
+            client, n_iterations, checkpoints=self._checkpoints, start=start, **hooks
+        )
+        if recoveries:
+            self.metrics_["recoveries"] = recoveries
+        return final
 
     def _fit(self, data: TrainingData, validation: Any, callback: EpochCallback | None) -> None:
         raise NotImplementedError

@@ -124,6 +124,15 @@ class BPR(PairwiseModel):
     early_stopping_rounds : int or None
         With ``validation``: stop when the metric has not improved for this many epochs
         and keep the best epoch's factors.
+    checkpoint_dir : str or None
+        Directory for checkpoints (factors, optimiser state, history) written atomically
+        every ``checkpoint_every`` epochs; ``fit(..., resume=True)`` continues from the
+        newest. None keeps checkpoints in memory only, as restart points for recovering
+        from a lost worker.
+    checkpoint_every : int
+        Epochs between checkpoints. Each checkpoint also cuts the task lineage on the
+        scheduler (the fit continues from the concrete arrays), so long fits keep a
+        bounded task graph.
 
     Attributes
     ----------
@@ -157,6 +166,8 @@ class BPR(PairwiseModel):
         validation_k: int = 10,
         validation_metric: str = "ndcg@10",
         early_stopping_rounds: int | None = None,
+        checkpoint_dir: str | None = None,
+        checkpoint_every: int = 5,
     ) -> None:
         self.factors = factors
         self.learning_rate = learning_rate
@@ -175,6 +186,8 @@ class BPR(PairwiseModel):
         self.validation_k = validation_k
         self.validation_metric = validation_metric
         self.early_stopping_rounds = early_stopping_rounds
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
 
     def _make_kernel(self, epoch: int, learning_rate: float) -> BPRBlockKernel:
         reg_user, reg_pos, reg_neg = self._regularization()

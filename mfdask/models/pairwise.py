@@ -18,8 +18,15 @@ import numpy as np
 from mfdask.data.implicit import check_threshold
 from mfdask.data.training import TrainingData
 from mfdask.engine.cluster import session
-from mfdask.engine.dsgd import DSGD, EpochReport, train
-from mfdask.models.base import EpochCallback, FactorModel, _check_positive_int
+from mfdask.engine.dsgd import DSGD, EpochReport
+from mfdask.models.base import (
+    EpochCallback,
+    FactorModel,
+    _check_positive_int,
+    _progress_bar,
+    flatten_state,
+    unflatten_state,
+)
 
 BIAS_COLUMN = "bias"
 """Name of the item-bias column in ``item_factors.parquet``."""
@@ -117,28 +124,44 @@ class PairwiseModel(FactorModel):
                 data.ratings,
                 data.n_users,
                 data.n_items,
-                n_blocks=self.n_blocks,
+                n_blocks=self._resumable_blocks(),
                 n_threads=self.n_threads,
             )
             try:
                 self.seen_items_ = engine.seen_items()
-                engine.set_state(*self._initial_state(data))
-                self._train(engine, validation, callback, threshold)
+                start = self._checkpoints.begin(
+                    self._fit_identity(data, engine.digest(), engine.n_blocks)
+                )
+                self._train(client, engine, data, validation, callback, threshold, start)
             finally:
                 engine.close()
 
     def _train(
-        self, engine: DSGD, validation: Any, callback: EpochCallback | None, threshold: float
+        self,
+        client: Any,
+        engine: DSGD,
+        data: TrainingData,
+        validation: Any,
+        callback: EpochCallback | None,
+        threshold: float,
+        start: Any,
     ) -> None:
-        seed = self._seed()
+        """Epochs with checkpoints, validation and early stopping.
+
+        Checkpoint state: factors, the best epoch's factors and score, the seed and the
+        history (the learning rate is a function of the epoch). Every random stream is
+        derived from ``(seed, epoch, block)``, so with one thread per cell a resumed or
+        recovered fit equals an uninterrupted one bitwise.
+        """
         best: dict[str, Any] = {}
+        ctx = {"seed": self._seed()}
         self._threshold = threshold
+        bar = _progress_bar(bool(self.show_progress), int(self.epochs))
 
-        def make_kernel(epoch: int, reports: list[EpochReport]) -> Any:
-            return self._make_kernel(epoch, self.epoch_learning_rate(epoch))
-
-        def on_epoch(report: EpochReport) -> bool:
-            record = self._epoch_record(report, self.epoch_learning_rate(report.epoch))
+        def step(epoch: int) -> bool:
+            rate = self.epoch_learning_rate(epoch)
+            report = engine.run_epoch(self._make_kernel(epoch, rate), epoch, ctx["seed"])
+            record = self._epoch_record(report, rate)
             if record["positives"] == 0:
                 raise ValueError(
                     f"no rating is >= positive_threshold={self.positive_threshold}: "
@@ -150,39 +173,86 @@ class PairwiseModel(FactorModel):
                     f"(objective {record['objective']}): lower learning_rate "
                     f"({self.learning_rate}) or raise regularization"
                 )
-            report.stats.update({k: v for k, v in record.items() if isinstance(v, float)})
             keep_going = True
             if validation is not None:
                 self._set_factors(*engine.gather_state())
                 score = self._validation_score(validation)
                 record[self.validation_metric] = score
                 if not best or score > best["score"]:
-                    best.update(score=score, epoch=report.epoch, state=engine.snapshot())
+                    best.clear()
+                    best.update(score=score, epoch=epoch, snapshot=engine.snapshot())
                 elif (
                     self.early_stopping_rounds is not None
-                    and report.epoch - best["epoch"] >= self.early_stopping_rounds
+                    and epoch - best["epoch"] >= self.early_stopping_rounds
                 ):
                     keep_going = False
             if not self._record_epoch(record, callback):
                 keep_going = False
+            if bar is not None:
+                bar.update(1)
+                shown = {k: f"{record[k]:.4f}" for k in self.progress_stats if k in record}
+                bar.set_postfix(shown)
             return keep_going
 
+        def capture() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+            user, item = engine.gather_state()
+            arrays = {**flatten_state("user", user), **flatten_state("item", item)}
+            if "snapshot" in best:  # hold the best epoch as arrays from now on
+                best["arrays"] = engine.gather_state(best.pop("snapshot"))
+            if best:
+                arrays.update(flatten_state("best.user", best["arrays"][0]))
+                arrays.update(flatten_state("best.item", best["arrays"][1]))
+            state = {
+                "seed": ctx["seed"],
+                "history": self.history_,
+                "best": {"score": best["score"], "epoch": best["epoch"]} if best else None,
+            }
+            return arrays, state
+
+        def reseed(arrays: dict[str, np.ndarray]) -> None:
+            engine.set_state(unflatten_state("user", arrays), unflatten_state("item", arrays))
+
+        def restore(point: Any) -> None:
+            best.clear()
+            if point is None:
+                engine.set_state(*self._initial_state(data))
+                self.history_ = []
+            else:
+                ctx["seed"] = int(point.state["seed"])
+                self.history_ = list(point.state["history"])
+                if point.state.get("best"):
+                    best.update(point.state["best"])
+                    best["arrays"] = (
+                        unflatten_state("best.user", point.arrays),
+                        unflatten_state("best.item", point.arrays),
+                    )
+                reseed(point.arrays)
+            if bar is not None:
+                bar.n = len(self.history_)
+                bar.refresh()
+
         started = time.perf_counter()
-        train(
-            engine,
-            make_kernel,
-            int(self.epochs),
-            seed,
-            on_epoch=on_epoch,
-            progress=bool(self.show_progress),
-            progress_stats=self.progress_stats,
-        )
+        try:
+            final = self._run_iterations(
+                client,
+                int(self.epochs),
+                start,
+                step=step,
+                capture=capture,
+                restore=restore,
+                reseed=reseed,
+                rebuild=engine.rebuild,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
         self.metrics_["train_seconds"] = time.perf_counter() - started
+        user, item = unflatten_state("user", final.arrays), unflatten_state("item", final.arrays)
         if best and self.early_stopping_rounds is not None:
-            engine.restore(best["state"])
+            user, item = best["arrays"]
             self.metrics_["best_epoch"] = best["epoch"] + 1
             self.metrics_[self.validation_metric] = best["score"]
-        self._set_factors(*engine.gather_state())
+        self._set_factors(user, item)
         if self.history_:
             last = self.history_[-1]
             self.metrics_.update(

@@ -15,11 +15,20 @@ from mfdask._warnings import MfdaskWarning
 from mfdask.data import schema
 from mfdask.data.training import InputError, TrainingData, as_training_data
 from mfdask.engine.cluster import session
-from mfdask.engine.dsgd import DSGD, Cell, EpochReport, UserShard, train
+from mfdask.engine.dsgd import DSGD, Cell, UserShard
 from mfdask.kernels.sgd import svd_predict, svd_sgd, svd_squared_error
-from mfdask.models.base import EpochCallback, FactorModel, ModelFileError, _check_positive_int
+from mfdask.models.base import (
+    EpochCallback,
+    FactorModel,
+    ModelFileError,
+    _check_positive_int,
+    _progress_bar,
+    flatten_state,
+    unflatten_state,
+)
 
 LR_SCHEDULES = ("constant", "decay", "bold_driver")
+_SHOWN = ("train_rmse", "validation_rmse")
 UNKNOWN_POLICIES = ("error", "baseline")
 
 
@@ -167,6 +176,15 @@ class SVD(FactorModel):
         Draw a new stratum order every epoch.
     show_progress : bool
         A progress bar over epochs with the training RMSE.
+    checkpoint_dir : str or None
+        Directory for checkpoints (factors, optimiser state, history) written atomically
+        every ``checkpoint_every`` epochs; ``fit(..., resume=True)`` continues from the
+        newest. None keeps checkpoints in memory only, as restart points for recovering
+        from a lost worker.
+    checkpoint_every : int
+        Epochs between checkpoints. Each checkpoint also cuts the task lineage on the
+        scheduler (the fit continues from the concrete arrays), so long fits keep a
+        bounded task graph.
 
     Attributes
     ----------
@@ -202,6 +220,8 @@ class SVD(FactorModel):
         n_threads: int | None = None,
         shuffle_strata: bool = True,
         show_progress: bool = False,
+        checkpoint_dir: str | None = None,
+        checkpoint_every: int = 5,
     ) -> None:
         self.factors = factors
         self.learning_rate = learning_rate
@@ -218,6 +238,8 @@ class SVD(FactorModel):
         self.n_threads = n_threads
         self.shuffle_strata = shuffle_strata
         self.show_progress = show_progress
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
 
     # ------------------------------------------------------------------ parameters
     def _validate_params(self) -> None:
@@ -272,90 +294,149 @@ class SVD(FactorModel):
         return user, item
 
     def _fit(self, data: TrainingData, validation: Any, callback: EpochCallback | None) -> None:
-        seed_rng = np.random.default_rng(self.random_state)
         with session() as client:
             engine = DSGD(
                 client,
                 data.ratings,
                 data.n_users,
                 data.n_items,
-                n_blocks=self.n_blocks,
+                n_blocks=self._resumable_blocks(),
                 n_threads=self.n_threads,
             )
             try:
-                self._train(engine, data, validation, callback, seed_rng)
+                self._train(client, engine, data, validation, callback)
             finally:
                 engine.close()
 
     def _train(
         self,
+        client: Any,
         engine: DSGD,
         data: TrainingData,
         validation: Any,
         callback: EpochCallback | None,
-        rng: np.random.Generator,
     ) -> None:
+        """Epochs with checkpoints, validation and early stopping.
+
+        Checkpoint state: factors and biases, the best epoch's, the learning rates and
+        epoch losses (the bold driver's memory), the sampling seed and the history. Every
+        random stream is derived from ``(seed, epoch, block)``, so with one thread per
+        cell a resumed or recovered fit equals an uninterrupted one bitwise.
+        """
         summary = engine.value_summary()
         if summary["count"] == 0:
             raise InputError(f"no ratings to train on in {data.source}")
         self.global_mean_ = summary["mean"]
         self.rating_range_ = (summary["min"], summary["max"])
         self.seen_items_ = engine.seen_items()
-        user, item = self._initial_state(data, rng)
-        engine.set_state(user, item)
-        del user, item
-        seed = int(rng.integers(2**62))
+        start = self._checkpoints.begin(self._fit_identity(data, engine.digest(), engine.n_blocks))
+        # One entropy per fit: a restart from scratch (a worker lost before the first
+        # checkpoint) draws the same start even with random_state=None.
+        entropy = (
+            self.random_state if self.random_state is not None else np.random.SeedSequence().entropy
+        )
         holdout = self._place_validation(engine, validation) if validation is not None else None
-
         rates: list[float] = []
+        losses: list[float] = []
         best: dict[str, Any] = {}
+        ctx: dict[str, int] = {}
+        bar = _progress_bar(self.show_progress, self.epochs)
 
-        def make_step(epoch: int, reports: list[EpochReport]) -> SVDStep:
-            rates.append(self._rate(epoch, reports, rates))
-            return self._step(rates[-1])
-
-        def on_epoch(report: EpochReport) -> bool:
+        def step(epoch: int) -> bool:
+            rates.append(self._rate(epoch, losses, rates))
+            report = engine.run_epoch(
+                self._step(rates[-1]), epoch, ctx["seed"], self.shuffle_strata
+            )
+            losses.append(report.stats["sse"] / max(report.stats["n"], 1))
             record: dict[str, Any] = {
-                "epoch": report.epoch + 1,
-                "learning_rate": rates[report.epoch],
-                "train_rmse": math.sqrt(report.stats["sse"] / max(report.stats["n"], 1)),
+                "epoch": epoch + 1,
+                "learning_rate": rates[epoch],
+                "train_rmse": math.sqrt(losses[-1]),
             }
-            report.stats["train_rmse"] = record["train_rmse"]
             stop = False
             if holdout is not None:
-                scored = engine.evaluate(self._step(rates[report.epoch]), holdout)
+                scored = engine.evaluate(self._step(rates[epoch]), holdout)
                 rmse = math.sqrt(scored["sse"] / max(scored["n"], 1))
-                record["validation_rmse"] = report.stats["validation_rmse"] = rmse
+                record["validation_rmse"] = rmse
                 if not best or rmse < best["rmse"]:
-                    best.update(rmse=rmse, epoch=report.epoch, state=engine.snapshot())
+                    best.clear()
+                    best.update(rmse=rmse, epoch=epoch, snapshot=engine.snapshot())
                 elif (
                     self.early_stopping_rounds is not None
-                    and report.epoch - best["epoch"] >= self.early_stopping_rounds
+                    and epoch - best["epoch"] >= self.early_stopping_rounds
                 ):
                     stop = True
             record["seconds"] = report.seconds
             if not self._record_epoch(record, callback):
                 stop = True
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix({k: f"{record[k]:.4f}" for k in _SHOWN if k in record})
             return not stop
 
-        train(
-            engine,
-            make_step,
-            self.epochs,
-            seed,
-            shuffle_strata=self.shuffle_strata,
-            on_epoch=on_epoch,
-            progress=self.show_progress,
-            progress_stats=("train_rmse", "validation_rmse"),
-        )
+        def capture() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+            user, item = engine.gather_state()
+            arrays = {**flatten_state("user", user), **flatten_state("item", item)}
+            if "snapshot" in best:  # hold the best epoch as arrays from now on
+                best["arrays"] = engine.gather_state(best.pop("snapshot"))
+            if best:
+                arrays.update(flatten_state("best.user", best["arrays"][0]))
+                arrays.update(flatten_state("best.item", best["arrays"][1]))
+            state = {
+                "seed": ctx["seed"],
+                "rates": rates,
+                "losses": losses,
+                "history": self.history_,
+                "best": {"rmse": best["rmse"], "epoch": best["epoch"]} if best else None,
+            }
+            return arrays, state
+
+        def reseed(arrays: dict[str, np.ndarray]) -> None:
+            engine.set_state(unflatten_state("user", arrays), unflatten_state("item", arrays))
+
+        def restore(point: Any) -> None:
+            best.clear()
+            if point is None:
+                rng = np.random.default_rng(entropy)
+                engine.set_state(*self._initial_state(data, rng))
+                ctx["seed"] = int(rng.integers(2**62))
+                rates[:], losses[:], self.history_ = [], [], []
+            else:
+                ctx["seed"] = int(point.state["seed"])
+                rates[:], losses[:] = point.state["rates"], point.state["losses"]
+                self.history_ = list(point.state["history"])
+                if point.state.get("best"):
+                    best.update(point.state["best"])
+                    best["arrays"] = (
+                        unflatten_state("best.user", point.arrays),
+                        unflatten_state("best.item", point.arrays),
+                    )
+                reseed(point.arrays)
+            if bar is not None:
+                bar.n = len(self.history_)
+                bar.refresh()
+
+        try:
+            final = self._run_iterations(
+                client,
+                self.epochs,
+                start,
+                step=step,
+                capture=capture,
+                restore=restore,
+                reseed=reseed,
+                rebuild=engine.rebuild,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+        user, item = unflatten_state("user", final.arrays), unflatten_state("item", final.arrays)
         if best and self.early_stopping_rounds is not None:
-            engine.restore(best["state"])
+            user, item = best["arrays"]
             self.metrics_["best_epoch"] = best["epoch"] + 1
             self.metrics_["validation_rmse"] = best["rmse"]
         elif best:
             self.metrics_["validation_rmse"] = self.history_[-1]["validation_rmse"]
-        best.clear()
-        user, item = engine.gather_state()
         self.user_factors_, self.user_bias_ = user["factors"], user["bias"]
         self.item_factors_, self.item_bias_ = item["factors"], item["bias"]
         self.metrics_["train_rmse"] = self.history_[-1]["train_rmse"]
@@ -366,17 +447,18 @@ class SVD(FactorModel):
                 "SVD diverged (non-finite factors): lower learning_rate or raise regularization"
             )
 
-    def _rate(self, epoch: int, reports: list[EpochReport], rates: list[float]) -> float:
-        """The factor learning rate of ``epoch`` under ``lr_schedule``."""
+    def _rate(self, epoch: int, losses: list[float], rates: list[float]) -> float:
+        """The factor learning rate of ``epoch`` under ``lr_schedule``.
+
+        ``losses`` are the mean squared errors of the epochs so far (bold driver).
+        """
         if self.lr_schedule == "constant":
             return float(self.learning_rate)
         if self.lr_schedule == "decay":
             return float(self.learning_rate * self.lr_decay**epoch)
         if epoch < 2:  # bold driver: needs two losses to compare
             return float(self.learning_rate)
-        last = reports[-1].stats["sse"] / max(reports[-1].stats["n"], 1)
-        before = reports[-2].stats["sse"] / max(reports[-2].stats["n"], 1)
-        return rates[-1] * (1.05 if last < before else 0.5)
+        return rates[-1] * (1.05 if losses[-1] < losses[-2] else 0.5)
 
     def _step(self, rate: float) -> SVDStep:
         scale = rate / float(self.learning_rate)

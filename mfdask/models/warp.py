@@ -135,7 +135,7 @@ class WARP(PairwiseModel):
         ``B``; None gives one per worker.
     show_progress : bool
         A progress bar over epochs with the objective and the sampled AUC.
-    validation_k, validation_metric, early_stopping_rounds
+    validation_k, validation_metric, early_stopping_rounds, checkpoint_dir, checkpoint_every
         As for :class:`~mfdask.models.bpr.BPR`.
 
     Attributes
@@ -171,6 +171,8 @@ class WARP(PairwiseModel):
         validation_k: int = 10,
         validation_metric: str = "ndcg@10",
         early_stopping_rounds: int | None = None,
+        checkpoint_dir: str | None = None,
+        checkpoint_every: int = 5,
     ) -> None:
         self.factors = factors
         self.learning_rate = learning_rate
@@ -192,6 +194,8 @@ class WARP(PairwiseModel):
         self.validation_k = validation_k
         self.validation_metric = validation_metric
         self.early_stopping_rounds = early_stopping_rounds
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
 
     def _validate_params(self) -> None:
         super()._validate_params()
