@@ -33,8 +33,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from mfdask.kernels.sampling import NO_NEGATIVE, sample_negative, seed_state
-from mfdask.kernels.sgd_common import seed_thread, shuffled_range
+from mfdask.kernels.sampling import NO_NEGATIVE, draw_negatives, seed_state
+from mfdask.kernels.sgd_common import (
+    CHUNK,
+    PREFETCH_DISTANCE,
+    prefetch_row,
+    shuffled_positives,
+)
 
 _FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 """LLVM fast-math flags that let the factor loops vectorise (reassociated sums) while
@@ -62,6 +67,15 @@ def log_sigmoid_loss(x: float) -> float:
 
 
 @njit(nogil=True, cache=True, fastmath=_FASTMATH, inline="always")
+def sigmoid_and_loss(x: float) -> tuple[float, float]:
+    """``σ(-x)`` and ``-ln σ(x)`` from a single ``exp(-|x|)``, without overflow."""
+    e = np.exp(-abs(x))
+    if x >= 0.0:
+        return e / (1.0 + e), np.log1p(e)
+    return 1.0 / (1.0 + e), -x + np.log1p(e)
+
+
+@njit(nogil=True, cache=True, fastmath=_FASTMATH, inline="always")
 def bpr_update(
     user_factors: np.ndarray,
     item_factors: np.ndarray,
@@ -78,8 +92,8 @@ def bpr_update(
 
     Parameters
     ----------
-    user_factors : (n_users, k) float32
-    item_factors : (n_items, k) float32
+    user_factors : (n_users, k) float32, C-contiguous
+    item_factors : (n_items, k) float32, C-contiguous
         Row ``u`` of the first and rows ``i`` (positive), ``j`` (negative) of the
         second are updated. ``i != j`` is required.
     user_dims : int
@@ -92,33 +106,47 @@ def bpr_update(
         ``x_ui - x_uj``, ``-ln σ(x_uij)`` and ``½ Σ λ‖·‖²``, all before the step.
     """
     k = item_factors.shape[1]
-    # x_uij = Σ_f p_uf (q_if - q_jf), in the factors' float32
+    p = user_factors[u]
+    qi = item_factors[i]
+    qj = item_factors[j]
+    # x_uij = Σ_f p_uf (q_if - q_jf) and the squared norms, in the factors' float32.
+    # Branch-free loops over contiguous rows, so that they vectorise.
     x = np.float32(0.0)
+    qi2 = np.float32(0.0)
+    qj2 = np.float32(0.0)
     for f in range(k):
-        x += user_factors[u, f] * (item_factors[i, f] - item_factors[j, f])
-    z = np.float32(1.0 / (1.0 + np.exp(np.float64(x))))  # σ(-x_uij)
+        a = qi[f]
+        b = qj[f]
+        x += p[f] * (a - b)
+        qi2 += a * a
+        qj2 += b * b
+    pu2 = np.float32(0.0)
+    for f in range(user_dims):
+        pu2 += p[f] * p[f]
+    z64, loss = sigmoid_and_loss(np.float64(x))
+    z = np.float32(z64)  # σ(-x_uij)
     lr = np.float32(learning_rate)
     ru = np.float32(reg_user)
     ri = np.float32(reg_pos)
     rj = np.float32(reg_neg)
     # Descend ℓ with the gradients of the module docstring, every factor read before
-    # it is written; accumulate the penalty from those same pre-step reads.
-    pu2 = np.float32(0.0)
-    qi2 = np.float32(0.0)
-    qj2 = np.float32(0.0)
-    for f in range(k):
-        pu = user_factors[u, f]
-        qi = item_factors[i, f]
-        qj = item_factors[j, f]
-        if f < user_dims:
-            pu2 += pu * pu
-            user_factors[u, f] = pu + lr * (z * (qi - qj) - ru * pu)
-        qi2 += qi * qi
-        qj2 += qj * qj
-        item_factors[i, f] = qi + lr * (z * pu - ri * qi)
-        item_factors[j, f] = qj - lr * (z * pu + rj * qj)
+    # it is written. The user's trained columns first, then (with a bias column) the
+    # item-only ones.
+    for f in range(user_dims):
+        pu = p[f]
+        a = qi[f]
+        b = qj[f]
+        p[f] = pu + lr * (z * (a - b) - ru * pu)
+        qi[f] = a + lr * (z * pu - ri * a)
+        qj[f] = b - lr * (z * pu + rj * b)
+    for f in range(user_dims, k):
+        pu = p[f]
+        a = qi[f]
+        b = qj[f]
+        qi[f] = a + lr * (z * pu - ri * a)
+        qj[f] = b - lr * (z * pu + rj * b)
     penalty = 0.5 * (reg_user * pu2 + reg_pos * qi2 + reg_neg * qj2)
-    return np.float64(x), log_sigmoid_loss(np.float64(x)), penalty
+    return np.float64(x), loss, penalty
 
 
 @njit(nogil=True, cache=True, fastmath=_FASTMATH)
@@ -157,7 +185,8 @@ def bpr_sgd(
         rows, so an item the user rated is never drawn as a negative: negatives are
         items the user has not interacted with at all.
     lo, hi : int
-        The slice this call visits, each positive once, shuffled by ``seed``.
+        The slice this call visits, each positive once, shuffled by ``seed``
+        (:func:`~mfdask.kernels.sgd_common.shuffled_positives`).
     seed : int
         Seeds both the visiting order and the negative draws.
     indptr : (n_local_users + 1,) int64
@@ -174,42 +203,61 @@ def bpr_sgd(
     stats : (N_STATS,) float64
         Accumulates this call's sums (see the ``STAT_*`` constants).
     """
-    seed_thread(seed)
-    order = shuffled_range(lo, hi)
     state = seed_state(seed)
+    # Negatives first, in the ratings' own (user-ascending) order: the draws do not
+    # depend on the factors, and each user's CSR row stays in cache across its draws.
+    negatives = np.empty(max(hi - lo, 0), dtype=np.int32)
+    state = draw_negatives(
+        state, users, values, threshold, lo, hi, indptr, indices,
+        item_block, n_blocks, n_block_items, negatives,
+    )  # fmt: skip
+    state, order = shuffled_positives(state, values, threshold, lo, hi)
+    n = order.shape[0]
+    buf_u = np.empty(CHUNK, dtype=np.int64)
+    buf_i = np.empty(CHUNK, dtype=np.int64)
+    buf_j = np.empty(CHUNK, dtype=np.int64)
     triples = 0
     loss = 0.0
     penalty = 0.0
     correct = 0
-    # Each visited positive (u, i) gets one negative j from the block and one step on
-    # -ln σ(x_ui - x_uj) + ½(λ_u‖p_u‖² + λ_i‖q_i‖² + λ_j‖q_j‖²).
-    for t in range(order.shape[0]):
-        pos = order[t]
-        if values[pos] < threshold:
-            continue  # rated but not a positive: in the membership rows, never a positive
-        u = users[pos]  # local user row: of the factors and of the shard's CSR alike
-        state, j = sample_negative(
-            state, indices, indptr[u], indptr[u + 1], item_block, n_blocks, n_block_items
-        )
-        if j == NO_NEGATIVE:
-            continue
-        x, ell, pen = bpr_update(
-            user_factors,
-            item_factors,
-            u,
-            items[pos],
-            j,
-            user_dims,
-            learning_rate,
-            reg_user,
-            reg_pos,
-            reg_neg,
-        )
-        triples += 1
-        loss += ell
-        penalty += pen
-        if x > 0.0:
-            correct += 1
+    # Each visited positive (u, i) with its negative j gets one step on
+    # -ln σ(x_ui - x_uj) + ½(λ_u‖p_u‖² + λ_i‖q_i‖² + λ_j‖q_j‖²), in the shuffled order:
+    # a chunk of triples is gathered into contiguous buffers, then stepped on with the
+    # rows of the triple PREFETCH_DISTANCE ahead on their way into the cache.
+    for start in range(0, n, CHUNK):
+        filled = 0
+        for t in range(start, min(start + CHUNK, n)):
+            pos = order[t]
+            j = negatives[pos - lo]
+            if j == NO_NEGATIVE:
+                continue  # the user owns the whole block: nothing to rank against
+            buf_u[filled] = users[pos]
+            buf_i[filled] = items[pos]
+            buf_j[filled] = j
+            filled += 1
+        for t in range(filled):
+            ahead = t + PREFETCH_DISTANCE
+            if ahead < filled:
+                prefetch_row(user_factors, buf_u[ahead])
+                prefetch_row(item_factors, buf_i[ahead])
+                prefetch_row(item_factors, buf_j[ahead])
+            x, ell, pen = bpr_update(
+                user_factors,
+                item_factors,
+                buf_u[t],
+                buf_i[t],
+                buf_j[t],
+                user_dims,
+                learning_rate,
+                reg_user,
+                reg_pos,
+                reg_neg,
+            )
+            loss += ell
+            penalty += pen
+            if x > 0.0:
+                correct += 1
+        triples += filled
     stats[STAT_TRIPLES] += triples
     stats[STAT_LOSS] += loss
     stats[STAT_PENALTY] += penalty

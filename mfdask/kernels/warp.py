@@ -45,7 +45,7 @@ from numba import njit
 
 from mfdask.kernels.bpr import _FASTMATH
 from mfdask.kernels.sampling import NO_NEGATIVE, randbelow, sample_negative, seed_state
-from mfdask.kernels.sgd_common import seed_thread, shuffled_range
+from mfdask.kernels.sgd_common import PREFETCH_DISTANCE, prefetch_row, shuffled_positives
 
 N_STATS = 5
 """Length of the ``stats`` array :func:`warp_sgd` accumulates into."""
@@ -186,9 +186,8 @@ def warp_sgd(
     ``kos_k``/``kos_n`` (k-OS; ``kos_n = 0`` for plain WARP). ``stats`` is
     ``(N_STATS,) float64`` (see the ``STAT_*`` constants).
     """
-    seed_thread(seed)
-    order = shuffled_range(lo, hi)
     state = seed_state(seed)
+    state, order = shuffled_positives(state, values, threshold, lo, hi)
     scores = np.empty(max(kos_n, 1), dtype=np.float64)
     picks = np.empty(max(kos_n, 1), dtype=np.int64)
     visited = 0
@@ -196,10 +195,13 @@ def warp_sgd(
     penalty = 0.0
     correct = 0
     sampled = 0
-    for t in range(order.shape[0]):
+    n = order.shape[0]
+    for t in range(n):
+        if t + PREFETCH_DISTANCE < n:
+            ahead = order[t + PREFETCH_DISTANCE]
+            prefetch_row(user_factors, users[ahead])
+            prefetch_row(item_factors, items[ahead])
         pos = order[t]
-        if values[pos] < threshold:
-            continue  # rated but not a positive: in the membership rows, never a positive
         u = users[pos]  # local user row: of the factors and of the shard's CSR alike
         start = indptr[u]
         stop = indptr[u + 1]
