@@ -1,5 +1,7 @@
 """Run every benchmark (``python -m benchmarks``), or those named (``python -m benchmarks als``).
 
+Options after the names go to the benchmarks (``python -m benchmarks ingest --rows 1000000``).
+
 Each ``benchmarks/bench_NAME.py`` has a ``main()`` that prints its side-by-side table and
 writes ``bench-out/NAME.json``. Real-data benchmarks need ``MFDASK_DATA``.
 """
@@ -21,7 +23,11 @@ def main(argv: list[str]) -> int:
         for m in pkgutil.iter_modules(benchmarks.__path__)
         if m.name.startswith("bench_")
     )
-    wanted = argv or names
+    # Names come first; options after them (``ingest --rows 100000000``) are passed on to
+    # the benchmarks' own argument parsers through sys.argv.
+    n_names = next((k for k, a in enumerate(argv) if a.startswith("-")), len(argv))
+    sys.argv = [sys.argv[0], *argv[n_names:]]
+    wanted = argv[:n_names] or names
     unknown = sorted(set(wanted) - set(names))
     if unknown:
         print(f"unknown benchmark(s) {unknown}; available: {names}", file=sys.stderr)
