@@ -1,136 +1,171 @@
-"""Ingest time and peak memory of the whole process tree (client + Dask workers).
+"""Ingest time and peak memory of the whole process tree (client, scheduler, workers).
 
-Runs ``mfdask.data.ingest.ingest`` on a ``LocalCluster`` of worker processes (the way
-``mfdask ingest`` runs) for ML-1M when ``$MFDASK_DATA`` has it, and for a generated CSV
-of ``--rows`` ratings (``user,item,rating,timestamp``; 100 ratings per user, distinct
-pairs, written in chunks with numpy/pandas). Memory is the summed RSS of this process
-and all its descendants, sampled every 50 ms by a thread.
+``python -m benchmarks ingest [--rows N] [--ml1m-repeats K] [--workdir DIR] [--keep]``
 
-    .venv/bin/python benchmarks/bench_ingest.py --rows 10000000 --workdir /tmp/bench
-    .venv/bin/python benchmarks/bench_ingest.py --rows 100000000 --skip-ml1m
+Runs :func:`mfdask.data.ingest.ingest` on a ``LocalCluster`` of 2 worker processes with
+one thread each (the way ``mfdask ingest`` runs) for:
+
+- ML-1M (``ratings.dat``, ``::``-separated) when ``$MFDASK_DATA`` has it, ``K`` times
+  (the machine is shared: each time is listed, the best and the median are compared);
+- a generated CSV of ``N`` ratings (``user_id,item_id,rating,timestamp`` with a header;
+  default 10M, ``--rows 100000000`` for the 100M figure, ``--rows 0`` to skip). Users
+  have 100 distinct items each; within each chunk of 1M lines the rows are shuffled, so
+  a user's ratings are spread over the file as in a log ordered by time, not grouped.
+  The text is built with numpy as fixed-width digit columns (27 bytes a line) and
+  written chunk by chunk, before the measurement starts; it is kept with ``--keep``
+  and reused when it exists.
+
+Memory is the summed resident set of this process and all its descendants, sampled every
+50 ms (:func:`benchmarks.common.peak_memory`), from before the cluster starts to after it
+stops. Kernels are compiled (or loaded from numba's cache) by a tiny warm-up ingest
+first, as they would be once per worker in any long-running cluster. The 1-, 5- and
+15-minute load averages are printed with each run: other jobs share the two cores.
+Results go to ``bench-out/ingest.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import threading
+import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import pandas as pd
-import psutil
+
+from benchmarks.common import data_root, peak_memory, print_table, write_results
+from mfdask.data.ingest import ingest
+from mfdask.engine.cluster import ClusterSpec, session
+
+_CHUNK = 1_000_000
+_USER0 = 1_000_000  # user ids have 7 digits
+_ITEM0 = 10_000  # item ids have 5 digits
+_N_ITEMS = 50_000
+_TS0 = 1_000_000_000  # timestamps have 10 digits
+_LINE = 27  # "uuuuuuu,iiiii,r,tttttttttt\n"
 
 
-class PeakRSS:
-    """Sample the RSS of this process tree in a thread; ``peak`` in bytes."""
-
-    def __init__(self, interval: float = 0.05) -> None:
-        self.interval = interval
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _sample(self) -> int:
-        me = psutil.Process()
-        total = 0
-        for p in [me, *me.children(recursive=True)]:
-            try:
-                total += p.memory_info().rss
-            except psutil.Error:
-                pass
-        return total
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample())
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> PeakRSS:
-        self.peak = self._sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+def _digits(values: np.ndarray, width: int) -> np.ndarray:
+    """``(n, width)`` ASCII digits of non-negative integers of exactly ``width`` digits."""
+    pow10 = 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)
+    return ((values[:, None] // pow10) % 10 + 48).astype(np.uint8)
 
 
-def write_csv(path: Path, n_rows: int, n_items: int = 50_000, chunk: int = 2_000_000) -> None:
-    """``n_rows`` distinct (user, item) ratings, 100 per user, as CSV with a header."""
-    with open(path, "w") as f:
-        f.write("user_id,item_id,rating,timestamp\n")
-        for start in range(0, n_rows, chunk):
-            k = np.arange(start, min(start + chunk, n_rows), dtype=np.int64)
+def write_csv(path: Path, n_rows: int) -> None:
+    """``n_rows`` distinct (user, item) ratings, 100 per user, as a CSV with a header.
+
+    Line ``k`` (0-based, before shuffling within its chunk) is user ``k // 100``'s
+    ``k % 100``-th rating, of item ``((k % 100) * 7919 + user * 31) % 50000``: 7919 is
+    prime and no difference below 100 is a multiple of 50,000, so a user's items are
+    distinct. Ratings are 1-5; timestamps increase down the file.
+    """
+    if n_rows > 100 * (10_000_000 - _USER0):
+        raise ValueError(f"at most {100 * (10_000_000 - _USER0):,} rows (7-digit user ids)")
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "wb") as f:
+        f.write(b"user_id,item_id,rating,timestamp\n")
+        for chunk, start in enumerate(range(0, n_rows, _CHUNK)):
+            k = np.arange(start, min(start + _CHUNK, n_rows), dtype=np.int64)
+            k = k[np.random.default_rng(chunk).permutation(len(k))]
             user = k // 100
-            # 7919 is prime and |a - b| < 100 never divides n_items: items distinct per user
-            item = ((k % 100) * 7919 + user * 31) % n_items
+            item = ((k % 100) * 7919 + user * 31) % _N_ITEMS
             rating = 1 + (user * 7 + item) % 5
-            ts = 9 * 10**8 + k
-            pd.DataFrame({"u": user, "i": item, "r": rating, "t": ts}).to_csv(
-                f, header=False, index=False
-            )
+            line = np.empty((len(k), _LINE), dtype=np.uint8)
+            line[:, 0:7] = _digits(_USER0 + user, 7)
+            line[:, 7] = ord(",")
+            line[:, 8:13] = _digits(_ITEM0 + item, 5)
+            line[:, 13] = ord(",")
+            line[:, 14] = 48 + rating
+            line[:, 15] = ord(",")
+            line[:, 16:26] = _digits(_TS0 + start + np.arange(len(k), dtype=np.int64), 10)
+            line[:, 26] = ord("\n")
+            line.tofile(f)
+    os.replace(tmp, path)
 
 
-def run(name: str, src: Path, dest: Path, workers: int, **kwargs) -> dict:
-    from mfdask.data.ingest import ingest
-    from mfdask.engine.cluster import ClusterSpec, session
+def _warm_up(workdir: Path) -> None:
+    src = workdir / "warm-up.csv"
+    write_csv(src, 1_000)
+    ingest(src, workdir / "warm-up", overwrite=True)
+    shutil.rmtree(workdir / "warm-up", ignore_errors=True)
+    src.unlink()
 
+
+def run(name: str, src: Path, dest: Path, repeats: int = 1) -> list[dict[str, Any]]:
+    """Ingest ``src`` ``repeats`` times on a fresh 2-worker cluster; one row per run."""
+    rows = []
     shutil.rmtree(dest, ignore_errors=True)
-    with PeakRSS() as mem:
-        with session(ClusterSpec(n_workers=workers, threads_per_worker=1)):
-            base = mem._sample()
-            t0 = time.perf_counter()
-            ds = ingest(src, dest, **kwargs)
-            seconds = time.perf_counter() - t0
-    result = {
-        "name": name,
-        "rows": ds.n_ratings,
-        "users": ds.n_users,
-        "items": ds.n_items,
-        "source_bytes": sum(f["bytes"] for f in ds.manifest["source"]["files"]),
-        "seconds": round(seconds, 2),
-        "rows_per_second": round(ds.n_ratings / seconds),
-        "peak_rss_tree_mib": round(mem.peak / 2**20),
-        "rss_tree_after_cluster_start_mib": round(base / 2**20),
-        "workers": workers,
-    }
-    print(json.dumps(result), flush=True)
-    return result
+    with peak_memory() as mem:
+        with session(ClusterSpec(n_workers=2, threads_per_worker=1)):
+            _warm_up(dest.parent)
+            for k in range(repeats):
+                load = os.getloadavg()
+                start = time.perf_counter()
+                ds = ingest(src, dest, overwrite=True)
+                seconds = time.perf_counter() - start
+                m = ds.manifest
+                rows.append(
+                    {
+                        "input": name,
+                        "run": k + 1,
+                        "ratings": ds.n_ratings,
+                        "users": ds.n_users,
+                        "items": ds.n_items,
+                        "source_MiB": sum(f["bytes"] for f in m["source"]["files"]) / 2**20,
+                        "seconds": seconds,
+                        "Mratings/s": ds.n_ratings / seconds / 1e6,
+                        "buckets": m["ingest"]["user_buckets"],
+                        "load_before": " ".join(f"{x:.1f}" for x in load),
+                    }
+                )
+                print_table(rows[-1:])
+    shutil.rmtree(dest, ignore_errors=True)
+    peak = mem.peak_bytes / 2**30
+    for row in rows:
+        row["peak_tree_GiB"] = peak  # one monitor over all runs and the cluster's life
+        row["load_after"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=10_000_000)
-    parser.add_argument("--workdir", default="/tmp/mfdask-bench-ingest")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--skip-ml1m", action="store_true")
+    parser.add_argument("--rows", type=int, default=10_000_000, help="generated CSV ratings")
+    parser.add_argument("--ml1m-repeats", type=int, default=3, help="ML-1M runs (0: none)")
+    parser.add_argument(
+        "--workdir",
+        default=os.environ.get("MFDASK_BENCH_TMP") or tempfile.gettempdir(),
+        help="scratch directory for the CSV and the datasets",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the generated CSV")
-    args = parser.parse_args()
-    work = Path(args.workdir)
+    args = parser.parse_args(argv if argv is not None else sys.argv[1:])
+    work = Path(args.workdir) / "mfdask-bench-ingest"
     work.mkdir(parents=True, exist_ok=True)
-    results = []
-    data = os.environ.get("MFDASK_DATA")
-    if not args.skip_ml1m and data and (Path(data) / "ml-1m" / "ratings.dat").is_file():
-        results.append(run("ml-1m", Path(data) / "ml-1m", work / "ml1m", args.workers))
+    results: list[dict[str, Any]] = []
+    root = data_root()
+    if args.ml1m_repeats and root is not None and (root / "ml-1m" / "ratings.dat").is_file():
+        results += run("ml-1m", root / "ml-1m", work / "ml1m", args.ml1m_repeats)
+        times = sorted(r["seconds"] for r in results)
+        print(f"ML-1M: best {times[0]:.2f} s, median {times[len(times) // 2]:.2f} s")
     if args.rows:
         csv = work / f"synthetic-{args.rows}.csv"
         if not csv.exists():
-            t0 = time.perf_counter()
+            start = time.perf_counter()
             write_csv(csv, args.rows)
             print(
-                f"wrote {csv} ({csv.stat().st_size / 2**20:.0f} MiB) in "
-                f"{time.perf_counter() - t0:.1f} s",
+                f"wrote {csv} ({csv.stat().st_size / 2**30:.2f} GiB) in "
+                f"{time.perf_counter() - start:.1f} s",
                 flush=True,
             )
-        results.append(run(f"csv-{args.rows}", csv, work / "csv", args.workers))
-        shutil.rmtree(work / "csv", ignore_errors=True)
-        if not args.keep:
-            csv.unlink()
-    (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        try:
+            results += run(f"csv-{args.rows:,}", csv, work / "csv")
+        finally:
+            if not args.keep:
+                csv.unlink()
+    print_table(results, "ingest on a 2-worker LocalCluster (processes, 1 thread each)")
+    write_results("ingest", {"runs": results})
 
 
 if __name__ == "__main__":

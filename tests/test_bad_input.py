@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from mfdask.data import ingest as ingest_module
 from mfdask.data import schema
 from mfdask.data.dataset import is_dataset
 from mfdask.data.ingest import ingest
@@ -139,6 +140,23 @@ def test_duplicates_error_names_both_lines(client, tmp_path):
     error_at(exc, src, 4)
     assert exc.value.problem.startswith("duplicate rating: user 1 already rated item 10 at line 2")
     assert "--duplicates last" in exc.value.problem
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_duplicates_error_names_the_first_repeat_of_the_file(client, tmp_path, monkeypatch):
+    # Two repeated pairs in different blocks and user buckets (9 and 1 of 11):
+    # the error names the repeat that comes first in the file, whichever task finds it.
+    monkeypatch.setattr(ingest_module, "ROWS_PER_BUCKET", 40)
+    rows = [f"{k},{k % 11},3,{k}" for k in range(1000, 1400)]  # lines 2..401
+    rows[300] = "1008,7,4,5"  # line 302 repeats line 10 (user 1008, item 1008 % 11)
+    rows[250] = "1018,6,2,5"  # line 252 repeats line 20 (user 1018, item 1018 % 11)
+    src = write(tmp_path / "r.csv", HEADER + "\n".join(rows) + "\n")
+    with pytest.raises(DuplicateRatingError) as exc:
+        ingest(src, tmp_path / "out", blocksize=2048)
+    error_at(exc, src, 252)
+    assert exc.value.problem.startswith(
+        "duplicate rating: user 1018 already rated item 6 at line 20;"
+    )
     assert_nothing_written(tmp_path / "out")
 
 

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 
 from mfdask.cli import main as cli_main
+from mfdask.data import ingest as ingest_module
 from mfdask.data import schema
 from mfdask.data.dataset import open_dataset
-from mfdask.data.ingest import ingest
+from mfdask.data.ingest import bucket_of, ingest, n_buckets_for
 
 
 def original_rows(ds) -> np.ndarray:
@@ -106,6 +107,65 @@ def test_many_blocks_equal_one_block(client, tmp_path, planted):
     np.testing.assert_allclose(original_rows(one)[:, 2], sorted_source(frame)[:, 2], rtol=1e-6)
     assert one.manifest["id_map_fingerprint"] == many.manifest["id_map_fingerprint"]
     assert many.manifest["n_user_blocks"] == 5
+
+
+def test_many_user_buckets_equal_one_bucket(client, tmp_path, planted, monkeypatch):
+    # Duplicates spread over blocks and buckets; string ids; the result must not depend
+    # on how the users are bucketed.
+    rng = np.random.default_rng(3)
+    frame = planted.assign(timestamp=np.arange(len(planted)) + 10**9)
+    again = frame.sample(400, random_state=1).assign(rating=lambda f: 6 - f["rating"])
+    frame = pd.concat([frame, again]).iloc[rng.permutation(len(frame) + len(again))]
+    frame["user_id"] = "u" + frame["user_id"].astype(str)
+    src = tmp_path / "r.csv"
+    frame.to_csv(src, index=False)
+    one = {p: ingest(src, tmp_path / f"one-{p}", duplicates=p) for p in ("last", "mean")}
+    monkeypatch.setattr(ingest_module, "ROWS_PER_BUCKET", 500)
+    for policy in ("last", "mean"):
+        many = ingest(src, tmp_path / policy, blocksize=16 * 1024, duplicates=policy)
+        assert many.manifest["ingest"]["user_buckets"] > 8
+        assert one[policy].manifest["ingest"]["user_buckets"] == 1
+        assert many.ratings().npartitions > 8
+        a, b = original_rows(one[policy]), original_rows(many)
+        np.testing.assert_array_equal(a[:, [0, 1, 3]], b[:, [0, 1, 3]])
+        np.testing.assert_allclose(a[:, 2].astype(float), b[:, 2].astype(float), rtol=1e-6)
+        for key in ("rows", "rows_in", "duplicates_merged", "rating_histogram", "users"):
+            assert many.manifest[key] == one[policy].manifest[key], key
+        assert many.manifest["duplicates_merged"] == 400
+        assert many.manifest["rows"] == len(planted)
+
+
+def test_user_blocks_hold_their_users_sorted(client, tmp_path, planted, monkeypatch):
+    monkeypatch.setattr(ingest_module, "ROWS_PER_BUCKET", 1000)
+    src = tmp_path / "r.csv"
+    planted.sample(frac=1, random_state=0).to_csv(src, index=False)
+    ds = ingest(src, tmp_path / "out", n_user_blocks=3, blocksize=8 * 1024)
+    files = sorted(ds.ratings_path.glob("user_block=*/*.parquet"))
+    assert len(files) > 3
+    total = 0
+    for path in files:
+        part = pd.read_parquet(path)
+        block = int(path.parent.name.split("=")[1])
+        assert (part[schema.USER_IDX] % 3 == block).all()
+        key = part[schema.USER_IDX].to_numpy(np.int64) * ds.n_items + part[schema.ITEM_IDX]
+        assert (np.diff(key) > 0).all()  # sorted by (user, item), no pair twice
+        assert dict(part.dtypes) == dict(schema.RATING_DTYPES)
+        total += len(part)
+    assert total == ds.n_ratings == len(planted)
+
+
+def test_user_bucket_depends_only_on_the_id():
+    ids = np.array([5, 17, 10**12, -3, 17], dtype=np.int64)
+    b = bucket_of(ids, 7)
+    assert b[1] == b[4]
+    np.testing.assert_array_equal(b, bucket_of(ids.astype(np.int64)[::-1], 7)[::-1])
+    np.testing.assert_array_equal(b[:2], bucket_of(pd.Series(ids[:2].astype(np.int32)), 7))
+    assert set(bucket_of(np.arange(10_000), 7)) == set(range(7))
+    words = bucket_of(np.array(["a", "b", "a"], dtype=object), 5)
+    assert words[0] == words[2]
+    np.testing.assert_array_equal(words, bucket_of(pd.Series(["a", "b", "a"], dtype="str"), 5))
+    assert n_buckets_for(0) == n_buckets_for(1) == 1
+    assert n_buckets_for(10**8) == 10**8 // ingest_module.ROWS_PER_BUCKET
 
 
 def test_rated_items_missing_from_movies_get_a_row(client, tmp_path):

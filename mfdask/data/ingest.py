@@ -37,6 +37,7 @@ import hashlib
 import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -95,6 +96,7 @@ A bucket task holds about 120 bytes per rating at its peak (the staged columns, 
 indices, the sort order and the output), so ~250 MB per worker at this size.
 """
 MAX_BUCKETS = 4096
+"""At most this many buckets (so bucket numbers fit 16 bits)."""
 
 
 def ingest(
@@ -233,12 +235,13 @@ def bucket_of(ids: pd.Series | np.ndarray, n_buckets: int) -> np.ndarray:
     """
     values = ids.to_numpy() if isinstance(ids, pd.Series) else np.asarray(ids)
     if n_buckets == 1 or len(values) == 0:
-        return np.zeros(len(values), dtype=np.int32)
+        return np.zeros(len(values), dtype=np.uint16)
     if values.dtype.kind in "iu":
         h = pd.util.hash_array(values.astype(np.int64, copy=False))
     else:
         h = pd.util.hash_array(values.astype(object, copy=False))
-    return (h % np.uint64(n_buckets)).astype(np.int32)
+    # uint16 (MAX_BUCKETS fits): numpy's stable sort of 16-bit keys is a radix sort.
+    return (h % np.uint64(n_buckets)).astype(np.uint16)
 
 
 def _arrow_ids(values: pd.Series, order: np.ndarray | None) -> pa.Array:
@@ -562,7 +565,14 @@ def _ingest(
     items = _tree_union([t["items"] for t in tasks])
     checked = list(src.files) + ([src.items_file] if src.items_file else [])
     sums = [dask.delayed(sha256_file, pure=True)(str(p)) for p in checked]
+    started = time.perf_counter()
     counts, user_ids, item_ids, sums = dask.compute(counts, users, items, sums)
+    log.info(
+        "ingest: parsed %d block(s) into %d user bucket(s) in %.1f s",
+        len(tasks),
+        n_buckets,
+        time.perf_counter() - started,
+    )
 
     # Absolute first line of each block: 1 + the lines of the file's earlier blocks.
     n_lines = np.array([c["n_lines"] for c in counts], dtype=np.int64)
@@ -640,7 +650,9 @@ def _ingest(
                     n_user_blocks,
                 )
             )
+        started = time.perf_counter()
         stats = dask.compute(*work)
+        log.info("ingest: wrote %d bucket(s) in %.1f s", len(work), time.perf_counter() - started)
         dups = [s["duplicate"] for s in stats if "duplicate" in s]
         if dups:
             d = min(dups, key=lambda d: (d["file"], d["line"]))
