@@ -8,6 +8,11 @@ The model is written atomically and an existing --output is kept unless --overwr
   mfdask train --model als --train out/prepared/split/train --output out/models/als \\
       --param factors=64 --param iterations=15 --param random_state=0
 
+  # checkpoints every 5 iterations; after a crash, the same command with --resume
+  # continues from the newest one and ends with the model an uninterrupted run gives
+  mfdask train --model als --train ... --output out/models/als \\
+      --checkpoint-dir out/checkpoints/als --checkpoint-every 5 [--resume]
+
   # als.toml                            mfdask train --config als.toml
   model = "als"
   train = "out/prepared/split/train"
@@ -59,6 +64,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a hyper-parameter (repeatable); `none` for an optional one",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    ck = parser.add_argument_group("checkpoints")
+    ck.add_argument(
+        "--checkpoint-dir",
+        metavar="DIR",
+        help="write checkpoints here (the checkpoint_dir parameter); default: none on disk",
+    )
+    ck.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="K",
+        help="iterations/epochs between checkpoints (the checkpoint_every parameter; default 5)",
+    )
+    ck.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest checkpoint in the checkpoint directory "
+        "(refused if it belongs to other parameters or data; a fresh fit if there is none)",
+    )
     add_cluster_arguments(parser)
 
 
@@ -84,7 +107,19 @@ def resolve(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         cls, job.get("params", {}), f"job file {args.config} [params]", text=False
     )
     params.update(coerce_params(cls, parse_param_flags(args.param), "--param", text=True))
-    return build_model(str(settings["model"]), params), settings
+    for flag, name in (
+        ("checkpoint_dir", "checkpoint_dir"),
+        ("checkpoint_every", "checkpoint_every"),
+    ):
+        if getattr(args, flag, None) is not None:
+            params[name] = getattr(args, flag)
+    model = build_model(str(settings["model"]), params)
+    if getattr(args, "resume", False) and getattr(model, "checkpoint_dir", None) is None:
+        raise JobError(
+            "--resume needs the checkpoint directory of the interrupted run: "
+            "pass --checkpoint-dir (or set checkpoint_dir in [params])"
+        )
+    return model, settings
 
 
 def _progress(total: int | None):
@@ -118,10 +153,26 @@ def run(args: argparse.Namespace) -> int:
     with session(cluster_spec(args)) as client:
         print_dashboard(client)
         log.info("training %r on %s", model, settings["train"])
-        model.fit(settings["train"], validation=settings["validation"], callback=_progress(total))
+        model.fit(
+            settings["train"],
+            validation=settings["validation"],
+            callback=_progress(total),
+            resume=bool(getattr(args, "resume", False)),
+        )
     model.save(output, overwrite=args.overwrite)
+    for event in model.metrics_.get("recoveries", []):
+        log.warning(
+            "recovered from a lost worker at iteration %s: restarted from %s on %s worker(s) "
+            "in %.1f s",
+            event.get("failed_at"),
+            event.get("restarted_from"),
+            event.get("workers", "?"),
+            event.get("seconds", float("nan")),
+        )
     last = model.history_[-1] if model.history_ else {}
     loss = f", final loss {last['loss']:.5g}" if isinstance(last.get("loss"), (int, float)) else ""
+    resumed = model.metrics_.get("resumed_from")
+    loss += f"; resumed after iteration {resumed}" if resumed is not None else ""
     print(
         f"{type(model).__name__}: {len(model.history_)} epochs in "
         f"{model.metrics_.get('fit_seconds', 0.0):.1f} s{loss}; "
