@@ -191,9 +191,10 @@ def _with_user_block(part: pd.DataFrame, n_user_blocks: int) -> pd.DataFrame:
 
 
 def _summarise_partition(part: pd.DataFrame) -> pd.DataFrame:
-    r = part[schema.RATING].to_numpy(dtype=np.float64)
-    values, counts = np.unique(r, return_counts=True)
-    return pd.DataFrame({"value": values, "count": counts.astype("int64")})
+    hist = pd.Series(part[schema.RATING].to_numpy(dtype=np.float64)).value_counts(sort=False)
+    return pd.DataFrame(
+        {"value": hist.index.to_numpy(dtype=np.float64), "count": hist.to_numpy(dtype=np.int64)}
+    )
 
 
 def summarise_ratings(ratings: dd.DataFrame) -> dict[str, Any]:
