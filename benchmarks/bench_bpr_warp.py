@@ -254,6 +254,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = block_vs_catalogue(problem)
     print_table(rows, "1 worker: negatives from the held item block vs from all items")
     results["block_vs_catalogue"] = rows
+    results["load_average_at_end"] = os.getloadavg()
+    print("load average (1, 5, 15 min) at the end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     print("wrote", write_results("bpr_warp", results))
 
 

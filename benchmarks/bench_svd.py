@@ -187,7 +187,11 @@ def main() -> None:
         cluster = client.cluster
         client.close()
         cluster.close()
-    path = write_results("svd", {"quality": quality, "throughput": speed})
+    load = os.getloadavg()
+    print(f"load average (1, 5, 15 min) at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    path = write_results(
+        "svd", {"quality": quality, "throughput": speed, "load_average_at_end": load}
+    )
     print(f"wrote {path}")
 
 

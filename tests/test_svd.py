@@ -217,3 +217,19 @@ def test_predict_handles_unknown_ids_as_asked(client, planted_split):
 def test_bad_hyper_parameters_are_named(params, message):
     with pytest.raises(ValueError, match=message):
         SVD(**params).fit(pd.DataFrame({"user_id": [1], "item_id": [1], "rating": [1.0]}))
+
+
+def test_kernels_compile_once_per_process_not_per_task(client, planted_split):
+    """Every task of every epoch reuses one compiled specialisation of each kernel.
+
+    A task whose arrays arrive with another type (read-only after a transfer, another
+    layout or dtype) would make numba compile a new specialisation inside the task.
+    """
+    train, _ = planted_split
+    SVD(**{**FAST, "epochs": 2}, random_state=0).fit(train, validation=train)
+    signatures = {k: list(k.signatures) for k in (svd_sgd, svd_squared_error)}
+    misses = sum(k.stats.cache_misses.total() for k in signatures)
+    SVD(**{**FAST, "epochs": 4}, random_state=1, n_blocks=3).fit(train, validation=train)
+    for kernel, before in signatures.items():
+        assert list(kernel.signatures) == before, kernel
+    assert sum(k.stats.cache_misses.total() for k in signatures) == misses
