@@ -211,6 +211,7 @@ def parse_block(
     """
     n = buf.shape[0]
     n_sep = sep.shape[0]
+    sep0 = sep[0]
     n_fields = roles.shape[0]
     keep_spans = id_spans.shape[0] > 0
     pow10 = _POW10
@@ -264,8 +265,12 @@ def parse_block(
                 else:
                     fs = p
                     q = p
-                    while q < ce and not _sep_at(buf, q, ce, sep):
-                        q += 1
+                    if n_sep == 1:
+                        while q < ce and buf[q] != sep0:
+                            q += 1
+                    else:
+                        while q < ce and not _sep_at(buf, q, ce, sep):
+                            q += 1
                     fe = q
                     nxt = q
                 fs, fe = _trim(buf, fs, fe)
