@@ -92,7 +92,8 @@ def _classify(client: Client, exc: BaseException) -> ClusterFailure:
             f"lost the connection to the Dask scheduler at {_address(client)}: "
             f"{type(exc).__name__}: {exc}"
         )
-    return WorkerLostError(f"a worker was lost: {type(exc).__name__}: {str(exc)[:300]}")
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return WorkerLostError(f"a worker was lost: {type(exc).__name__}: {first[:200]}")
 
 
 def collect(client: Client, futures: Sequence[Future], workers: Iterable[str | None]) -> None:
