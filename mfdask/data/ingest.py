@@ -28,7 +28,9 @@ The work is done by Dask in two rounds of tasks, and the client never holds the 
    or nothing is written at all.
 
 Memory is bounded by the block size (round 1) and the bucket size (round 3): the number
-of buckets grows with the input (about :data:`ROWS_PER_BUCKET` ratings each).
+of buckets grows with the input (about :data:`ROWS_PER_BUCKET` ratings each). The
+staging directory, beside the destination and removed at the end, holds about 24 bytes
+per rating with integer ids; each rating is parsed once, staged once and written once.
 """
 
 from __future__ import annotations
@@ -545,6 +547,8 @@ def _finish_bucket(
     written = 0
     out = Path(out_dir)
     user_block = out_u % n_user_blocks
+    if n_user_blocks <= 2**16:
+        user_block = user_block.astype(np.uint16)  # a radix sort below
     by_block = np.argsort(user_block, kind="stable") if n_user_blocks > 1 else None
     counts = np.bincount(user_block, minlength=n_user_blocks)
     offsets = np.concatenate(([0], np.cumsum(counts)))
