@@ -485,7 +485,7 @@ def _finish_bucket(
     n_rows: int,
     staging: str,
     out_dir: str,
-    user_ids: np.ndarray,
+    bucket_users: tuple[np.ndarray, np.ndarray],
     item_ids: np.ndarray,
     first_line: np.ndarray,
     file_of_block: np.ndarray,
@@ -494,18 +494,23 @@ def _finish_bucket(
 ) -> dict[str, Any]:
     """Dense ids, duplicates resolved, and the bucket written into the dataset.
 
+    ``bucket_users`` holds the bucket's own users only: their original ids (ascending)
+    and dense indices, so a task never receives the whole user map.
+
     The rows arrive in input order (block, then line); a stable sort by (user, item)
     keeps a pair's ratings in input order, so "last" is the last line of the input.
     With ``policy="error"`` a duplicate is returned (the earliest repeated rating in
     input order, with the line it repeats), not raised, so that the driver can name the
     first one of the whole input; nothing of the bucket is written then.
     """
+    user_ids, user_idx = bucket_users
     kinds = (
         "int" if user_ids.dtype.kind in "iu" else "str",
         "int" if item_ids.dtype.kind in "iu" else "str",
     )
     c = _read_bucket(bucket, blocks, n_rows, staging, kinds)
-    u = _lookup(user_ids, c.pop("user_id"))
+    local = _lookup(user_ids, c.pop("user_id"))
+    u = user_idx[local]
     i = _lookup(item_ids, c.pop("item_id"))
     key = u.astype(np.int64) * max(1, len(item_ids)) + i
     order = np.argsort(key, kind="stable")
@@ -528,7 +533,7 @@ def _finish_bucket(
                 "line": int(ln_later[k]),
                 "first_file": int(file_of_block[block[j]]),
                 "first_line": int(first_line[block[j]] + c["line"][j]),
-                "user": user_ids[u[j]].item() if kinds[0] == "int" else str(user_ids[u[j]]),
+                "user": user_ids[local[j]].item() if kinds[0] == "int" else str(user_ids[local[j]]),
                 "item": item_ids[i[j]].item() if kinds[1] == "int" else str(item_ids[i[j]]),
             },
         }
@@ -542,7 +547,7 @@ def _finish_bucket(
     else:
         rating = rating_in[keep]
     out_u, out_i, out_t = u[keep], i[keep], c["timestamp"][keep]
-    del c, order, key, u, i
+    del c, order, key, u, i, local
 
     written = 0
     out = Path(out_dir)
@@ -673,11 +678,16 @@ def _ingest(
 
     def write_ratings(ratings_dir: Path) -> dict[str, Any]:
         """Round 3: one task per non-empty user bucket writes its rows into the dataset."""
-        uid = dask.delayed(user_ids, pure=True)
         iid = dask.delayed(item_ids, pure=True)
+        # Each task gets its own users (ascending, with their dense index), not all: the
+        # stable sort keeps each bucket's ids in ascending order.
+        user_bucket = bucket_of(user_ids, n_buckets)
+        by_bucket = np.argsort(user_bucket, kind="stable").astype(np.int32)
+        bounds = np.concatenate(([0], np.cumsum(np.bincount(user_bucket, minlength=n_buckets))))
         work = []
         for b in np.flatnonzero(bucket_rows.sum(axis=0)):
             blocks = [int(k) for k in np.flatnonzero(bucket_rows[:, b])]
+            mine = by_bucket[bounds[b] : bounds[b + 1]]
             work.append(
                 dask.delayed(_finish_bucket, pure=False)(
                     int(b),
@@ -685,7 +695,7 @@ def _ingest(
                     int(bucket_rows[:, b].sum()),
                     str(staging),
                     str(ratings_dir),
-                    uid,
+                    (user_ids[mine], mine),
                     iid,
                     first_line,
                     fob,
