@@ -16,11 +16,12 @@ The work is done by Dask in two rounds of tasks, and the client never holds the 
    (in file order) stops the ingest before anything is written.
 3. **Buckets** (one task per user bucket). Every rating of a user is in one bucket, so
    duplicate (user, item) pairs meet inside one task: no shuffle. A task reads its batch
-   of every block (only those bytes), maps the ids to dense indices, resolves duplicates
-   by the policy, and writes its rows straight into the dataset's ``user_block=k``
-   directories (one file per user block it touches); it returns the rows written
-   (read back from the Parquet footers), the rating histogram and the distinct users
-   and items, from which the manifest's summary is built without re-reading anything.
+   of every block (only those bytes) and of the user map that the client staged the
+   same way, maps the ids to dense indices, resolves duplicates by the policy, and
+   writes its rows straight into the dataset's ``user_block=k`` directories (one file
+   per user block it touches); it returns the rows written (read back from the Parquet
+   footers), the rating histogram and the distinct users and items, from which the
+   manifest's summary is built without re-reading anything.
 4. **Commit.** :func:`mfdask.data.dataset.write_dataset_from` writes into a temporary
    directory renamed into place at the end; before that the bad rows are written to
    ``quarantine.parquet`` and the rows are accounted for: rows read = rows written +
@@ -89,6 +90,7 @@ log = logging.getLogger("mfdask")
 
 _GOOD = "good"
 _BAD = "bad"
+_USER_MAP = "users.arrow"
 _UNION_FAN_IN = 16
 MIN_BLOCKSIZE = 2**20
 
@@ -479,13 +481,44 @@ def _read_bucket(
     return cols
 
 
+def _stage_user_map(user_ids: np.ndarray, n_buckets: int, staging: Path) -> None:
+    """Write the user map for the bucket tasks: record batch ``b`` holds bucket ``b``'s
+    original ids (ascending) and dense indices.
+
+    Each task reads only its own batch, so the map is neither sent with the task graph
+    nor held whole by any worker.
+    """
+    user_bucket = bucket_of(user_ids, n_buckets)
+    order = np.argsort(user_bucket, kind="stable")  # ascending ids within each bucket
+    counts = np.bincount(user_bucket, minlength=n_buckets)
+    offsets = np.concatenate(([0], np.cumsum(counts)))
+    ids = user_ids[order]
+    batch = pa.record_batch(
+        [
+            pa.array(ids) if ids.dtype.kind in "iu" else pa.array(ids, type=pa.string()),
+            pa.array(order.astype(np.int32)),
+        ],
+        names=[schema.USER_ID, schema.USER_IDX],
+    )
+    with pa.OSFile(str(staging / _USER_MAP), "wb") as sink:
+        with pa.ipc.new_file(sink, batch.schema) as writer:
+            for b in range(n_buckets):
+                writer.write_batch(batch.slice(int(offsets[b]), int(counts[b])))
+
+
+def _read_bucket_users(staging: str, bucket: int) -> tuple[np.ndarray, np.ndarray]:
+    with pa.OSFile(str(Path(staging) / _USER_MAP), "rb") as f:
+        batch = pa.ipc.open_file(f).get_batch(bucket)
+    ids = batch.column(schema.USER_ID).to_numpy(zero_copy_only=False)
+    return ids, batch.column(schema.USER_IDX).to_numpy()
+
+
 def _finish_bucket(
     bucket: int,
     blocks: Sequence[int],
     n_rows: int,
     staging: str,
     out_dir: str,
-    bucket_users: tuple[np.ndarray, np.ndarray],
     item_ids: np.ndarray,
     first_line: np.ndarray,
     file_of_block: np.ndarray,
@@ -494,8 +527,8 @@ def _finish_bucket(
 ) -> dict[str, Any]:
     """Dense ids, duplicates resolved, and the bucket written into the dataset.
 
-    ``bucket_users`` holds the bucket's own users only: their original ids (ascending)
-    and dense indices, so a task never receives the whole user map.
+    Only the bucket's own users are read from the staged user map (their original ids,
+    ascending, and dense indices), so a task never holds the whole user map.
 
     The rows arrive in input order (block, then line); a stable sort by (user, item)
     keeps a pair's ratings in input order, so "last" is the last line of the input.
@@ -503,7 +536,7 @@ def _finish_bucket(
     input order, with the line it repeats), not raised, so that the driver can name the
     first one of the whole input; nothing of the bucket is written then.
     """
-    user_ids, user_idx = bucket_users
+    user_ids, user_idx = _read_bucket_users(staging, bucket)
     kinds = (
         "int" if user_ids.dtype.kind in "iu" else "str",
         "int" if item_ids.dtype.kind in "iu" else "str",
@@ -679,15 +712,10 @@ def _ingest(
     def write_ratings(ratings_dir: Path) -> dict[str, Any]:
         """Round 3: one task per non-empty user bucket writes its rows into the dataset."""
         iid = dask.delayed(item_ids, pure=True)
-        # Each task gets its own users (ascending, with their dense index), not all: the
-        # stable sort keeps each bucket's ids in ascending order.
-        user_bucket = bucket_of(user_ids, n_buckets)
-        by_bucket = np.argsort(user_bucket, kind="stable").astype(np.int32)
-        bounds = np.concatenate(([0], np.cumsum(np.bincount(user_bucket, minlength=n_buckets))))
+        _stage_user_map(user_ids, n_buckets, staging)
         work = []
         for b in np.flatnonzero(bucket_rows.sum(axis=0)):
             blocks = [int(k) for k in np.flatnonzero(bucket_rows[:, b])]
-            mine = by_bucket[bounds[b] : bounds[b + 1]]
             work.append(
                 dask.delayed(_finish_bucket, pure=False)(
                     int(b),
@@ -695,7 +723,6 @@ def _ingest(
                     int(bucket_rows[:, b].sum()),
                     str(staging),
                     str(ratings_dir),
-                    (user_ids[mine], mine),
                     iid,
                     first_line,
                     fob,
