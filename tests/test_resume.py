@@ -184,5 +184,9 @@ def test_scheduler_task_count_stays_bounded_over_a_long_fit(client, ratings, nam
         ),
     }[name]
     model.fit(ratings, callback=record)
-    assert counts[30] <= counts[5] + 4, counts
+    # Releases reach the scheduler asynchronously, so single counts jitter by a few tasks;
+    # a lineage that grew would add tasks every iteration (20 iterations apart: 20+ tasks).
+    early = max(counts[i] for i in range(1, 11))
+    late = max(counts[i] for i in range(21, 31))
+    assert late <= early + 8, counts
     assert max(counts.values()) <= 2 * counts[5] + 8, counts
