@@ -167,3 +167,22 @@ def test_no_positive_is_an_error(client):
     frame = pd.DataFrame({"user_id": [1, 2], "item_id": [1, 2], "rating": [1.0, 2.0]})
     with pytest.raises(ValueError, match="positive_threshold"):
         BPR(factors=2, epochs=1).fit(frame)
+
+
+def test_looking_ahead_one_epoch_changes_nothing(client):
+    """Epochs submitted ahead (no validation, no checkpoint due) give the same model as
+    epochs run one at a time (a checkpoint after every epoch forbids looking ahead), and
+    a callback that stops the fit drops the epoch submitted ahead of it."""
+    frame, _, _ = planted_implicit(seed=4)
+    params = {"factors": 8, "epochs": 6, "random_state": 0, "n_threads": 1}
+    ahead = BPR(checkpoint_every=100, **params).fit(frame)
+    one_by_one = BPR(checkpoint_every=1, **params).fit(frame)
+    np.testing.assert_array_equal(ahead.user_factors_, one_by_one.user_factors_)
+    np.testing.assert_array_equal(ahead.item_factors_, one_by_one.item_factors_)
+    stopped = BPR(checkpoint_every=100, **params).fit(
+        frame, callback=lambda record: record["epoch"] < 3
+    )
+    three = BPR(checkpoint_every=100, **{**params, "epochs": 3}).fit(frame)
+    assert len(stopped.history_) == 3
+    np.testing.assert_array_equal(stopped.item_factors_, three.item_factors_)
+    np.testing.assert_array_equal(stopped.user_factors_, three.user_factors_)

@@ -194,3 +194,27 @@ def test_state_with_wrong_rows_is_refused(client):
         engine.set_state({"visits": np.zeros(3, np.float32)}, {})
     with pytest.raises(RuntimeError, match="before set_state"):
         engine.run_epoch(CountingKernel(), 0, 0)
+
+
+def test_a_submitted_epoch_can_be_collected_late_or_discarded(client):
+    """Submitting epoch 1 before collecting epoch 0 trains the same; discard undoes it."""
+    frame, matrix = _frame(seed=3)
+    n_users, n_items = matrix.shape
+    engine = DSGD(client, dd.from_pandas(frame, npartitions=2), n_users, n_items)
+    zeros = ({"visits": np.zeros(n_users, np.float32)}, {"visits": np.zeros(n_items, np.float32)})
+    engine.set_state(*zeros)
+    first = engine.submit_epoch(CountingKernel(), 0, seed=5)
+    second = engine.submit_epoch(CountingKernel(), 1, seed=5)  # chained on the first
+    reports = [engine.collect(first), engine.collect(second)]
+    assert [r.stats["ratings"] for r in reports] == [matrix.nnz, matrix.nnz]
+    assert all(r.seconds >= 0 for r in reports)
+    user, _ = engine.gather_state()
+    np.testing.assert_array_equal(user["visits"], 2 * np.diff(matrix.indptr))
+    # a look-ahead that is not wanted: the state goes back to the end of epoch 1
+    third = engine.submit_epoch(CountingKernel(), 2, seed=5)
+    engine.discard(third)
+    user, item = engine.gather_state()
+    np.testing.assert_array_equal(user["visits"], 2 * np.diff(matrix.indptr))
+    np.testing.assert_array_equal(
+        item["visits"], 2 * np.bincount(matrix.indices, minlength=n_items)
+    )

@@ -371,6 +371,19 @@ class EpochReport:
     plan: Plan
 
 
+@dataclass
+class PendingEpoch:
+    """A submitted epoch (:meth:`DSGD.submit_epoch`): its statistics futures and the state
+    it started from."""
+
+    epoch: int
+    plan: Plan
+    stat_names: tuple[str, ...]
+    stats: list[Future]
+    before: tuple[list[Future], list[Future]]
+    submitted: float
+
+
 class DSGD:
     """Ratings cut into ``n_blocks x n_blocks`` cells on workers, and states trained over them.
 
@@ -430,6 +443,7 @@ class DSGD:
         self._user: list[Future] = []
         self._item: list[Future] = []
         self._shapes: tuple[dict, dict] = ({}, {})
+        self._last_collected = 0.0
         self.nnz = int(sum(client.gather([client.submit(_shard_nnz, s) for s in self._shards])))
 
     # -------------------------------------------------------------- placement
@@ -550,15 +564,34 @@ class DSGD:
     ) -> EpochReport:
         """Train every cell once with ``kernel``, stratum by stratum; return the statistics.
 
-        All tasks of the epoch are submitted at once and chained by their inputs (no
-        global barrier between sub-epochs); the client waits only for the statistics.
+        :meth:`submit_epoch` then :meth:`collect`.
+        """
+        return self.collect(self.submit_epoch(kernel, epoch, seed, shuffle_strata))
+
+    def submit_epoch(
+        self,
+        kernel: BlockKernel,
+        epoch: int,
+        seed: int,
+        shuffle_strata: bool = True,
+    ) -> PendingEpoch:
+        """Submit every task of an epoch and return at once; the state now points past it.
+
+        The tasks are chained by their inputs (no global barrier between sub-epochs).
+        Submitting epoch ``e + 1`` before collecting epoch ``e`` keeps the workers busy
+        while the client reads ``e``'s statistics: the round trip between client and
+        scheduler then overlaps training instead of sitting between epochs. That only
+        works when epoch ``e + 1``'s kernel does not depend on epoch ``e``'s statistics
+        (a fixed learning-rate schedule, no validation); :meth:`discard` undoes a
+        look-ahead that turned out unwanted.
         """
         if not self._user:
-            raise RuntimeError("DSGD.run_epoch before set_state: place an initial state first")
-        started = time.perf_counter()
+            raise RuntimeError("DSGD.submit_epoch before set_state: place an initial state first")
         rng = np.random.default_rng([seed, epoch]) if shuffle_strata else None
         plan = stratum_plan(self.n_blocks, rng)
         check_plan(plan, self.n_blocks)
+        before = self.snapshot()
+        submitted = time.perf_counter()
         submit = self.client.submit
         stats: list[Future] = []
         for stratum in plan:
@@ -579,13 +612,36 @@ class DSGD:
                 self._user[w] = submit(operator.getitem, out, 0, workers=where, pure=False)
                 self._item[j] = submit(operator.getitem, out, 1, workers=where, pure=False)
                 stats.append(submit(operator.getitem, out, 2, workers=where, pure=False))
-        totals = np.sum(gather(self.client, stats, self._workers), axis=0)
-        return EpochReport(
+        return PendingEpoch(
             epoch=epoch,
-            stats=_named(kernel.stat_names, totals),
-            seconds=time.perf_counter() - started,
             plan=plan,
+            stat_names=tuple(kernel.stat_names),
+            stats=stats,
+            before=before,
+            submitted=submitted,
         )
+
+    def collect(self, pending: PendingEpoch) -> EpochReport:
+        """Wait for a submitted epoch's statistics and sum them.
+
+        ``seconds`` is the epoch's share of the wall time: from its submission, or from
+        the previous collect if that came later (a look-ahead epoch runs while the
+        previous one is still being collected, and is not charged for it).
+        """
+        totals = np.sum(gather(self.client, pending.stats, self._workers), axis=0)
+        now = time.perf_counter()
+        seconds = now - max(pending.submitted, self._last_collected)
+        self._last_collected = now
+        return EpochReport(
+            epoch=pending.epoch,
+            stats=_named(pending.stat_names, totals),
+            seconds=seconds,
+            plan=pending.plan,
+        )
+
+    def discard(self, pending: PendingEpoch) -> None:
+        """Drop a submitted epoch: the state goes back to what it was before it."""
+        self.restore(pending.before)
 
     def evaluate(self, kernel: Any, shards: list[Future] | None = None) -> dict[str, float]:
         """Sum ``kernel.evaluate`` over every cell of ``shards`` (default: training shards).

@@ -18,7 +18,7 @@ import numpy as np
 from mfdask.data.implicit import check_threshold
 from mfdask.data.training import TrainingData
 from mfdask.engine.cluster import session
-from mfdask.engine.dsgd import DSGD, EpochReport
+from mfdask.engine.dsgd import DSGD, EpochReport, PendingEpoch
 from mfdask.models.base import (
     EpochCallback,
     FactorModel,
@@ -158,9 +158,24 @@ class PairwiseModel(FactorModel):
         self._threshold = threshold
         bar = _progress_bar(bool(self.show_progress), int(self.epochs))
 
-        def step(epoch: int) -> bool:
+        n_epochs = int(self.epochs)
+        ahead: dict[int, PendingEpoch] = {}
+
+        def submit(epoch: int) -> PendingEpoch:
             rate = self.epoch_learning_rate(epoch)
-            report = engine.run_epoch(self._make_kernel(epoch, rate), epoch, ctx["seed"])
+            return engine.submit_epoch(self._make_kernel(epoch, rate), epoch, ctx["seed"])
+
+        def step(epoch: int) -> bool:
+            pending = ahead.pop(epoch, None) or submit(epoch)
+            # The learning rate is a function of the epoch alone, so without validation
+            # the next epoch can be submitted before this one is collected (it only
+            # reads the state this one leaves); not across a checkpoint, which must
+            # capture this epoch's state.
+            nxt = epoch + 1
+            if validation is None and nxt < n_epochs and not self._checkpoints.due(nxt):
+                ahead[nxt] = submit(nxt)
+            rate = self.epoch_learning_rate(epoch)
+            report = engine.collect(pending)
             record = self._epoch_record(report, rate)
             if record["positives"] == 0:
                 raise ValueError(
@@ -192,6 +207,8 @@ class PairwiseModel(FactorModel):
                 bar.update(1)
                 shown = {k: f"{record[k]:.4f}" for k in self.progress_stats if k in record}
                 bar.set_postfix(shown)
+            if not keep_going and nxt in ahead:
+                engine.discard(ahead.pop(nxt))
             return keep_going
 
         def capture() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -214,6 +231,7 @@ class PairwiseModel(FactorModel):
 
         def restore(point: Any) -> None:
             best.clear()
+            ahead.clear()
             if point is None:
                 engine.set_state(*self._initial_state(data))
                 self.history_ = []
