@@ -13,6 +13,7 @@ from mfdask.data.training import TrainingData
 from mfdask.engine.als import BlockALS, SolveSpec
 from mfdask.engine.cluster import session
 from mfdask.models.base import EpochCallback, FactorModel, _check_positive_int
+from mfdask.models.fitloop import BestIteration
 
 CONFIDENCE_OFFSETS = {"paper": 1.0, "implicit": 0.0}
 REGULARIZATION_SCALINGS = ("none", "count")
@@ -257,7 +258,7 @@ class ALS(FactorModel):
         ALS draws nothing at random after the start, so a resumed or recovered fit
         computes exactly the floats of an uninterrupted one.
         """
-        best: dict[str, Any] = {}
+        best = BestIteration(higher_is_better=True, patience=self.early_stopping_rounds)
         progress = tqdm(total=self.iterations, disable=not self.show_progress, unit="it")
 
         def step(iteration: int) -> bool:
@@ -275,19 +276,9 @@ class ALS(FactorModel):
                 self.user_factors_, self.item_factors_ = run.factors()
                 score = self._validation_score(validation)
                 record[self.validation_metric] = score
-                if not best or score > best["score"]:
-                    best.update(
-                        score=score,
-                        iteration=iteration,
-                        user=self.user_factors_,
-                        item=self.item_factors_,
-                    )
+                best.offer(score, iteration, lambda: (self.user_factors_, self.item_factors_))
             keep_going = self._record_epoch(record, callback)
-            if (
-                best
-                and self.early_stopping_rounds is not None
-                and iteration - best["iteration"] >= self.early_stopping_rounds
-            ):
+            if best.exhausted(iteration):
                 keep_going = False
             progress.update(1)
             return keep_going
@@ -296,30 +287,25 @@ class ALS(FactorModel):
             users, items = run.factors()
             arrays = {"user_factors": users, "item_factors": items}
             if best:
-                arrays.update(best_user_factors=best["user"], best_item_factors=best["item"])
-            state = {
-                "history": self.history_,
-                "best": {"score": best["score"], "iteration": best["iteration"]} if best else None,
-            }
-            return arrays, state
+                arrays.update(best_user_factors=best.state[0], best_item_factors=best.state[1])
+            return arrays, {"history": self.history_, "best": best.summary()}
 
         def reseed(arrays: dict[str, np.ndarray]) -> None:
             run.initialize(arrays["user_factors"], arrays["item_factors"])
 
         def restore(point: Any) -> None:
-            best.clear()
             if point is None:
+                best.clear()
                 self.history_ = []
                 run.initialize(*self._initial_factors(data))
             else:
                 self.history_ = list(point.state["history"])
-                if point.state.get("best"):
-                    best.update(
-                        point.state["best"],
-                        user=point.arrays["best_user_factors"],
-                        item=point.arrays["best_item_factors"],
-                    )
-                reseed(point.arrays)
+                arrays = point.arrays
+                best.load(
+                    point.state.get("best"),
+                    (arrays.get("best_user_factors"), arrays.get("best_item_factors")),
+                )
+                reseed(arrays)
             progress.n = len(self.history_)
             progress.refresh()
 
@@ -339,17 +325,6 @@ class ALS(FactorModel):
         self.user_factors_ = final.arrays["user_factors"]
         self.item_factors_ = final.arrays["item_factors"]
         if best and self.early_stopping_rounds is not None:
-            self.metrics_["best_iteration"] = best["iteration"] + 1
-            self.metrics_[self.validation_metric] = best["score"]
-            self.user_factors_, self.item_factors_ = best["user"], best["item"]
-
-    def _validation_score(self, validation: Any) -> float:
-        from mfdask.evaluate import evaluate_ranking
-
-        result = evaluate_ranking(self, validation, k=self.validation_k)
-        if self.validation_metric not in result:
-            raise ValueError(
-                f"validation_metric={self.validation_metric!r} is not one of "
-                f"{sorted(result)} computed by evaluate_ranking"
-            )
-        return float(result[self.validation_metric])
+            self.metrics_["best_iteration"] = best.iteration + 1
+            self.metrics_[self.validation_metric] = best.score
+            self.user_factors_, self.item_factors_ = best.state

@@ -291,6 +291,18 @@ class FactorModel:
             return False
         return True
 
+    def _validation_score(self, validation: Any) -> float:
+        """``validation_metric`` at ``validation_k`` on held-out ratings (ranking models)."""
+        from mfdask.evaluate import evaluate_ranking
+
+        result = evaluate_ranking(self, validation, k=self.validation_k)
+        if self.validation_metric not in result:
+            raise ValueError(
+                f"validation_metric={self.validation_metric!r} is not one of "
+                f"{sorted(result)} computed by evaluate_ranking"
+            )
+        return float(result[self.validation_metric])
+
     # ------------------------------------------------------------------ state
     def _check_fitted(self) -> None:
         if not hasattr(self, "item_factors_"):

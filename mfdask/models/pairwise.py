@@ -24,9 +24,8 @@ from mfdask.models.base import (
     FactorModel,
     _check_positive_int,
     _progress_bar,
-    flatten_state,
-    unflatten_state,
 )
+from mfdask.models.fitloop import BestIteration, DSGDCheckpointing
 
 BIAS_COLUMN = "bias"
 """Name of the item-bias column in ``item_factors.parquet``."""
@@ -153,11 +152,11 @@ class PairwiseModel(FactorModel):
         derived from ``(seed, epoch, block)``, so with one thread per cell a resumed or
         recovered fit equals an uninterrupted one bitwise.
         """
-        best: dict[str, Any] = {}
+        best = BestIteration(higher_is_better=True, patience=self.early_stopping_rounds)
+        state = DSGDCheckpointing(engine, best)
         ctx = {"seed": self._seed()}
         self._threshold = threshold
         bar = _progress_bar(bool(self.show_progress), int(self.epochs))
-
         n_epochs = int(self.epochs)
         ahead: dict[int, PendingEpoch] = {}
 
@@ -193,14 +192,8 @@ class PairwiseModel(FactorModel):
                 self._set_factors(*engine.gather_state())
                 score = self._validation_score(validation)
                 record[self.validation_metric] = score
-                if not best or score > best["score"]:
-                    best.clear()
-                    best.update(score=score, epoch=epoch, snapshot=engine.snapshot())
-                elif (
-                    self.early_stopping_rounds is not None
-                    and epoch - best["epoch"] >= self.early_stopping_rounds
-                ):
-                    keep_going = False
+                state.offer(score, epoch)
+                keep_going = not best.exhausted(epoch)
             if not self._record_epoch(record, callback):
                 keep_going = False
             if bar is not None:
@@ -212,39 +205,19 @@ class PairwiseModel(FactorModel):
             return keep_going
 
         def capture() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-            user, item = engine.gather_state()
-            arrays = {**flatten_state("user", user), **flatten_state("item", item)}
-            if "snapshot" in best:  # hold the best epoch as arrays from now on
-                best["arrays"] = engine.gather_state(best.pop("snapshot"))
-            if best:
-                arrays.update(flatten_state("best.user", best["arrays"][0]))
-                arrays.update(flatten_state("best.item", best["arrays"][1]))
-            state = {
-                "seed": ctx["seed"],
-                "history": self.history_,
-                "best": {"score": best["score"], "epoch": best["epoch"]} if best else None,
-            }
-            return arrays, state
-
-        def reseed(arrays: dict[str, np.ndarray]) -> None:
-            engine.set_state(unflatten_state("user", arrays), unflatten_state("item", arrays))
+            extra = {"seed": ctx["seed"], "history": self.history_, "best": best.summary()}
+            return state.capture(), extra
 
         def restore(point: Any) -> None:
-            best.clear()
             ahead.clear()
             if point is None:
+                best.clear()
                 engine.set_state(*self._initial_state(data))
                 self.history_ = []
             else:
                 ctx["seed"] = int(point.state["seed"])
                 self.history_ = list(point.state["history"])
-                if point.state.get("best"):
-                    best.update(point.state["best"])
-                    best["arrays"] = (
-                        unflatten_state("best.user", point.arrays),
-                        unflatten_state("best.item", point.arrays),
-                    )
-                reseed(point.arrays)
+                state.restore(point.arrays, point.state.get("best"))
             if bar is not None:
                 bar.n = len(self.history_)
                 bar.refresh()
@@ -253,24 +226,22 @@ class PairwiseModel(FactorModel):
         try:
             final = self._run_iterations(
                 client,
-                int(self.epochs),
+                n_epochs,
                 start,
                 step=step,
                 capture=capture,
                 restore=restore,
-                reseed=reseed,
+                reseed=state.reseed,
                 rebuild=engine.rebuild,
             )
         finally:
             if bar is not None:
                 bar.close()
         self.metrics_["train_seconds"] = time.perf_counter() - started
-        user, item = unflatten_state("user", final.arrays), unflatten_state("item", final.arrays)
         if best and self.early_stopping_rounds is not None:
-            user, item = best["arrays"]
-            self.metrics_["best_epoch"] = best["epoch"] + 1
-            self.metrics_[self.validation_metric] = best["score"]
-        self._set_factors(user, item)
+            self.metrics_["best_epoch"] = best.iteration + 1
+            self.metrics_[self.validation_metric] = best.score
+        self._set_factors(*state.final(final.arrays))
         if self.history_:
             last = self.history_[-1]
             self.metrics_.update(
@@ -282,17 +253,6 @@ class PairwiseModel(FactorModel):
         self.user_factors_ = np.ascontiguousarray(user["factors"][:, :k])
         self.item_factors_ = np.ascontiguousarray(item["factors"][:, :k])
         self.item_bias_ = np.ascontiguousarray(item["factors"][:, k]) if self.use_bias else None
-
-    def _validation_score(self, validation: Any) -> float:
-        from mfdask.evaluate import evaluate_ranking
-
-        result = evaluate_ranking(self, validation, k=self.validation_k)
-        if self.validation_metric not in result:
-            raise ValueError(
-                f"validation_metric={self.validation_metric!r} is not one of "
-                f"{sorted(result)} computed by evaluate_ranking"
-            )
-        return float(result[self.validation_metric])
 
     # ------------------------------------------------------------------ scoring
     def _score_vectors(self) -> tuple[np.ndarray, np.ndarray]:

@@ -23,9 +23,8 @@ from mfdask.models.base import (
     ModelFileError,
     _check_positive_int,
     _progress_bar,
-    flatten_state,
-    unflatten_state,
 )
+from mfdask.models.fitloop import BestIteration, DSGDCheckpointing
 
 LR_SCHEDULES = ("constant", "decay", "bold_driver")
 _SHOWN = ("train_rmse", "validation_rmse")
@@ -341,7 +340,8 @@ class SVD(FactorModel):
         holdout = self._place_validation(engine, validation) if validation is not None else None
         rates: list[float] = []
         losses: list[float] = []
-        best: dict[str, Any] = {}
+        best = BestIteration(higher_is_better=False, patience=self.early_stopping_rounds)
+        state = DSGDCheckpointing(engine, best)
         ctx: dict[str, int] = {}
         bar = _progress_bar(self.show_progress, self.epochs)
 
@@ -361,14 +361,8 @@ class SVD(FactorModel):
                 scored = engine.evaluate(self._step(rates[epoch]), holdout)
                 rmse = math.sqrt(scored["sse"] / max(scored["n"], 1))
                 record["validation_rmse"] = rmse
-                if not best or rmse < best["rmse"]:
-                    best.clear()
-                    best.update(rmse=rmse, epoch=epoch, snapshot=engine.snapshot())
-                elif (
-                    self.early_stopping_rounds is not None
-                    and epoch - best["epoch"] >= self.early_stopping_rounds
-                ):
-                    stop = True
+                state.offer(rmse, epoch)
+                stop = best.exhausted(epoch)
             record["seconds"] = report.seconds
             if not self._record_epoch(record, callback):
                 stop = True
@@ -378,28 +372,18 @@ class SVD(FactorModel):
             return not stop
 
         def capture() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-            user, item = engine.gather_state()
-            arrays = {**flatten_state("user", user), **flatten_state("item", item)}
-            if "snapshot" in best:  # hold the best epoch as arrays from now on
-                best["arrays"] = engine.gather_state(best.pop("snapshot"))
-            if best:
-                arrays.update(flatten_state("best.user", best["arrays"][0]))
-                arrays.update(flatten_state("best.item", best["arrays"][1]))
-            state = {
+            extra = {
                 "seed": ctx["seed"],
                 "rates": rates,
                 "losses": losses,
                 "history": self.history_,
-                "best": {"rmse": best["rmse"], "epoch": best["epoch"]} if best else None,
+                "best": best.summary(),
             }
-            return arrays, state
-
-        def reseed(arrays: dict[str, np.ndarray]) -> None:
-            engine.set_state(unflatten_state("user", arrays), unflatten_state("item", arrays))
+            return state.capture(), extra
 
         def restore(point: Any) -> None:
-            best.clear()
             if point is None:
+                best.clear()
                 rng = np.random.default_rng(entropy)
                 engine.set_state(*self._initial_state(data, rng))
                 ctx["seed"] = int(rng.integers(2**62))
@@ -408,13 +392,7 @@ class SVD(FactorModel):
                 ctx["seed"] = int(point.state["seed"])
                 rates[:], losses[:] = point.state["rates"], point.state["losses"]
                 self.history_ = list(point.state["history"])
-                if point.state.get("best"):
-                    best.update(point.state["best"])
-                    best["arrays"] = (
-                        unflatten_state("best.user", point.arrays),
-                        unflatten_state("best.item", point.arrays),
-                    )
-                reseed(point.arrays)
+                state.restore(point.arrays, point.state.get("best"))
             if bar is not None:
                 bar.n = len(self.history_)
                 bar.refresh()
@@ -427,17 +405,16 @@ class SVD(FactorModel):
                 step=step,
                 capture=capture,
                 restore=restore,
-                reseed=reseed,
+                reseed=state.reseed,
                 rebuild=engine.rebuild,
             )
         finally:
             if bar is not None:
                 bar.close()
-        user, item = unflatten_state("user", final.arrays), unflatten_state("item", final.arrays)
+        user, item = state.final(final.arrays)
         if best and self.early_stopping_rounds is not None:
-            user, item = best["arrays"]
-            self.metrics_["best_epoch"] = best["epoch"] + 1
-            self.metrics_["validation_rmse"] = best["rmse"]
+            self.metrics_["best_epoch"] = best.iteration + 1
+            self.metrics_["validation_rmse"] = best.score
         elif best:
             self.metrics_["validation_rmse"] = self.history_[-1]["validation_rmse"]
         self.user_factors_, self.user_bias_ = user["factors"], user["bias"]

@@ -1,0 +1,142 @@
+"""What the models' fit loops share: the best iteration so far, and engine state in checkpoints.
+
+Every model runs its iterations through :func:`mfdask.engine.resilience.run_fit`, which
+asks the model to ``capture`` its state for a checkpoint, ``restore`` one, and ``reseed``
+the engine from arrays. Two pieces of that are the same in every model and live here:
+
+- :class:`BestIteration`: early stopping's memory (the best validation score, when it
+  was reached and the state then), its place in a checkpoint, and when to stop.
+- :class:`DSGDCheckpointing`: the state of a :class:`~mfdask.engine.dsgd.DSGD` engine,
+  and of its best epoch, as named checkpoint arrays (``user.<name>``, ``item.<name>``,
+  ``best.user.<name>``, ``best.item.<name>``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mfdask.models.base import flatten_state, unflatten_state
+
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass
+class BestIteration:
+    """The best validation score so far, the iteration (0-based) that reached it and the
+    model's state then.
+
+    ``state`` is whatever the model can cheaply hold: arrays, or handles to immutable
+    blocks on the cluster that :meth:`DSGDCheckpointing.capture` turns into arrays when
+    a checkpoint needs them.
+
+    Parameters
+    ----------
+    higher_is_better : bool
+        True for ranking metrics (NDCG), False for errors (RMSE).
+    patience : int or None
+        Early stopping: stop once this many iterations pass without a better score;
+        None never stops (the best state is still recorded).
+    """
+
+    higher_is_better: bool
+    patience: int | None
+    score: float | None = None
+    iteration: int = -1
+    state: Any = None
+
+    def __bool__(self) -> bool:
+        return self.score is not None
+
+    def offer(self, score: float, iteration: int, state: Callable[[], Any]) -> bool:
+        """Record ``score`` of ``iteration`` if it is the best so far (then call ``state``)."""
+        if self.score is None or (
+            score > self.score if self.higher_is_better else score < self.score
+        ):
+            self.score, self.iteration, self.state = float(score), int(iteration), state()
+            return True
+        return False
+
+    def exhausted(self, iteration: int) -> bool:
+        """Whether ``patience`` iterations have passed since the best one."""
+        return (
+            self.score is not None
+            and self.patience is not None
+            and iteration - self.iteration >= self.patience
+        )
+
+    def clear(self) -> None:
+        self.score, self.iteration, self.state = None, -1, None
+
+    def summary(self) -> dict[str, Any] | None:
+        """Score and iteration for a checkpoint's JSON state (None before any)."""
+        return None if self.score is None else {"score": self.score, "iteration": self.iteration}
+
+    def load(self, summary: dict[str, Any] | None, state: Any) -> None:
+        """The inverse of :meth:`summary`, with the state the checkpoint's arrays give."""
+        self.clear()
+        if summary:
+            self.score, self.iteration, self.state = (
+                float(summary["score"]),
+                int(summary["iteration"]),
+                state,
+            )
+
+
+class DSGDCheckpointing:
+    """A DSGD model's state, and its best epoch's, as named checkpoint arrays.
+
+    The best epoch is held as an engine snapshot (immutable futures, no copy) until a
+    checkpoint is captured; from then on as arrays on the client, because the
+    checkpoint's reseed replaces every block on the cluster (cutting the lineage) and
+    the snapshot's blocks would otherwise be kept alive only for it.
+    """
+
+    def __init__(self, engine: Any, best: BestIteration) -> None:
+        self.engine = engine
+        self.best = best
+        self._best_on_client = False
+
+    def offer(self, score: float, epoch: int) -> bool:
+        """:meth:`BestIteration.offer` with the engine's current state."""
+        better = self.best.offer(score, epoch, self.engine.snapshot)
+        if better:
+            self._best_on_client = False
+        return better
+
+    def _best_arrays(self) -> tuple[Arrays, Arrays]:
+        if not self._best_on_client:
+            self.best.state = self.engine.gather_state(self.best.state)
+            self._best_on_client = True
+        return self.best.state
+
+    def capture(self) -> Arrays:
+        """The current and the best state as flat named arrays (gathered from workers)."""
+        user, item = self.engine.gather_state()
+        arrays = {**flatten_state("user", user), **flatten_state("item", item)}
+        if self.best:
+            best_user, best_item = self._best_arrays()
+            arrays.update(flatten_state("best.user", best_user))
+            arrays.update(flatten_state("best.item", best_item))
+        return arrays
+
+    def reseed(self, arrays: Arrays) -> None:
+        """Place checkpoint arrays on the engine as fresh blocks."""
+        self.engine.set_state(unflatten_state("user", arrays), unflatten_state("item", arrays))
+
+    def restore(self, arrays: Arrays, best: dict[str, Any] | None) -> None:
+        """Make a checkpoint's arrays (and its best epoch, ``best`` its summary) current."""
+        self.best.load(
+            best, (unflatten_state("best.user", arrays), unflatten_state("best.item", arrays))
+        )
+        self._best_on_client = True
+        self.reseed(arrays)
+
+    def final(self, arrays: Arrays) -> tuple[Arrays, Arrays]:
+        """User and item state to keep at the end: the best epoch's with early stopping."""
+        if self.best and self.best.patience is not None:
+            return self._best_arrays()
+        return unflatten_state("user", arrays), unflatten_state("item", arrays)
