@@ -1,4 +1,5 @@
-"""WARP: rank estimate and its block rescaling, the step against numerical gradients, learning."""
+"""WARP: rank estimate and its block rescaling, SGD and Adagrad steps against numerical
+gradients and by hand, learning, Adagrad's state."""
 
 from __future__ import annotations
 
@@ -74,6 +75,60 @@ def test_warp_step_is_minus_learning_rate_times_the_numerical_gradient(use_bias)
     np.testing.assert_allclose((Q1[3] - Q[3]) / -lr, gj, rtol=1e-3, atol=1e-3)
 
 
+def test_adagrad_step_by_hand():
+    # One user, items 0 (positive) and 1 (negative), k = 2 with a bias column (user_dims 1).
+    P = np.array([[0.5, 1.0]], np.float32)
+    Q = np.array([[0.2, 0.1], [-0.4, 0.3]], np.float32)
+    GP = np.array([[1.0, 1.0]], np.float32)
+    GQ = np.array([[1.0, 1.0], [4.0, 2.0]], np.float32)
+    w, lr, ru, ri, rj = 2.0, 0.1, 0.1, 0.2, 0.3
+    pen = kw.warp_update_adagrad(P, Q, GP, GQ, 0, 0, 1, w, 1, lr, ru, ri, rj)
+    assert pen == pytest.approx(0.5 * (0.1 * 0.25 + 0.2 * 0.05 + 0.3 * 0.25))
+    # User coordinate: g = 0.1·0.5 - 2·(0.2 + 0.4) = -1.15; G = 1 + 1.3225 = 2.3225.
+    assert GP[0, 0] == pytest.approx(2.3225)
+    assert P[0, 0] == pytest.approx(0.5 + 0.1 * 1.15 / np.sqrt(2.3225))
+    assert P[0, 1] == 1.0 and GP[0, 1] == 1.0  # the bias entry of the user stays fixed
+    # Positive: g = 0.2·q - 2·p with p = (0.5, 1): (-0.96, -1.98).
+    np.testing.assert_allclose(GQ[0], [1 + 0.96**2, 1 + 1.98**2], rtol=1e-6)
+    expect_qi = [0.2 + 0.1 * 0.96 / np.sqrt(1 + 0.96**2), 0.1 + 0.1 * 1.98 / np.sqrt(1 + 1.98**2)]
+    np.testing.assert_allclose(Q[0], expect_qi, rtol=1e-6)
+    # Negative: g = 0.3·q + 2·p: (0.88, 2.09), on accumulators (4, 2).
+    np.testing.assert_allclose(GQ[1], [4 + 0.88**2, 2 + 2.09**2], rtol=1e-6)
+    expect_qj = [-0.4 - 0.1 * 0.88 / np.sqrt(4 + 0.88**2), 0.3 - 0.1 * 2.09 / np.sqrt(2 + 2.09**2)]
+    np.testing.assert_allclose(Q[1], expect_qj, rtol=1e-6)
+
+
+@pytest.mark.parametrize("use_bias", [False, True])
+def test_adagrad_step_scales_the_numerical_gradient_per_coordinate(use_bias):
+    rng = np.random.default_rng(5)
+    k = 6
+    user_dims = k - 1 if use_bias else k
+    P = rng.normal(0, 0.5, (1, k)).astype(np.float32)
+    Q = rng.normal(0, 0.5, (4, k)).astype(np.float32)
+    if use_bias:
+        P[:, -1] = 1.0
+    GP = rng.uniform(1, 3, P.shape).astype(np.float32)
+    GQ = rng.uniform(1, 3, Q.shape).astype(np.float32)
+    regs = (0.01, 0.04, 0.02)
+    weight, lr = 2.7, 1e-3
+    p0, qi0, qj0 = P[0].astype(np.float64), Q[1].astype(np.float64), Q[3].astype(np.float64)
+    P1, Q1, GP1, GQ1 = P.copy(), Q.copy(), GP.copy(), GQ.copy()
+    kw.warp_update_adagrad(P1, Q1, GP1, GQ1, 0, 1, 3, weight, user_dims, lr, *regs)
+    args = (weight, user_dims, *regs)
+    gp = numerical_gradient(lambda p: warp_objective(p, qi0, qj0, *args), p0)
+    gi = numerical_gradient(lambda q: warp_objective(p0, q, qj0, *args), qi0)
+    gj = numerical_gradient(lambda q: warp_objective(p0, qi0, q, *args), qj0)
+    gp[user_dims:] = 0.0
+    for new, old, acc, grad in ((P1[0], P[0], GP[0], gp), (Q1[1], Q[1], GQ[1], gi),
+                                (Q1[3], Q[3], GQ[3], gj)):  # fmt: skip
+        np.testing.assert_allclose((new - old) / -lr * np.sqrt(acc + grad**2), grad, atol=2e-3)
+    np.testing.assert_allclose(GQ1[1], GQ[1] + gi**2, rtol=1e-3)
+    np.testing.assert_allclose(
+        GP1[0, :user_dims], GP[0, :user_dims] + gp[:user_dims] ** 2, rtol=1e-3
+    )
+    np.testing.assert_array_equal(GQ1[[0, 2]], GQ[[0, 2]])  # rows not in the triple
+
+
 def _one_user_cell(score_gap: float):
     """User 0 owns global items 0 and 2 of block 0 (of 2 blocks, 3 local items: 0, 2, 4).
 
@@ -93,12 +148,13 @@ def _one_user_cell(score_gap: float):
     return k, P, Q, cell
 
 
-def _run(cell, P, Q, n_items, max_sampled=5, lr=0.1):
+def _run(cell, P, Q, n_items, max_sampled=5, lr=0.1, sq_grad=None):
     stats = np.zeros(kw.N_STATS)
+    GP, GQ = sq_grad if sq_grad is not None else (np.zeros((0, 0), np.float32),) * 2
     kw.warp_sgd(
         cell["users"], cell["items"], cell["values"], 4.0, 0, 1, 5, cell["indptr"],
-        cell["indices"], P, Q, 0, 2, 3, n_items, P.shape[1], lr, 0.0, 0.0, 0.0,
-        max_sampled, 1, 0, stats,
+        cell["indices"], P, Q, GP, GQ, sq_grad is not None, 0, 2, 3, n_items, P.shape[1], lr,
+        0.0, 0.0, 0.0, max_sampled, 1, 0, stats,
     )  # fmt: skip
     return stats
 
@@ -119,6 +175,22 @@ def test_violation_on_the_first_draw_uses_the_pre_step_values_and_the_scaled_ran
     assert stats[kw.STAT_LOSS] == pytest.approx(weight * 0.5, rel=1e-6)
 
 
+def test_adagrad_pass_steps_by_the_accumulated_squares():
+    _, P, Q, cell = _one_user_cell(score_gap=0.5)
+    n_items = 6
+    weight = np.log(np.floor((3 - 1) / 1) * n_items / 3)
+    GP, GQ = np.ones_like(P), np.ones_like(Q)
+    p, qi, qj = P[0].astype(np.float64), Q[0].astype(np.float64), Q[2].astype(np.float64)
+    grads = {"p": -weight * (qi - qj), "qi": -weight * p, "qj": weight * p}
+    stats = _run(cell, P, Q, n_items, sq_grad=(GP, GQ))
+    for new, old, acc, g in ((P[0], p, GP[0], grads["p"]), (Q[0], qi, GQ[0], grads["qi"]),
+                             (Q[2], qj, GQ[2], grads["qj"])):  # fmt: skip
+        np.testing.assert_allclose(acc, 1 + g**2, rtol=1e-6)
+        np.testing.assert_allclose(new, old - 0.1 * g / np.sqrt(1 + g**2), rtol=1e-5)
+    np.testing.assert_array_equal(GQ[1], [1, 1, 1])  # global 2 is a positive, never a negative
+    assert stats[kw.STAT_LOSS] == pytest.approx(weight * 0.5, rel=1e-6)
+
+
 def test_no_violator_within_max_sampled_means_no_step():
     _, P, Q, cell = _one_user_cell(score_gap=3.0)
     before = (P.copy(), Q.copy())
@@ -129,13 +201,22 @@ def test_no_violator_within_max_sampled_means_no_step():
     assert stats[kw.STAT_CORRECT] == 1
 
 
-@pytest.mark.parametrize("kos_n", [0, 5])
-def test_warp_learns_planted_preferences(client, kos_n):
+@pytest.mark.parametrize(
+    "kos_n, optimizer, learning_rate", [(0, "sgd", 0.01), (5, "sgd", 0.01), (0, "adagrad", 0.05)]
+)
+def test_warp_learns_planted_preferences(client, kos_n, optimizer, learning_rate):
     frame, like, watched = planted_implicit(seed=4)
     test = frame[frame.rating >= 4].sample(frac=0.2, random_state=0)
     train = frame.drop(test.index)
     model = WARP(
-        factors=8, epochs=30, learning_rate_decay=0.0, kos_n=kos_n, kos_k=2, random_state=0
+        factors=8,
+        epochs=30,
+        learning_rate=learning_rate,
+        learning_rate_decay=0.0,
+        optimizer=optimizer,
+        kos_n=kos_n,
+        kos_k=2,
+        random_state=0,
     ).fit(train)
     assert held_out_auc(model, test, ~like & ~watched) > 0.9
     history = pd.DataFrame(model.history_)
@@ -149,8 +230,21 @@ def test_warp_learns_planted_preferences(client, kos_n):
         ({"max_sampled": 0}, "max_sampled"),
         ({"kos_n": -1}, "kos_n"),
         ({"kos_n": 3, "kos_k": 4}, "kos_k"),
+        ({"optimizer": "adam"}, "optimizer"),
     ],
 )
 def test_bad_parameters_are_named(params, message):
     with pytest.raises(ValueError, match=message):
         WARP(**params).fit(pd.DataFrame({"user_id": [1], "item_id": [1], "rating": [5.0]}))
+
+
+def test_adagrad_state_starts_at_one_and_sgd_carries_none():
+    class Data:  # the two attributes of TrainingData that the start reads
+        n_users, n_items = 5, 7
+
+    user, item = WARP(factors=3, optimizer="adagrad", random_state=0)._initial_state(Data())
+    assert user["sq_grad"].shape == user["factors"].shape == (5, 4)
+    assert item["sq_grad"].shape == item["factors"].shape == (7, 4)
+    assert user["sq_grad"].dtype == np.float32 and (item["sq_grad"] == 1).all()
+    user, item = WARP(factors=3, optimizer="sgd", random_state=0)._initial_state(Data())
+    assert set(user) == set(item) == {"factors"}

@@ -1,4 +1,4 @@
-"""WARP: weighted approximate-rank pairwise loss by SGD, with an optional k-OS positive.
+"""WARP: weighted approximate-rank pairwise loss by SGD or Adagrad, with an optional k-OS positive.
 
 Weston, Bengio and Usunier, "WSABIE: Scaling Up To Large Vocabulary Image Annotation",
 IJCAI 2011, sec. 3 (WARP); k-OS from Weston, Yee and Weiss, "Learning to Rank
@@ -17,6 +17,15 @@ Recommendations with the k-Order Statistic Loss", RecSys 2013. As in LightFM:
        ∂/∂p_u = -L (q_i - q_j) + λ_u p_u
        ∂/∂q_i = -L p_u + λ_i q_i
        ∂/∂q_j =  L p_u + λ_j q_j.
+
+Step. Plain SGD moves every coordinate by ``-learning_rate · g`` (:func:`warp_update`).
+Adagrad (Duchi, Hazan and Singer, "Adaptive Subgradient Methods for Online Learning and
+Stochastic Optimization", JMLR 12, 2011; LightFM's default ``learning_schedule``) keeps
+per coordinate the sum ``G`` of its squared gradients, starting at 1, and moves it by
+``-learning_rate · g / √G`` (:func:`warp_update_adagrad`): the coordinates of popular
+items and heavy users, stepped on at every few draws, settle quickly, while those of the
+long tail keep steps near ``learning_rate``. Its L2 term is part of ``g`` (LightFM
+instead shrinks every row lazily after each step).
 
 Rank estimate from an item block. Inside the DSGD engine negatives come from the item
 block the worker holds, ``n_block_items`` of the catalogue's ``n_items``. A draw ``N``
@@ -130,6 +139,64 @@ def warp_update(
     return 0.5 * (reg_user * pu2 + reg_pos * qi2 + reg_neg * qj2)
 
 
+@njit(nogil=True, cache=True, fastmath=_FASTMATH, inline="always")
+def warp_update_adagrad(
+    user_factors: np.ndarray,
+    item_factors: np.ndarray,
+    user_sq_grad: np.ndarray,
+    item_sq_grad: np.ndarray,
+    u: int,
+    i: int,
+    j: int,
+    weight: float,
+    user_dims: int,
+    learning_rate: float,
+    reg_user: float,
+    reg_pos: float,
+    reg_neg: float,
+) -> float:
+    """One WARP Adagrad step with rank weight ``weight`` on rows ``u``, ``i``, ``j`` in place.
+
+    Per coordinate ``x`` with gradient ``g`` (the module docstring's, L2 term included)
+    and accumulator ``G`` (same shape as the factors, initialised to 1):
+    ``G ← G + g²``, then ``x ← x - learning_rate · g / √G`` (Duchi, Hazan and Singer,
+    JMLR 2011, eq. 1 with a diagonal matrix; the initial 1 plays the part of their δ and
+    caps the first step of a coordinate at ``learning_rate``). Rarely updated rows and
+    coordinates keep large steps while frequent ones (popular items, heavy users) settle.
+    Returns ``½ Σ λ‖·‖²`` before the step; all gradients use the values before it.
+    """
+    k = item_factors.shape[1]
+    w = np.float32(weight)
+    lr = np.float32(learning_rate)
+    ru = np.float32(reg_user)
+    ri = np.float32(reg_pos)
+    rj = np.float32(reg_neg)
+    pu2 = np.float32(0.0)
+    qi2 = np.float32(0.0)
+    qj2 = np.float32(0.0)
+    for f in range(k):
+        pu = user_factors[u, f]
+        qi = item_factors[i, f]
+        qj = item_factors[j, f]
+        if f < user_dims:
+            pu2 += pu * pu
+            g = ru * pu - w * (qi - qj)
+            acc = user_sq_grad[u, f] + g * g
+            user_sq_grad[u, f] = acc
+            user_factors[u, f] = pu - lr * g / np.sqrt(acc)
+        qi2 += qi * qi
+        qj2 += qj * qj
+        g = ri * qi - w * pu
+        acc = item_sq_grad[i, f] + g * g
+        item_sq_grad[i, f] = acc
+        item_factors[i, f] = qi - lr * g / np.sqrt(acc)
+        g = rj * qj + w * pu
+        acc = item_sq_grad[j, f] + g * g
+        item_sq_grad[j, f] = acc
+        item_factors[j, f] = qj - lr * g / np.sqrt(acc)
+    return 0.5 * (reg_user * pu2 + reg_pos * qi2 + reg_neg * qj2)
+
+
 @njit(nogil=True, cache=True)
 def user_run(users: np.ndarray, u: int) -> tuple[int, int]:
     """``lo, hi`` with ``users[lo:hi] == u`` in the ascending array ``users``."""
@@ -165,6 +232,9 @@ def warp_sgd(
     indices: np.ndarray,
     user_factors: np.ndarray,
     item_factors: np.ndarray,
+    user_sq_grad: np.ndarray,
+    item_sq_grad: np.ndarray,
+    adagrad: bool,
     item_block: int,
     n_blocks: int,
     n_block_items: int,
@@ -181,7 +251,10 @@ def warp_sgd(
 ) -> None:
     """One WARP pass, in a random order and in place, over the positives among ratings ``lo:hi``.
 
-    Arguments as for :func:`mfdask.kernels.bpr.bpr_sgd`, plus ``n_items`` (the whole
+    Arguments as for :func:`mfdask.kernels.bpr.bpr_sgd`, plus ``user_sq_grad`` and
+    ``item_sq_grad`` (Adagrad's sums, shaped like the factors; read only when
+    ``adagrad``, else any array), ``adagrad`` (:func:`warp_update_adagrad` rather than
+    :func:`warp_update`), ``n_items`` (the whole
     catalogue, for :func:`warp_rank`), ``max_sampled`` (draws per positive) and
     ``kos_k``/``kos_n`` (k-OS; ``kos_n = 0`` for plain WARP). ``stats`` is
     ``(N_STATS,) float64`` (see the ``STAT_*`` constants).
@@ -236,19 +309,36 @@ def warp_sgd(
             if x_uj > x_ui - 1.0:
                 weight = warp_weight(tries, n_block_items, n_items)
                 loss += weight * (1.0 - x_ui + x_uj)
-                penalty += warp_update(
-                    user_factors,
-                    item_factors,
-                    u,
-                    i,
-                    j,
-                    weight,
-                    user_dims,
-                    learning_rate,
-                    reg_user,
-                    reg_pos,
-                    reg_neg,
-                )
+                if adagrad:
+                    penalty += warp_update_adagrad(
+                        user_factors,
+                        item_factors,
+                        user_sq_grad,
+                        item_sq_grad,
+                        u,
+                        i,
+                        j,
+                        weight,
+                        user_dims,
+                        learning_rate,
+                        reg_user,
+                        reg_pos,
+                        reg_neg,
+                    )
+                else:
+                    penalty += warp_update(
+                        user_factors,
+                        item_factors,
+                        u,
+                        i,
+                        j,
+                        weight,
+                        user_dims,
+                        learning_rate,
+                        reg_user,
+                        reg_pos,
+                        reg_neg,
+                    )
                 break
     stats[STAT_POSITIVES] += visited
     stats[STAT_LOSS] += loss
