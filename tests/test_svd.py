@@ -233,3 +233,22 @@ def test_kernels_compile_once_per_process_not_per_task(client, planted_split):
     for kernel, before in signatures.items():
         assert list(kernel.signatures) == before, kernel
     assert sum(k.stats.cache_misses.total() for k in signatures) == misses
+
+
+def test_looking_ahead_one_epoch_changes_nothing(client):
+    """Epochs submitted ahead give the model epochs run one at a time give (a checkpoint
+    after every epoch forbids looking ahead); a stopping callback drops the look-ahead."""
+    ratings = planted_ratings(n_users=60, n_items=40, seed=3)
+    params = {"factors": 4, "epochs": 6, "random_state": 0, "n_threads": 1}
+    ahead = SVD(checkpoint_every=100, **params).fit(ratings)
+    one_by_one = SVD(checkpoint_every=1, **params).fit(ratings)
+    np.testing.assert_array_equal(ahead.item_factors_, one_by_one.item_factors_)
+    np.testing.assert_array_equal(ahead.user_bias_, one_by_one.user_bias_)
+    assert [h["learning_rate"] for h in ahead.history_] == [
+        h["learning_rate"] for h in one_by_one.history_
+    ]
+    stopped = SVD(checkpoint_every=100, **params).fit(ratings, callback=lambda r: r["epoch"] < 3)
+    three = SVD(checkpoint_every=100, **{**params, "epochs": 3}).fit(ratings)
+    assert len(stopped.history_) == 3
+    np.testing.assert_array_equal(stopped.user_factors_, three.user_factors_)
+    np.testing.assert_array_equal(stopped.item_bias_, three.item_bias_)

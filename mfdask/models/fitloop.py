@@ -140,3 +140,53 @@ class DSGDCheckpointing:
         if self.best and self.best.patience is not None:
             return self._best_arrays()
         return unflatten_state("user", arrays), unflatten_state("item", arrays)
+
+
+class EpochPipeline:
+    """Runs DSGD epochs one after another, submitting the next before collecting this one.
+
+    Collecting an epoch's statistics costs a round trip between client and scheduler;
+    submitting epoch ``e + 1`` first keeps the workers training meanwhile (see
+    :meth:`mfdask.engine.dsgd.DSGD.submit_epoch`). That is only right when epoch
+    ``e + 1``'s kernel does not depend on what epoch ``e`` reports and when nothing
+    needs epoch ``e``'s state between the two: the model says so through
+    ``may_look_ahead(e + 1)`` (no validation, a learning rate fixed in advance, no
+    checkpoint due after ``e``, not past the last epoch).
+
+    Parameters
+    ----------
+    engine : DSGD
+    submit : callable
+        ``submit(epoch) -> PendingEpoch``: the model's kernel for that epoch, submitted.
+    may_look_ahead : callable
+        ``may_look_ahead(epoch) -> bool``: whether ``epoch`` may be submitted before the
+        one before it is collected.
+    """
+
+    def __init__(
+        self,
+        engine: Any,
+        submit: Callable[[int], Any],
+        may_look_ahead: Callable[[int], bool],
+    ) -> None:
+        self.engine = engine
+        self._submit = submit
+        self._may_look_ahead = may_look_ahead
+        self._ahead: dict[int, Any] = {}
+
+    def run(self, epoch: int) -> Any:
+        """Train ``epoch`` (submitted earlier or now) and return its report."""
+        pending = self._ahead.pop(epoch, None) or self._submit(epoch)
+        if self._may_look_ahead(epoch + 1):
+            self._ahead[epoch + 1] = self._submit(epoch + 1)
+        return self.engine.collect(pending)
+
+    def stop(self) -> None:
+        """The fit stops here: drop a look-ahead epoch, putting back the state before it."""
+        for pending in self._ahead.values():
+            self.engine.discard(pending)
+        self._ahead.clear()
+
+    def forget(self) -> None:
+        """Drop look-ahead epochs without touching the state (it is being replaced)."""
+        self._ahead.clear()

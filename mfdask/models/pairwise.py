@@ -25,7 +25,7 @@ from mfdask.models.base import (
     _check_positive_int,
     _progress_bar,
 )
-from mfdask.models.fitloop import BestIteration, DSGDCheckpointing
+from mfdask.models.fitloop import BestIteration, DSGDCheckpointing, EpochPipeline
 
 BIAS_COLUMN = "bias"
 """Name of the item-bias column in ``item_factors.parquet``."""
@@ -158,23 +158,23 @@ class PairwiseModel(FactorModel):
         self._threshold = threshold
         bar = _progress_bar(bool(self.show_progress), int(self.epochs))
         n_epochs = int(self.epochs)
-        ahead: dict[int, PendingEpoch] = {}
 
         def submit(epoch: int) -> PendingEpoch:
             rate = self.epoch_learning_rate(epoch)
             return engine.submit_epoch(self._make_kernel(epoch, rate), epoch, ctx["seed"])
 
+        # The learning rate is a function of the epoch alone, so without validation the
+        # next epoch can be submitted before this one is collected; not across a
+        # checkpoint, which must capture this epoch's state.
+        epochs = EpochPipeline(
+            engine,
+            submit,
+            lambda e: validation is None and e < n_epochs and not self._checkpoints.due(e),
+        )
+
         def step(epoch: int) -> bool:
-            pending = ahead.pop(epoch, None) or submit(epoch)
-            # The learning rate is a function of the epoch alone, so without validation
-            # the next epoch can be submitted before this one is collected (it only
-            # reads the state this one leaves); not across a checkpoint, which must
-            # capture this epoch's state.
-            nxt = epoch + 1
-            if validation is None and nxt < n_epochs and not self._checkpoints.due(nxt):
-                ahead[nxt] = submit(nxt)
             rate = self.epoch_learning_rate(epoch)
-            report = engine.collect(pending)
+            report = epochs.run(epoch)
             record = self._epoch_record(report, rate)
             if record["positives"] == 0:
                 raise ValueError(
@@ -200,8 +200,8 @@ class PairwiseModel(FactorModel):
                 bar.update(1)
                 shown = {k: f"{record[k]:.4f}" for k in self.progress_stats if k in record}
                 bar.set_postfix(shown)
-            if not keep_going and nxt in ahead:
-                engine.discard(ahead.pop(nxt))
+            if not keep_going:
+                epochs.stop()
             return keep_going
 
         def capture() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -209,7 +209,7 @@ class PairwiseModel(FactorModel):
             return state.capture(), extra
 
         def restore(point: Any) -> None:
-            ahead.clear()
+            epochs.forget()
             if point is None:
                 best.clear()
                 engine.set_state(*self._initial_state(data))

@@ -15,7 +15,7 @@ from mfdask._warnings import MfdaskWarning
 from mfdask.data import schema
 from mfdask.data.training import InputError, TrainingData, as_training_data
 from mfdask.engine.cluster import session
-from mfdask.engine.dsgd import DSGD, Cell, UserShard
+from mfdask.engine.dsgd import DSGD, Cell, PendingEpoch, UserShard
 from mfdask.kernels.sgd import svd_predict, svd_sgd, svd_squared_error
 from mfdask.models.base import (
     EpochCallback,
@@ -24,7 +24,7 @@ from mfdask.models.base import (
     _check_positive_int,
     _progress_bar,
 )
-from mfdask.models.fitloop import BestIteration, DSGDCheckpointing
+from mfdask.models.fitloop import BestIteration, DSGDCheckpointing, EpochPipeline
 
 LR_SCHEDULES = ("constant", "decay", "bold_driver")
 _SHOWN = ("train_rmse", "validation_rmse")
@@ -345,11 +345,27 @@ class SVD(FactorModel):
         ctx: dict[str, int] = {}
         bar = _progress_bar(self.show_progress, self.epochs)
 
+        def submit(epoch: int) -> PendingEpoch:
+            rate = self._rate(epoch, losses, rates)
+            return engine.submit_epoch(self._step(rate), epoch, ctx["seed"], self.shuffle_strata)
+
+        # Without validation and with a schedule fixed in advance, the next epoch is
+        # submitted before this one is collected (not across a checkpoint).
+        epochs = EpochPipeline(
+            engine,
+            submit,
+            lambda e: (
+                holdout is None
+                and self.lr_schedule != "bold_driver"
+                and e < self.epochs
+                and not self._checkpoints.due(e)
+            ),
+        )
+
         def step(epoch: int) -> bool:
-            rates.append(self._rate(epoch, losses, rates))
-            report = engine.run_epoch(
-                self._step(rates[-1]), epoch, ctx["seed"], self.shuffle_strata
-            )
+            rate = self._rate(epoch, losses, rates)  # what submit(epoch) uses
+            report = epochs.run(epoch)
+            rates.append(rate)
             losses.append(report.stats["sse"] / max(report.stats["n"], 1))
             record: dict[str, Any] = {
                 "epoch": epoch + 1,
@@ -369,6 +385,8 @@ class SVD(FactorModel):
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix({k: f"{record[k]:.4f}" for k in _SHOWN if k in record})
+            if stop:
+                epochs.stop()
             return not stop
 
         def capture() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -382,6 +400,7 @@ class SVD(FactorModel):
             return state.capture(), extra
 
         def restore(point: Any) -> None:
+            epochs.forget()
             if point is None:
                 best.clear()
                 rng = np.random.default_rng(entropy)
