@@ -80,7 +80,7 @@ from typing import Any, Protocol
 
 import dask.dataframe as dd
 import numpy as np
-from distributed import Client, Future, get_worker, wait
+from distributed import Client, Future, get_worker
 
 from mfdask.engine.blocks import (
     RowBlock,
@@ -92,6 +92,7 @@ from mfdask.engine.blocks import (
 )
 from mfdask.engine.checkpoint import block_digest, combine_digests
 from mfdask.engine.cluster import worker_addresses
+from mfdask.engine.resilience import collect as collect_futures
 from mfdask.engine.resilience import gather
 
 State = dict[str, np.ndarray]
@@ -452,10 +453,9 @@ class DSGD:
             self.client.submit(build_shard, rb, workers=[w], pure=False)
             for rb, w in zip(row_blocks, self._workers, strict=True)
         ]
-        wait(shards)
-        for f in shards:
-            if f.status == "error":
-                f.result()
+        # Pinned to their block's worker: if it leaves now, they could never run, so
+        # wait watching the workers (WorkerLostError) rather than forever.
+        collect_futures(self.client, shards, self._workers)
         return shards
 
     def place_holdout(self, ratings: dd.DataFrame) -> list[Future]:
