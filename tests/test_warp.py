@@ -12,6 +12,11 @@ from mfdask.kernels import warp as kw
 from tests.test_bpr import held_out_auc, numerical_gradient, planted_implicit
 
 
+def grad_scratch(item_factors: np.ndarray) -> np.ndarray:
+    """The ``(3, k)`` gradient scratch :func:`warp_update_adagrad` takes."""
+    return np.empty((3, item_factors.shape[1]), np.float32)
+
+
 def test_rank_with_one_block_is_lightfms():
     for n_items, tries in ((3706, 1), (3706, 7), (100, 99), (10, 10)):
         assert kw.warp_rank(tries, n_items, n_items) == np.floor((n_items - 1) / tries)
@@ -82,7 +87,7 @@ def test_adagrad_step_by_hand():
     GP = np.array([[1.0, 1.0]], np.float32)
     GQ = np.array([[1.0, 1.0], [4.0, 2.0]], np.float32)
     w, lr, ru, ri, rj = 2.0, 0.1, 0.1, 0.2, 0.3
-    pen = kw.warp_update_adagrad(P, Q, GP, GQ, 0, 0, 1, w, 1, lr, ru, ri, rj)
+    pen = kw.warp_update_adagrad(P, Q, GP, GQ, 0, 0, 1, w, 1, lr, ru, ri, rj, grad_scratch(Q))
     assert pen == pytest.approx(0.5 * (0.1 * 0.25 + 0.2 * 0.05 + 0.3 * 0.25))
     # User coordinate: g = 0.1·0.5 - 2·(0.2 + 0.4) = -1.15; G = 1 + 1.3225 = 2.3225.
     assert GP[0, 0] == pytest.approx(2.3225)
@@ -113,7 +118,9 @@ def test_adagrad_step_scales_the_numerical_gradient_per_coordinate(use_bias):
     weight, lr = 2.7, 1e-3
     p0, qi0, qj0 = P[0].astype(np.float64), Q[1].astype(np.float64), Q[3].astype(np.float64)
     P1, Q1, GP1, GQ1 = P.copy(), Q.copy(), GP.copy(), GQ.copy()
-    kw.warp_update_adagrad(P1, Q1, GP1, GQ1, 0, 1, 3, weight, user_dims, lr, *regs)
+    kw.warp_update_adagrad(
+        P1, Q1, GP1, GQ1, 0, 1, 3, weight, user_dims, lr, *regs, grad_scratch(Q1)
+    )
     args = (weight, user_dims, *regs)
     gp = numerical_gradient(lambda p: warp_objective(p, qi0, qj0, *args), p0)
     gi = numerical_gradient(lambda q: warp_objective(p0, q, qj0, *args), qi0)
@@ -248,3 +255,30 @@ def test_adagrad_state_starts_at_one_and_sgd_carries_none():
     assert user["sq_grad"].dtype == np.float32 and (item["sq_grad"] == 1).all()
     user, item = WARP(factors=3, optimizer="sgd", random_state=0)._initial_state(Data())
     assert set(user) == set(item) == {"factors"}
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
+def test_rated_items_are_never_stepped_on_as_negatives(optimizer):
+    """Draws that land on a rated item are skipped, whatever their score: items a user
+    rated below the threshold (never a positive, never a negative) keep their factors."""
+    rng = np.random.default_rng(0)
+    n_items, k = 40, 4
+    rated_low = np.arange(10, 30)  # rated 1: in the user's row, not positives
+    positives = np.arange(0, 10)
+    row = np.sort(np.concatenate([positives, rated_low])).astype(np.int32)
+    values = np.where(np.isin(row, positives), 5.0, 1.0).astype(np.float32)
+    P = rng.standard_normal((1, k)).astype(np.float32)
+    Q = rng.standard_normal((n_items, k)).astype(np.float32)
+    Q[rated_low] = 10.0 * P[0]  # scored far above every positive: always violators
+    before = Q.copy()
+    G = (np.ones_like(P), np.ones_like(Q))
+    stats = np.zeros(kw.N_STATS)
+    for seed in range(20):
+        kw.warp_sgd(
+            np.zeros(len(row), np.int32), row, values, 4.0, 0, len(row), seed,
+            np.array([0, len(row)], np.int64), row, P, Q, *G, optimizer == "adagrad",
+            0, 1, n_items, n_items, k, 0.05, 0.0, 0.0, 0.0, 20, 1, 0, stats,
+        )  # fmt: skip
+    np.testing.assert_array_equal(Q[rated_low], before[rated_low])
+    assert stats[kw.STAT_LOSS] > 0  # the unrated items were stepped on
+    assert not np.array_equal(Q[30:], before[30:])

@@ -4,9 +4,11 @@ Weston, Bengio and Usunier, "WSABIE: Scaling Up To Large Vocabulary Image Annota
 IJCAI 2011, sec. 3 (WARP); k-OS from Weston, Yee and Weiss, "Learning to Rank
 Recommendations with the k-Order Statistic Loss", RecSys 2013. As in LightFM:
 
-1. For a positive ``(u, i)`` draw negatives ``j`` (items ``u`` has not interacted with)
-   until one violates the margin, ``x_uj > x_ui - 1``, or ``max_sampled`` draws are
-   spent (then nothing is updated).
+1. For a positive ``(u, i)`` draw items ``j`` until one that ``u`` has not interacted
+   with violates the margin, ``x_uj > x_ui - 1``, or ``max_sampled`` draws are spent
+   (then nothing is updated). Only a violator is looked up in the user's row (a binary
+   search), so the draws that do not violate, most of them, cost one dot product; a
+   draw of an item the user rated counts as a draw, as in LightFM.
 2. If the violator came at draw ``N``, the rank of ``i`` among the ``n_items - 1``
    others is estimated as ``⌊(n_items - 1) / N⌋`` (eq. 6 of WSABIE: the number of
    draws until a violator is geometric with mean ``(n_items - 1) / rank``).
@@ -53,7 +55,7 @@ import numpy as np
 from numba import njit
 
 from mfdask.kernels.bpr import _FASTMATH
-from mfdask.kernels.sampling import NO_NEGATIVE, randbelow, sample_negative, seed_state
+from mfdask.kernels.sampling import contains_sorted, randbelow, seed_state
 from mfdask.kernels.sgd_common import PREFETCH_DISTANCE, prefetch_row, shuffled_positives
 
 N_STATS = 5
@@ -139,7 +141,23 @@ def warp_update(
     return 0.5 * (reg_user * pu2 + reg_pos * qi2 + reg_neg * qj2)
 
 
-@njit(nogil=True, cache=True, fastmath=_FASTMATH, inline="always")
+@njit(nogil=True, cache=True, fastmath=_FASTMATH, error_model="numpy", inline="always")
+def adagrad_step(x: np.ndarray, sq_grad: np.ndarray, grad: np.ndarray, n: int, lr: float) -> None:
+    """``G ← G + g²; x ← x - lr · g / √G`` on the first ``n`` entries of a row, in place.
+
+    One row and its accumulator per call (two pointers the vectoriser can check against
+    each other cheaply, where a loop over three rows and their three accumulators makes
+    it give up and leave every square root scalar).
+    """
+    rate = np.float32(lr)
+    for f in range(n):
+        g = grad[f]
+        acc = sq_grad[f] + g * g
+        sq_grad[f] = acc
+        x[f] = x[f] - rate * g / np.sqrt(acc)
+
+
+@njit(nogil=True, cache=True, fastmath=_FASTMATH, error_model="numpy", inline="always")
 def warp_update_adagrad(
     user_factors: np.ndarray,
     item_factors: np.ndarray,
@@ -154,6 +172,7 @@ def warp_update_adagrad(
     reg_user: float,
     reg_pos: float,
     reg_neg: float,
+    grads: np.ndarray,
 ) -> float:
     """One WARP Adagrad step with rank weight ``weight`` on rows ``u``, ``i``, ``j`` in place.
 
@@ -163,37 +182,38 @@ def warp_update_adagrad(
     JMLR 2011, eq. 1 with a diagonal matrix; the initial 1 plays the part of their δ and
     caps the first step of a coordinate at ``learning_rate``). Rarely updated rows and
     coordinates keep large steps while frequent ones (popular items, heavy users) settle.
-    Returns ``½ Σ λ‖·‖²`` before the step; all gradients use the values before it.
+    ``grads`` is ``(3, k) float32`` scratch: the three gradients are computed there
+    first from the values before the step, then applied row by row
+    (:func:`adagrad_step`). Returns ``½ Σ λ‖·‖²`` before the step.
     """
     k = item_factors.shape[1]
     w = np.float32(weight)
-    lr = np.float32(learning_rate)
     ru = np.float32(reg_user)
     ri = np.float32(reg_pos)
     rj = np.float32(reg_neg)
+    p = user_factors[u]
+    qi = item_factors[i]
+    qj = item_factors[j]
+    gu = grads[0]
+    gi = grads[1]
+    gj = grads[2]
     pu2 = np.float32(0.0)
     qi2 = np.float32(0.0)
     qj2 = np.float32(0.0)
     for f in range(k):
-        pu = user_factors[u, f]
-        qi = item_factors[i, f]
-        qj = item_factors[j, f]
-        if f < user_dims:
-            pu2 += pu * pu
-            g = ru * pu - w * (qi - qj)
-            acc = user_sq_grad[u, f] + g * g
-            user_sq_grad[u, f] = acc
-            user_factors[u, f] = pu - lr * g / np.sqrt(acc)
-        qi2 += qi * qi
-        qj2 += qj * qj
-        g = ri * qi - w * pu
-        acc = item_sq_grad[i, f] + g * g
-        item_sq_grad[i, f] = acc
-        item_factors[i, f] = qi - lr * g / np.sqrt(acc)
-        g = rj * qj + w * pu
-        acc = item_sq_grad[j, f] + g * g
-        item_sq_grad[j, f] = acc
-        item_factors[j, f] = qj - lr * g / np.sqrt(acc)
+        pf = p[f]
+        a = qi[f]
+        b = qj[f]
+        qi2 += a * a
+        qj2 += b * b
+        gu[f] = ru * pf - w * (a - b)
+        gi[f] = ri * a - w * pf
+        gj[f] = rj * b + w * pf
+    for f in range(user_dims):  # a user's bias entry (1) is neither trained nor penalised
+        pu2 += p[f] * p[f]
+    adagrad_step(p, user_sq_grad[u], gu, user_dims, learning_rate)
+    adagrad_step(qi, item_sq_grad[i], gi, k, learning_rate)
+    adagrad_step(qj, item_sq_grad[j], gj, k, learning_rate)
     return 0.5 * (reg_user * pu2 + reg_pos * qi2 + reg_neg * qj2)
 
 
@@ -219,7 +239,7 @@ def user_run(users: np.ndarray, u: int) -> tuple[int, int]:
     return start, lo
 
 
-@njit(nogil=True, cache=True, fastmath=_FASTMATH)
+@njit(nogil=True, cache=True, fastmath=_FASTMATH, error_model="numpy")
 def warp_sgd(
     users: np.ndarray,
     items: np.ndarray,
@@ -259,10 +279,13 @@ def warp_sgd(
     ``kos_k``/``kos_n`` (k-OS; ``kos_n = 0`` for plain WARP). ``stats`` is
     ``(N_STATS,) float64`` (see the ``STAT_*`` constants).
     """
+    if n_block_items <= 0:
+        return  # no item in the held block: nothing to rank against
     state = seed_state(seed)
     state, order = shuffled_positives(state, values, threshold, lo, hi)
     scores = np.empty(max(kos_n, 1), dtype=np.float64)
     picks = np.empty(max(kos_n, 1), dtype=np.int64)
+    grads = np.empty((3, item_factors.shape[1]), dtype=np.float32)
     visited = 0
     loss = 0.0
     penalty = 0.0
@@ -292,21 +315,27 @@ def warp_sgd(
             x_ui = scores[chosen]
         else:
             x_ui = dot(user_factors, u, item_factors, i)
-        # Draw negatives until one violates the margin (x_uj > x_ui - 1); step on
-        # L(rank) (1 - x_ui + x_uj) with the rank estimated from the draws it took.
+        # Draw items of the held block until a non-positive violates the margin
+        # (x_uj > x_ui - 1); step on L(rank) (1 - x_ui + x_uj) with the rank estimated
+        # from the draws it took. As in LightFM, the user's row is searched only for a
+        # violator (and, for the sampled AUC, for the first draws until a non-positive
+        # turns up): most draws do not violate, so most skip the binary search. A draw
+        # of a positive counts as a try, like any item ranked below the positive.
+        first_negative = False
         for tries in range(1, max_sampled + 1):
-            state, j = sample_negative(
-                state, indices, start, stop, item_block, n_blocks, n_block_items
-            )
-            if j == NO_NEGATIVE:
-                break  # the user owns the whole block: nothing to rank against
+            state, j = randbelow(state, n_block_items)
             sampled += 1
             x_uj = dot(user_factors, u, item_factors, j)
-            if tries == 1:
-                visited += 1
-                if x_ui > x_uj:
-                    correct += 1
-            if x_uj > x_ui - 1.0:
+            violates = x_uj > x_ui - 1.0
+            if violates or not first_negative:
+                if contains_sorted(indices, start, stop, j * n_blocks + item_block):
+                    continue
+                if not first_negative:
+                    first_negative = True
+                    visited += 1
+                    if x_ui > x_uj:
+                        correct += 1
+            if violates:
                 weight = warp_weight(tries, n_block_items, n_items)
                 loss += weight * (1.0 - x_ui + x_uj)
                 if adagrad:
@@ -324,6 +353,7 @@ def warp_sgd(
                         reg_user,
                         reg_pos,
                         reg_neg,
+                        grads,
                     )
                 else:
                     penalty += warp_update(

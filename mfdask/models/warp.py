@@ -121,9 +121,9 @@ class WARP(PairwiseModel):
 
     Differences from LightFM: the L2 gradient ``λ x`` of the rows in a step is part of
     Adagrad's gradient, where LightFM rescales all rows lazily by its ``alpha``, so the
-    weights are on different scales; negatives are drawn only among items the user has not rated
-    (a rated item is never a negative, and a draw of one does not count against
-    ``max_sampled``) from the held item block, with the rank rescaled; no feature
+    weights are on different scales; negatives are items the user has not rated at all
+    (LightFM's are the items without a positive interaction), drawn from the held item
+    block with the rank rescaled; no feature
     matrices and no user bias (it does not change a user's ranking); the L2 weights of
     user, positive and negative are separate; factors start Gaussian rather than
     uniform.
