@@ -54,15 +54,18 @@ def warp_objective(p, qi, qj, weight, user_dims, reg_user, reg_pos, reg_neg) -> 
     return float(weight * hinge + pen)
 
 
-@pytest.mark.parametrize("use_bias", [False, True])
-def test_warp_step_is_minus_learning_rate_times_the_numerical_gradient(use_bias):
-    rng = np.random.default_rng(3)
-    k = 6
-    user_dims = k - 1 if use_bias else k
+def random_rows(rng: np.random.Generator, use_bias: bool, k: int = 6):
+    """One user row and four item rows of ``k`` columns, the last the bias with ``use_bias``."""
     P = rng.normal(0, 0.5, (1, k)).astype(np.float32)
     Q = rng.normal(0, 0.5, (4, k)).astype(np.float32)
     if use_bias:
         P[:, -1] = 1.0
+    return (k - 1 if use_bias else k), P, Q
+
+
+@pytest.mark.parametrize("use_bias", [False, True])
+def test_warp_step_is_minus_learning_rate_times_the_numerical_gradient(use_bias):
+    user_dims, P, Q = random_rows(np.random.default_rng(3), use_bias)
     regs = (0.01, 0.04, 0.02)
     weight, lr = 2.7, 1e-3
     p0, qi0, qj0 = P[0].astype(np.float64), Q[1].astype(np.float64), Q[3].astype(np.float64)
@@ -106,12 +109,7 @@ def test_adagrad_step_by_hand():
 @pytest.mark.parametrize("use_bias", [False, True])
 def test_adagrad_step_scales_the_numerical_gradient_per_coordinate(use_bias):
     rng = np.random.default_rng(5)
-    k = 6
-    user_dims = k - 1 if use_bias else k
-    P = rng.normal(0, 0.5, (1, k)).astype(np.float32)
-    Q = rng.normal(0, 0.5, (4, k)).astype(np.float32)
-    if use_bias:
-        P[:, -1] = 1.0
+    user_dims, P, Q = random_rows(rng, use_bias)
     GP = rng.uniform(1, 3, P.shape).astype(np.float32)
     GQ = rng.uniform(1, 3, Q.shape).astype(np.float32)
     regs = (0.01, 0.04, 0.02)
