@@ -18,7 +18,8 @@ every model scored by the same metric code (:func:`mfdask.metrics.ranking.rankin
   the items) and ``n_blocks=1`` (every draw from all items).
 - ``similar_items`` of Toy Story (item 1): rank of Toy Story 2 (item 3114).
 
-Run: ``MFDASK_DATA=/work/shared/data python -m benchmarks.bench_bpr_warp [--tune]``.
+Run: ``MFDASK_DATA=/work/shared/data python -m benchmarks.bench_bpr_warp [--tune]``;
+``--peer-params bench-out/bpr_warp.json`` reuses an earlier run's tuned peer settings.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ os.environ.setdefault("MFDASK_NO_PROGRESS", "1")
 
 import argparse
 import itertools
+import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -179,6 +182,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tune", action="store_true", help="tune the peers on a validation split")
     parser.add_argument("--skip-peers", action="store_true", help="mfdask only")
+    parser.add_argument(
+        "--peer-params",
+        type=Path,
+        help="take the peers' settings from the peer_params of an earlier run's JSON "
+        "(a --tune run), to time them again without the grid",
+    )
     args = parser.parse_args(argv if argv is not None else sys.argv[1:])
     from distributed import Client, LocalCluster
 
@@ -200,7 +209,9 @@ def main(argv: list[str] | None = None) -> None:
         "LightFM bpr": dict(LIGHTFM_BPR),
         "LightFM warp": dict(LIGHTFM_WARP),
     }
-    if args.tune and not args.skip_peers:
+    if args.peer_params is not None:
+        peers.update(json.loads(args.peer_params.read_text())["peer_params"])
+    elif args.tune and not args.skip_peers:
         tuned = tune(Problem(*holdout(train, seed=1), shape))
         results["validation_grid"] = tuned["rows"]
         for name, best in tuned["chosen"].items():
