@@ -8,6 +8,7 @@ import pytest
 
 from mfdask import BPR
 from mfdask.kernels import bpr as kb
+from mfdask.kernels.sampling import member_bitset
 
 
 def bpr_objective(p, qi, qj, user_dims, reg_user, reg_pos, reg_neg) -> float:
@@ -186,3 +187,26 @@ def test_looking_ahead_one_epoch_changes_nothing(client):
     assert len(stopped.history_) == 3
     np.testing.assert_array_equal(stopped.item_factors_, three.item_factors_)
     np.testing.assert_array_equal(stopped.user_factors_, three.user_factors_)
+
+
+def test_bpr_pass_with_the_cells_bitset_equals_the_pass_with_binary_searches():
+    frame, _, _ = planted_implicit(n_users=60, n_items=50, seed=5)
+    frame = frame.sort_values(["user_id", "item_id"])
+    users = frame.user_id.to_numpy(np.int32)
+    items = frame.item_id.to_numpy(np.int32)
+    values = frame.rating.to_numpy(np.float32)
+    indptr = np.searchsorted(users, np.arange(61)).astype(np.int64)
+    bits = member_bitset(users, items, 60, 50)
+    rng = np.random.default_rng(0)
+    start = (rng.normal(0, 0.1, (60, 5)).astype(np.float32), rng.normal(0, 0.1, (50, 5)))
+    out = []
+    for member_bits in (np.zeros(0, np.uint8), bits):
+        P, Q = start[0].copy(), start[1].astype(np.float32)
+        stats = np.zeros(kb.N_STATS)
+        kb.bpr_sgd(
+            users, items, values, 4.0, 0, len(values), 9, indptr, items, P, Q,
+            0, 1, 50, 5, 0.05, 0.01, 0.01, 0.01, stats, member_bits,
+        )  # fmt: skip
+        out.append((P, Q, stats))
+    for a, b in zip(out[0], out[1], strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -11,6 +11,8 @@ from numba import njit
 from mfdask.kernels.sampling import (
     NO_NEGATIVE,
     count_in_block,
+    draw_negatives,
+    member_bitset,
     nth_non_member,
     randbelow,
     sample_negative,
@@ -123,3 +125,40 @@ def test_every_free_item_is_drawn(n_blocks):
         free = _non_members(row, block, n_blocks, n_block_items)
         draws = _draw_negatives(block, row, 0, len(row), block, n_blocks, n_block_items, 5000)
         assert set(np.unique(draws)) == set(free)
+
+
+@given(
+    seed=st.integers(0, 2**31),
+    n_blocks=st.integers(1, 4),
+    density=st.floats(0.05, 0.95),
+)
+@settings(max_examples=40, deadline=None)
+def test_a_bitset_draws_the_same_negatives_as_the_binary_search(seed, n_blocks, density):
+    """Bitset membership gives the same answers, hence the very same draws, and the
+    bitset of a cell marks exactly the pairs it holds."""
+    rng = np.random.default_rng(seed)
+    n_users, n_items = 13, 37
+    rated = rng.random((n_users, n_items)) < density
+    u, i = np.nonzero(rated)  # users ascending, items ascending within a user
+    indptr = np.concatenate([[0], np.cumsum(rated.sum(axis=1))]).astype(np.int64)
+    values = np.where(rng.random(len(u)) < 0.7, 5.0, 1.0).astype(np.float32)
+    for block in range(n_blocks):
+        n_block_items = len(range(block, n_items, n_blocks))
+        in_block = i % n_blocks == block
+        bits = member_bitset(
+            u[in_block].astype(np.int32), (i[in_block] // n_blocks).astype(np.int32),
+            n_users, n_block_items,
+        )  # fmt: skip
+        stride = (n_block_items + 7) // 8
+        for user in range(n_users):
+            for local in range(n_block_items):
+                bit = (bits[user * stride + local // 8] >> (local % 8)) & 1
+                assert bool(bit) == rated[user, local * n_blocks + block]
+        args = (u.astype(np.int32), values, 4.0, 0, len(u), indptr, i.astype(np.int32))
+        plain = np.empty(len(u), np.int32)
+        fast = np.empty(len(u), np.int32)
+        draw_negatives(np.uint64(seed_state(seed)), *args, block, n_blocks, n_block_items, plain)
+        draw_negatives(
+            np.uint64(seed_state(seed)), *args, block, n_blocks, n_block_items, fast, bits
+        )
+        np.testing.assert_array_equal(plain, fast)

@@ -57,6 +57,8 @@ What a kernel can rely on inside ``train``:
 - ``shard.indptr`` / ``shard.indices`` is the user block's full CSR row (global item
   indices, ascending), so ``row_contains(shard.indptr, shard.indices, u_local, global)``
   tests whether a sampled item is a positive of the user.
+- ``cell.member_bits``, when not empty, holds the same membership for the held block as
+  a bitset (one load per test instead of a binary search).
 - ``seed`` is distinct per (random_state, epoch, user block, item block, thread).
 - Other threads run ``train`` concurrently on other slices of the same cell and the
   same ``user`` / ``item`` arrays, without locks: Hogwild (Niu, Recht, Ré & Wright,
@@ -94,12 +96,18 @@ from mfdask.engine.checkpoint import block_digest, combine_digests
 from mfdask.engine.cluster import worker_addresses
 from mfdask.engine.resilience import collect as collect_futures
 from mfdask.engine.resilience import gather
+from mfdask.kernels.sampling import member_bitset
 
 State = dict[str, np.ndarray]
 """Named float32 arrays of one block (or, on the client, of all rows)."""
 
 Plan = list[list[tuple[int, int]]]
 """An epoch: sub-epochs, each a list of ``(user_block, item_block)`` cells."""
+
+
+MEMBER_BITS_BYTES = 64 * 2**20
+"""Largest total size of a shard's membership bitsets (one bit per user and item of the
+block; 1.4 MB for a worker's half of ML-1M). Above it samplers search the CSR rows."""
 
 
 class PlanError(RuntimeError):
@@ -124,6 +132,10 @@ class Cell:
         Rows of the user and item state blocks.
     n_users, n_items : int
         Global matrix shape (``n_items`` is the catalogue size).
+    member_bits : (n_local_users * ⌈n_local_items / 8⌉,) uint8
+        Which local items each local user rated, as a bitset
+        (:func:`mfdask.kernels.sampling.member_bitset`) for negative samplers: built when
+        the shard's bitsets fit in :data:`MEMBER_BITS_BYTES`, else empty.
     """
 
     user_block: int
@@ -136,6 +148,7 @@ class Cell:
     n_local_items: int
     n_users: int
     n_items: int
+    member_bits: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
 
     @property
     def nnz(self) -> int:
@@ -181,23 +194,32 @@ def build_shard(block: RowBlock) -> UserShard:
         np.arange(block.n_local_rows, dtype=np.int32), np.diff(block.indptr)
     ).astype(np.int32)
     item_block = block.indices % n_blocks
+    with_bits = block.n_local_rows * (block.n_cols + 8 * n_blocks) // 8 <= MEMBER_BITS_BYTES
     order = np.argsort(item_block, kind="stable")
     bounds = np.searchsorted(item_block[order], np.arange(n_blocks + 1))
     cells = []
     for j in range(n_blocks):
         sel = order[bounds[j] : bounds[j + 1]]
+        users = np.ascontiguousarray(local_users[sel])
+        items = np.ascontiguousarray(block.indices[sel] // n_blocks, dtype=np.int32)
+        n_local_items = n_local_rows(block.n_cols, n_blocks, j)
         cells.append(
             Cell(
                 user_block=block.block,
                 item_block=j,
                 n_blocks=n_blocks,
-                users=np.ascontiguousarray(local_users[sel]),
-                items=np.ascontiguousarray(block.indices[sel] // n_blocks, dtype=np.int32),
+                users=users,
+                items=items,
                 values=np.ascontiguousarray(block.data[sel]),
                 n_local_users=block.n_local_rows,
-                n_local_items=n_local_rows(block.n_cols, n_blocks, j),
+                n_local_items=n_local_items,
                 n_users=block.n_rows,
                 n_items=block.n_cols,
+                member_bits=(
+                    member_bitset(users, items, block.n_local_rows, n_local_items)
+                    if with_bits
+                    else np.zeros(0, np.uint8)
+                ),
             )
         )
     return UserShard(block=block, cells=cells)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from mfdask.kernels.sampling import NO_NEGATIVE, draw_negatives, seed_state
+from mfdask.kernels.sampling import NO_BITS, NO_NEGATIVE, draw_negatives, seed_state
 from mfdask.kernels.sgd_common import (
     CHUNK,
     PREFETCH_DISTANCE,
@@ -171,6 +171,7 @@ def bpr_sgd(
     reg_pos: float,
     reg_neg: float,
     stats: np.ndarray,
+    member_bits: np.ndarray = NO_BITS,
 ) -> None:
     """One BPR pass, in a random order and in place, over the positives among ratings ``lo:hi``.
 
@@ -202,6 +203,9 @@ def bpr_sgd(
         See :func:`bpr_update`.
     stats : (N_STATS,) float64
         Accumulates this call's sums (see the ``STAT_*`` constants).
+    member_bits : (n,) uint8, optional
+        The cell's bitset of which held items each user rated (``Cell.member_bits``):
+        the same negatives, drawn without binary searches. Empty searches ``indices``.
     """
     state = seed_state(seed)
     # Negatives first, in the ratings' own (user-ascending) order: the draws do not
@@ -209,7 +213,7 @@ def bpr_sgd(
     negatives = np.empty(max(hi - lo, 0), dtype=np.int32)
     state = draw_negatives(
         state, users, values, threshold, lo, hi, indptr, indices,
-        item_block, n_blocks, n_block_items, negatives,
+        item_block, n_blocks, n_block_items, negatives, member_bits,
     )  # fmt: skip
     state, order = shuffled_positives(state, values, threshold, lo, hi)
     n = order.shape[0]

@@ -42,6 +42,9 @@ NO_NEGATIVE = -1
 REJECTION_TRIES = 8
 """Rejected draws before :func:`sample_negative` switches to its exact fallback."""
 
+NO_BITS = np.zeros(0, dtype=np.uint8)
+"""An empty bitset: membership is searched in the CSR row."""
+
 
 @njit(nogil=True, cache=True, inline="always")
 def splitmix64(state: np.uint64) -> tuple[np.uint64, np.uint64]:
@@ -127,6 +130,8 @@ def sample_negative(
     block: int,
     n_blocks: int,
     n_block_items: int,
+    member_bits: np.ndarray = NO_BITS,
+    bits_row: int = 0,
 ) -> tuple[np.uint64, int]:
     """A uniform item of the held block that is not in the user's row ``indices[lo:hi]``.
 
@@ -138,6 +143,13 @@ def sample_negative(
         Global item indices; ``indices[lo:hi]`` is the user's whole ascending CSR row.
     block, n_blocks, n_block_items : int
         The held item block: global items ``l * n_blocks + block``, ``l < n_block_items``.
+    member_bits : (n,) uint8, optional
+        The user's row as a bitset of local items (bit ``l & 7`` of byte
+        ``bits_row + (l >> 3)``, see :func:`member_bitset`): one load per draw instead of
+        a binary search. Same answers, so the same draws; empty (the default) searches
+        ``indices``.
+    bits_row : int
+        Offset of the user's bytes in ``member_bits``.
 
     Returns
     -------
@@ -148,9 +160,14 @@ def sample_negative(
     """
     if n_block_items <= 0:
         return state, NO_NEGATIVE
+    use_bits = member_bits.shape[0] > 0
     for _ in range(REJECTION_TRIES):
         state, local = randbelow(state, n_block_items)
-        if not contains_sorted(indices, lo, hi, local * n_blocks + block):
+        if use_bits:
+            member = (member_bits[bits_row + (local >> 3)] >> (local & 7)) & 1
+        else:
+            member = contains_sorted(indices, lo, hi, local * n_blocks + block)
+        if not member:
             return state, local
     n_free = n_block_items - count_in_block(indices, lo, hi, block, n_blocks)
     if n_free <= 0:
@@ -173,6 +190,7 @@ def draw_negatives(
     n_blocks: int,
     n_block_items: int,
     out: np.ndarray,
+    member_bits: np.ndarray = NO_BITS,
 ) -> np.uint64:
     """One :func:`sample_negative` for every positive among ratings ``lo:hi``, in place.
 
@@ -181,15 +199,32 @@ def draw_negatives(
     the whole block. The draws do not depend on any factor, so they can be made in the
     ratings' own order (users ascending) rather than in the order a kernel then visits
     them: consecutive draws of one user search the same CSR row, which stays in the
-    L1 cache. Returns the advanced state.
+    L1 cache. With ``member_bits`` (the held block's bitset of the users' rows, row
+    ``users[p]``, see :func:`member_bitset`) membership is one load per draw.
+    Returns the advanced state.
     """
+    stride = (n_block_items + 7) >> 3
     for p in range(lo, hi):
         if values[p] < threshold:
             out[p - lo] = NO_NEGATIVE
             continue
         u = users[p]
+        row = u * stride
         state, j = sample_negative(
-            state, indices, indptr[u], indptr[u + 1], block, n_blocks, n_block_items
-        )
+            state, indices, indptr[u], indptr[u + 1], block, n_blocks, n_block_items,
+            member_bits, row,
+        )  # fmt: skip
         out[p - lo] = j
     return state
+
+
+@njit(nogil=True, cache=True)
+def member_bitset(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> np.ndarray:
+    """The ``(users[p], items[p])`` pairs as a bitset: ``n_users`` rows of
+    ``⌈n_items / 8⌉`` bytes, bit ``i & 7`` of byte ``i >> 3`` of row ``u`` set for each pair."""
+    stride = (n_items + 7) >> 3
+    bits = np.zeros(n_users * stride, dtype=np.uint8)
+    for p in range(users.shape[0]):
+        i = items[p]
+        bits[users[p] * stride + (i >> 3)] |= np.uint8(1 << (i & 7))
+    return bits

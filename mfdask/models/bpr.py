@@ -53,6 +53,7 @@ class BPRBlockKernel:
             self.reg_pos,
             self.reg_neg,
             stats,
+            cell.member_bits,
         )
         return stats
 
