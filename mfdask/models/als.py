@@ -309,19 +309,17 @@ class ALS(FactorModel):
             progress.n = len(self.history_)
             progress.refresh()
 
-        try:
-            final = self._run_iterations(
-                client,
-                self.iterations,
-                start,
-                step=step,
-                capture=capture,
-                restore=restore,
-                reseed=reseed,
-                rebuild=run.rebuild,
-            )
-        finally:
-            progress.close()
+        final = self._run_iterations(
+            client,
+            self.iterations,
+            start,
+            progress=progress,
+            step=step,
+            capture=capture,
+            restore=restore,
+            reseed=reseed,
+            rebuild=run.rebuild,
+        )
         self.user_factors_ = final.arrays["user_factors"]
         self.item_factors_ = final.arrays["item_factors"]
         if best and self.early_stopping_rounds is not None:

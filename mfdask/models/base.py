@@ -268,15 +268,24 @@ class FactorModel:
                 return saved
         return None
 
-    def _run_iterations(self, client: Any, n_iterations: int, start: Any, **hooks: Any) -> Any:
-        """Run the fit loop of :func:`mfdask.engine.resilience.run_fit`; record recoveries."""
+    def _run_iterations(
+        self, client: Any, n_iterations: int, start: Any, progress: Any = None, **hooks: Any
+    ) -> Any:
+        """Run the fit loop of :func:`mfdask.engine.resilience.run_fit`; record recoveries.
+
+        ``progress`` (a tqdm bar or None) is closed however the loop ends.
+        """
         from mfdask.engine.resilience import run_fit
 
         if start is not None:
             self.metrics_["resumed_from"] = start.iteration
-        final, recoveries = run_fit(
-            client, n_iterations, checkpoints=self._checkpoints, start=start, **hooks
-        )
+        try:
+            final, recoveries = run_fit(
+                client, n_iterations, checkpoints=self._checkpoints, start=start, **hooks
+            )
+        finally:
+            if progress is not None:
+                progress.close()
         if recoveries:
             self.metrics_["recoveries"] = recoveries
         return final

@@ -223,20 +223,17 @@ class PairwiseModel(FactorModel):
                 bar.refresh()
 
         started = time.perf_counter()
-        try:
-            final = self._run_iterations(
-                client,
-                n_epochs,
-                start,
-                step=step,
-                capture=capture,
-                restore=restore,
-                reseed=state.reseed,
-                rebuild=engine.rebuild,
-            )
-        finally:
-            if bar is not None:
-                bar.close()
+        final = self._run_iterations(
+            client,
+            n_epochs,
+            start,
+            progress=bar,
+            step=step,
+            capture=capture,
+            restore=restore,
+            reseed=state.reseed,
+            rebuild=engine.rebuild,
+        )
         self.metrics_["train_seconds"] = time.perf_counter() - started
         if best and self.early_stopping_rounds is not None:
             self.metrics_["best_epoch"] = best.iteration + 1

@@ -420,20 +420,17 @@ class SVD(FactorModel):
                 bar.n = len(self.history_)
                 bar.refresh()
 
-        try:
-            final = self._run_iterations(
-                client,
-                self.epochs,
-                start,
-                step=step,
-                capture=capture,
-                restore=restore,
-                reseed=state.reseed,
-                rebuild=engine.rebuild,
-            )
-        finally:
-            if bar is not None:
-                bar.close()
+        final = self._run_iterations(
+            client,
+            self.epochs,
+            start,
+            progress=bar,
+            step=step,
+            capture=capture,
+            restore=restore,
+            reseed=state.reseed,
+            rebuild=engine.rebuild,
+        )
         user, item = state.final(final.arrays)
         if best and self.early_stopping_rounds is not None:
             self.metrics_["best_epoch"] = best.iteration + 1
