@@ -28,6 +28,14 @@ Where the data lives
   travels to whichever worker trains a cell of column ``j`` next. Tasks only depend on
   their two inputs, so sub-epochs pipeline without a global barrier: worker ``w`` starts
   sub-epoch ``s + 1`` as soon as it holds its next item block.
+- How item blocks travel. When every user block has a worker of its own (the default
+  ``B`` = number of workers), each user block's epoch is one task and the tasks hand
+  item blocks to each other directly (:mod:`mfdask.engine.exchange`): one RPC per
+  hand-over instead of the scheduler's task-finished, ``getitem`` and next-task round
+  trips (about 20 ms each on two local workers, as long as training a small cell).
+  Otherwise (``B`` a multiple of the workers, or after a recovery left two blocks on
+  one worker) every cell is a task and the scheduler moves the blocks. Both paths train
+  the same cells in the same order with the same seeds, hence the same floats.
 
 The contract with a loss
 ------------------------
@@ -72,14 +80,17 @@ valid: :meth:`DSGD.snapshot` keeps an epoch's state for early stopping at no cos
 
 from __future__ import annotations
 
+import itertools
 import operator
 import os
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import dask
 import dask.dataframe as dd
 import numpy as np
 from distributed import Client, Future, get_worker
@@ -94,6 +105,7 @@ from mfdask.engine.blocks import (
 )
 from mfdask.engine.checkpoint import block_digest, combine_digests
 from mfdask.engine.cluster import worker_addresses
+from mfdask.engine.exchange import Inbox, abort_exchanges, install, send_block, writable
 from mfdask.engine.resilience import collect as collect_futures
 from mfdask.engine.resilience import gather
 from mfdask.kernels.sampling import member_bitset
@@ -355,6 +367,71 @@ def _train_task(
     return user, item, stats
 
 
+@dataclass(frozen=True)
+class BlockRoute:
+    """One user block's path through an epoch when item blocks move worker to worker.
+
+    ``item_blocks[s]`` is the item block it trains in sub-epoch ``s``; after that
+    sub-epoch the block goes to user block ``next_users[s]``, and the block for
+    sub-epoch ``s + 1`` comes from user block ``previous_users[s]`` (``s < B - 1``).
+    """
+
+    user_block: int
+    item_blocks: tuple[int, ...]
+    next_users: tuple[int, ...]
+    previous_users: tuple[int, ...]
+
+
+def block_routes(plan: Plan) -> list[BlockRoute]:
+    """Each user block's item blocks, and where each goes next, for a checked ``plan``."""
+    trainer = [{j: w for w, j in stratum} for stratum in plan]
+    n_users = len(plan[0])
+    routes = []
+    for w in range(n_users):
+        items = tuple(next(j for u, j in stratum if u == w) for stratum in plan)
+        nexts = tuple(trainer[s + 1][items[s]] for s in range(len(plan) - 1))
+        previous = tuple(trainer[s][items[s + 1]] for s in range(len(plan) - 1))
+        routes.append(BlockRoute(w, items, next_users=nexts, previous_users=previous))
+    return routes
+
+
+def _train_epoch_task(
+    shard: UserShard,
+    user: State,
+    first_item: State,
+    kernel: BlockKernel,
+    entropy: tuple[int, ...],
+    route: BlockRoute,
+    receivers: tuple[str, ...],
+    senders: tuple[str, ...],
+    token: str,
+    n_threads: int | None,
+) -> tuple[State, State, np.ndarray]:
+    """Every cell of one user block in an epoch, item blocks passed worker to worker.
+
+    The same cells, in the same order and with the same seeds as the sub-epoch tasks
+    of the task-graph path, so both give the same floats. After sub-epoch ``s`` the
+    held item block is sent to the worker that trains it next (``receivers[s]``) and
+    the next one is awaited from ``senders[s]`` (:mod:`mfdask.engine.exchange`).
+    Returns the user block, the item block held at the end and the summed statistics.
+    """
+    threads = _task_threads(n_threads)
+    inbox = Inbox(token)
+    user = {name: arr.copy() for name, arr in user.items()}
+    held = {name: arr.copy() for name, arr in first_item.items()}
+    total = None
+    w = route.user_block
+    for s, j in enumerate(route.item_blocks):
+        if s > 0:
+            held = writable(inbox.receive((s, j), senders[s - 1]))
+        part = run_cell(kernel, shard.cells[j], shard, user, held, (*entropy, w, j), threads)
+        total = part if total is None else total + part
+        if s + 1 < len(route.item_blocks):
+            send_block(receivers[s], token, (s + 1, j), held)
+            held = {}  # the receiver owns it now
+    return user, held, total
+
+
 def _evaluate_task(shard: UserShard, user: State, kernel: Any, *items: State) -> np.ndarray:
     """``kernel.evaluate`` over every cell of a shard (read-only), summed."""
     total = None
@@ -405,6 +482,7 @@ class PendingEpoch:
     stats: list[Future]
     before: tuple[list[Future], list[Future]]
     submitted: float
+    token: str | None = None
 
 
 class DSGD:
@@ -425,6 +503,12 @@ class DSGD:
         Hogwild threads per cell; default the threads of the worker that runs it.
     value_col : str
         Column holding the values kernels see in ``cell.values``.
+    direct_exchange : bool, optional
+        When every user block has a worker of its own, run each block's epoch as one
+        task and pass item blocks between workers directly
+        (:mod:`mfdask.engine.exchange`) instead of one task per cell with the scheduler
+        moving the blocks. Same floats, far fewer scheduler round trips. Default: the
+        Dask config value ``mfdask.dsgd.direct-exchange`` (True when unset).
 
     Notes
     -----
@@ -442,6 +526,7 @@ class DSGD:
         n_blocks: int | None = None,
         n_threads: int | None = None,
         value_col: str = "rating",
+        direct_exchange: bool | None = None,
     ) -> None:
         workers = worker_addresses(client)
         self.client = client
@@ -454,6 +539,13 @@ class DSGD:
             raise ValueError(f"n_threads must be >= 1, got {n_threads!r}")
         self.n_threads = n_threads
         self.value_col = value_col
+        if direct_exchange is None:
+            direct_exchange = bool(dask.config.get("mfdask.dsgd.direct-exchange", True))
+        self.direct_exchange = bool(direct_exchange)
+        self._exchange_id = uuid.uuid4().hex
+        self._submissions = itertools.count()
+        if self.direct_exchange:
+            install(client)
         self._ratings = ratings  # kept to place the ratings again after a lost worker
         self._holdouts: list[tuple[dd.DataFrame, list[Future]]] = []
         parts = persist_partitions(client, ratings)
@@ -577,6 +669,13 @@ class DSGD:
         self._user, self._item = list(snapshot[0]), list(snapshot[1])
 
     # -------------------------------------------------------------- training
+    @property
+    def exchanges_directly(self) -> bool:
+        """Whether epochs pass item blocks worker to worker (see ``direct_exchange``)."""
+        return (
+            self.direct_exchange and self.n_blocks > 1 and len(set(self._workers)) == self.n_blocks
+        )
+
     def run_epoch(
         self,
         kernel: BlockKernel,
@@ -614,6 +713,26 @@ class DSGD:
         check_plan(plan, self.n_blocks)
         before = self.snapshot()
         submitted = time.perf_counter()
+        token = None
+        if self.exchanges_directly:
+            token = f"{self._exchange_id}/{epoch}/{next(self._submissions)}"
+            stats = self._submit_exchanged(plan, kernel, (seed, epoch), token)
+        else:
+            stats = self._submit_cells(plan, kernel, (seed, epoch))
+        return PendingEpoch(
+            epoch=epoch,
+            plan=plan,
+            stat_names=tuple(kernel.stat_names),
+            stats=stats,
+            before=before,
+            submitted=submitted,
+            token=token,
+        )
+
+    def _submit_cells(
+        self, plan: Plan, kernel: BlockKernel, entropy: tuple[int, int]
+    ) -> list[Future]:
+        """One task per cell; the scheduler moves each item block between sub-epochs."""
         submit = self.client.submit
         stats: list[Future] = []
         for stratum in plan:
@@ -626,7 +745,7 @@ class DSGD:
                     self._user[w],
                     self._item[j],
                     kernel,
-                    (seed, epoch, w, j),
+                    (*entropy, w, j),
                     self.n_threads,
                     workers=where,
                     pure=False,
@@ -634,14 +753,48 @@ class DSGD:
                 self._user[w] = submit(operator.getitem, out, 0, workers=where, pure=False)
                 self._item[j] = submit(operator.getitem, out, 1, workers=where, pure=False)
                 stats.append(submit(operator.getitem, out, 2, workers=where, pure=False))
-        return PendingEpoch(
-            epoch=epoch,
-            plan=plan,
-            stat_names=tuple(kernel.stat_names),
-            stats=stats,
-            before=before,
-            submitted=submitted,
-        )
+        return stats
+
+    def _submit_exchanged(
+        self, plan: Plan, kernel: BlockKernel, entropy: tuple[int, int], token: str
+    ) -> list[Future]:
+        """One task per user block for the whole epoch; item blocks go worker to worker.
+
+        Only the first sub-epoch's item blocks come through the scheduler (from where
+        the previous epoch left them); the last ones are the epoch's outputs.
+        """
+        submit = self.client.submit
+        routes = block_routes(plan)
+        outs = []
+        for route in routes:
+            w = route.user_block
+            outs.append(
+                submit(
+                    _train_epoch_task,
+                    self._shards[w],
+                    self._user[w],
+                    self._item[route.item_blocks[0]],
+                    kernel,
+                    entropy,
+                    route,
+                    tuple(self._workers[u] for u in route.next_users),
+                    tuple(self._workers[u] for u in route.previous_users),
+                    token,
+                    self.n_threads,
+                    workers=[self._workers[w]],
+                    pure=False,
+                )
+            )
+        # The outputs are split on their worker ahead of any queued epoch task (higher
+        # priority): the next epoch's tasks and the driver's statistics wait on them.
+        stats: list[Future] = []
+        for route, out in zip(routes, outs, strict=True):
+            w = route.user_block
+            opts = {"workers": [self._workers[w]], "pure": False, "priority": 1}
+            self._user[w] = submit(operator.getitem, out, 0, **opts)
+            self._item[route.item_blocks[-1]] = submit(operator.getitem, out, 1, **opts)
+            stats.append(submit(operator.getitem, out, 2, **opts))
+        return stats
 
     def collect(self, pending: PendingEpoch) -> EpochReport:
         """Wait for a submitted epoch's statistics and sum them.
@@ -662,8 +815,15 @@ class DSGD:
         )
 
     def discard(self, pending: PendingEpoch) -> None:
-        """Drop a submitted epoch: the state goes back to what it was before it."""
+        """Drop a submitted epoch: the state goes back to what it was before it.
+
+        Its tasks may already be waiting for one another's item blocks while the ones
+        not yet started are forgotten with their futures: the epoch's exchanges are
+        aborted so that no worker thread waits for a block that will never come.
+        """
         self.restore(pending.before)
+        if pending.token is not None:
+            abort_exchanges(self.client, pending.token)
 
     def evaluate(self, kernel: Any, shards: list[Future] | None = None) -> dict[str, float]:
         """Sum ``kernel.evaluate`` over every cell of ``shards`` (default: training shards).
@@ -705,6 +865,7 @@ class DSGD:
         The state must be placed again with :meth:`set_state` afterwards.
         """
         self.close()
+        self._exchange_id = uuid.uuid4().hex
         parts = persist_partitions(self.client, self._ratings)
         self._row_blocks = place_row_blocks(
             self.client, parts, self.n_blocks, self.n_users, self.n_items, value_col=self.value_col
@@ -717,8 +878,14 @@ class DSGD:
 
     # -------------------------------------------------------------- end of recovery
     def close(self) -> None:
-        """Release every block this engine holds on the cluster."""
+        """Release every block this engine holds on the cluster.
+
+        Epochs still exchanging item blocks (a fit that failed or stopped with a
+        look-ahead epoch in flight) are aborted, so no worker thread keeps waiting.
+        """
         self._user, self._item, self._shards, self._row_blocks = [], [], [], []
+        if self.direct_exchange:
+            abort_exchanges(self.client, self._exchange_id)
 
 
 def _named(names: Sequence[str], totals: np.ndarray) -> dict[str, float]:

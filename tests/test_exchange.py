@@ -1,0 +1,176 @@
+"""Item blocks passed worker to worker inside a DSGD epoch (mfdask.engine.exchange)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import dask
+import dask.dataframe as dd
+import numpy as np
+import pytest
+from distributed import Client, LocalCluster, wait
+
+from mfdask import BPR, SVD, WARP
+from mfdask.engine.dsgd import DSGD, block_routes, check_plan, stratum_plan
+from mfdask.engine.exchange import (
+    NOT_YET,
+    BlockExchangeError,
+    BlockMailbox,
+    Inbox,
+    install,
+    send_block,
+)
+from tests.test_bpr import planted_implicit
+from tests.test_dsgd import CountingKernel, _frame
+
+
+# ---------------------------------------------------------------------- the mailbox
+def test_a_block_is_taken_once_by_its_token_and_key():
+    box = BlockMailbox()
+    assert box.put("run/0/0", (1, 2), "block")
+    assert box.take("run/0/0", (1, 2), "peer", patience=0.0) == "block"
+    assert box.take("run/0/0", (1, 2), "peer", patience=0.01) is NOT_YET
+    assert len(box) == 0
+
+
+def test_a_waiting_taker_wakes_when_the_block_arrives():
+    box = BlockMailbox()
+    threading.Timer(0.05, box.put, ("run/0/0", (1, 0), "late")).start()
+    started = time.monotonic()
+    assert box.take("run/0/0", (1, 0), "peer", timeout=5) == "late"
+    assert time.monotonic() - started < 2
+
+
+def test_abort_wakes_takers_drops_held_blocks_and_refuses_late_ones():
+    box = BlockMailbox()
+    box.put("run/3/7", (1, 0), "held")
+    box.put("other/3/7", (1, 0), "kept")
+    errors = []
+
+    def taker():
+        try:
+            box.take("run/4/8", (1, 1), "tcp://peer:1", timeout=30)
+        except BlockExchangeError as exc:
+            errors.append(str(exc))
+
+    thread = threading.Thread(target=taker)
+    thread.start()
+    time.sleep(0.05)
+    assert box.abort("run") == 1  # every epoch of run "run"
+    thread.join(5)
+    assert not thread.is_alive()
+    assert errors and "aborted" in errors[0] and "tcp://peer:1" in errors[0]
+    assert not box.put("run/5/9", (1, 0), "late")
+    assert box.take("other/3/7", (1, 0), "peer", patience=0) == "kept"
+
+
+def test_a_silent_peer_is_named_after_the_timeout():
+    box = BlockMailbox()
+    with pytest.raises(BlockExchangeError, match=r"tcp://10\.0\.0\.9:4000 within 0\.05 s"):
+        box.take("run/0/0", (1, 0), "tcp://10.0.0.9:4000", timeout=0.05)
+
+
+def test_closing_the_worker_wakes_takers():
+    box = BlockMailbox()
+    threading.Timer(0.05, box.close).start()
+    with pytest.raises(BlockExchangeError, match="closing"):
+        box.take("run/0/0", (1, 0), "peer", timeout=30)
+
+
+# ---------------------------------------------------------------------- routes
+@pytest.mark.parametrize("n_blocks", [2, 3, 5])
+def test_routes_hand_each_block_to_its_next_trainer(n_blocks):
+    plan = stratum_plan(n_blocks, np.random.default_rng(n_blocks))
+    check_plan(plan, n_blocks)
+    routes = block_routes(plan)
+    for route in routes:
+        for s, j in enumerate(route.item_blocks):
+            assert (route.user_block, j) in plan[s]
+        for s in range(n_blocks - 1):
+            receiver = routes[route.next_users[s]]
+            assert receiver.item_blocks[s + 1] == route.item_blocks[s]
+            assert receiver.previous_users[s] == route.user_block
+
+
+# ---------------------------------------------------------------------- on a cluster
+def _block_on_same_worker(token):
+    """Wait for a block that only a task queued behind this one on its worker sends."""
+    return Inbox(token, timeout=30).receive((1, 0), "the same worker")
+
+
+def _send_to_self(token):
+    from distributed import get_worker
+
+    send_block(get_worker().address, token, (1, 0), "hello")
+    return "sent"
+
+
+def test_a_long_wait_gives_the_thread_back_so_the_sender_can_run():
+    """One worker, one thread: the sender can only run if the waiting task secedes."""
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        install(client)
+        waiting = client.submit(_block_on_same_worker, "t/0/0", pure=False)
+        time.sleep(0.05)
+        sender = client.submit(_send_to_self, "t/0/0", pure=False)
+        assert waiting.result(timeout=30) == "hello"
+        assert sender.result(timeout=30) == "sent"
+
+
+def test_direct_exchange_is_used_only_with_one_user_block_per_worker(client):
+    frame, matrix = _frame()
+    ratings = dd.from_pandas(frame, npartitions=2)
+    n_users, n_items = matrix.shape
+    assert DSGD(client, ratings, n_users, n_items).exchanges_directly
+    assert not DSGD(client, ratings, n_users, n_items, n_blocks=4).exchanges_directly
+    assert not DSGD(client, ratings, n_users, n_items, direct_exchange=False).exchanges_directly
+    with dask.config.set({"mfdask.dsgd.direct-exchange": False}):
+        assert not DSGD(client, ratings, n_users, n_items).exchanges_directly
+
+
+def test_a_discarded_epoch_leaves_no_worker_waiting(client):
+    frame, matrix = _frame(seed=4)
+    n_users, n_items = matrix.shape
+    engine = DSGD(client, dd.from_pandas(frame, npartitions=2), n_users, n_items)
+    engine.set_state(
+        {"visits": np.zeros(n_users, np.float32)}, {"visits": np.zeros(n_items, np.float32)}
+    )
+    for epoch in range(5):
+        engine.discard(engine.submit_epoch(CountingKernel(), epoch, seed=1))
+    # the workers' single threads are free: a plain task runs on each at once
+    probes = [client.submit(time.monotonic, workers=[w], pure=False) for w in engine._workers]
+    wait(probes, timeout=10)
+    assert all(p.status == "finished" for p in probes)
+    report = engine.run_epoch(CountingKernel(), 0, seed=1)
+    assert report.stats["ratings"] == matrix.nnz
+    user, _ = engine.gather_state()
+    np.testing.assert_array_equal(user["visits"], np.diff(matrix.indptr))
+
+
+@pytest.mark.parametrize(
+    ("make", "loss"),
+    [
+        (lambda: BPR(factors=8, epochs=6, random_state=0, n_threads=1), "objective"),
+        (lambda: WARP(factors=8, epochs=4, random_state=0, n_threads=1), "objective"),
+        (lambda: SVD(factors=8, epochs=6, random_state=0, n_threads=1), "train_rmse"),
+    ],
+    ids=["bpr", "warp", "svd"],
+)
+def test_direct_and_scheduled_hand_overs_train_the_same_floats(client, make, loss):
+    frame, _, _ = planted_implicit(seed=5)
+    fits = []
+    for direct in (True, False):
+        with dask.config.set({"mfdask.dsgd.direct-exchange": direct}):
+            fits.append(make().fit(frame))
+    direct, scheduled = fits
+    np.testing.assert_array_equal(direct.user_factors_, scheduled.user_factors_)
+    np.testing.assert_array_equal(direct.item_factors_, scheduled.item_factors_)
+    # statistics are summed in another order (per worker first): equal up to rounding
+    assert [h[loss] for h in direct.history_] == pytest.approx(
+        [h[loss] for h in scheduled.history_], rel=1e-12
+    )
