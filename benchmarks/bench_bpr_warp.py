@@ -17,6 +17,10 @@ every model scored by the same metric code (:func:`mfdask.metrics.ranking.rankin
   same model on a 1-worker cluster with ``n_blocks=4`` (each cell sees a quarter of
   the items) and ``n_blocks=1`` (every draw from all items).
 - ``similar_items`` of Toy Story (item 1): rank of Toy Story 2 (item 3114).
+- Throughput side by side: the engine with item blocks handed worker to worker (the
+  default) and handed over by the scheduler (``mfdask.dsgd.direct-exchange: False``),
+  against the models' block kernel alone in one thread of this process over the same
+  training ratings as a single cell.
 
 Run: ``MFDASK_DATA=/work/shared/data python -m benchmarks.bench_bpr_warp [--tune]``;
 ``--peer-params bench-out/bpr_warp.json`` reuses an earlier run's tuned peer settings.
@@ -38,6 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 import pandas as pd
 
@@ -120,6 +125,68 @@ def _throughput(model) -> float:
     # Epoch 1 can include loading the compiled kernels on the workers: leave it out.
     rates = [h["positives_per_second"] for h in model.history_[1:]] or [0.0]
     return float(np.median(rates))
+
+
+def kernel_alone(problem: Problem, cls, repeats: int = 3) -> float:
+    """Median positives/s of ``cls()``'s block kernel run alone in one thread.
+
+    The whole training set is one cell (one user block, one item block), so negatives
+    come from the whole catalogue; the first pass (compilation or cache load) is left out.
+    """
+    from types import SimpleNamespace
+
+    from mfdask.engine.blocks import build_row_block, split_partition
+    from mfdask.engine.dsgd import build_shard
+
+    frame = pd.DataFrame(
+        {
+            "user_idx": problem.train.user_idx.to_numpy("int32"),
+            "item_idx": problem.train.item_idx.to_numpy("int32"),
+            "rating": problem.train.rating.to_numpy("float32"),
+        }
+    )
+    pieces = [split_partition(frame, 1, "user_idx", "item_idx", "rating")]
+    shard = build_shard(build_row_block(0, 1, *problem.shape, pieces))
+    cell = shard.cells[0]
+    model = cls(random_state=0)
+    model._threshold = model.positive_threshold
+    user, item = model._initial_state(
+        SimpleNamespace(n_users=problem.shape[0], n_items=problem.shape[1])
+    )
+    kernel = model._make_kernel(0, model.epoch_learning_rate(0))
+    rates = []
+    for seed in range(repeats + 1):
+        started = time.perf_counter()
+        stats = kernel.train(cell, shard, user, item, 0, cell.nnz, seed)
+        rates.append(stats[0] / (time.perf_counter() - started))
+    return float(np.median(rates[1:]))
+
+
+def hand_over_table(problem: Problem, direct: dict[str, float]) -> list[dict[str, Any]]:
+    """Positives/s with item blocks handed over directly vs by the scheduler vs the kernel.
+
+    ``direct`` holds the default (direct) figures already measured per model name.
+    """
+    from mfdask import BPR, WARP
+
+    rows = []
+    for cls in (BPR, WARP):
+        with dask.config.set({"mfdask.dsgd.direct-exchange": False}):
+            model, _, _ = run_mfdask(problem, cls)
+        scheduled = _throughput(model)
+        alone = kernel_alone(problem, cls)
+        fast = direct[cls.__name__]
+        rows.append(
+            {
+                "model": cls.__name__,
+                "direct Mpos/s": fast / 1e6,
+                "scheduled Mpos/s": scheduled / 1e6,
+                "kernel alone Mpos/s": alone / 1e6,
+                "direct / scheduled": fast / scheduled,
+                "direct / kernel": fast / alone,
+            }
+        )
+    return rows
 
 
 def toy_story_rank(model) -> int | None:
@@ -249,6 +316,12 @@ def main(argv: list[str] | None = None) -> None:
             )
             results[f"mfdask_{cls.__name__}_params"] = model.get_params()
             results[f"mfdask_{cls.__name__}_history"] = model.history_
+        direct = {
+            row["model"].split()[1]: row["positives/s"]
+            for row in table
+            if row["model"].startswith("mfdask")
+        }
+        speed = hand_over_table(problem, direct)
     finally:
         client.close()
         cluster.close()
@@ -261,6 +334,12 @@ def main(argv: list[str] | None = None) -> None:
             table.append({"model": f"LightFM {loss}", **m, "fit s": s, "epochs": PEER_EPOCHS})
     print_table(table, "ML-1M test (per-user 20 % holdout of positives), 64 factors")
     results["test"] = table
+    print_table(
+        speed,
+        "Epoch throughput, 2 workers: item blocks handed over directly / by the scheduler, "
+        "and the block kernel alone in one thread",
+    )
+    results["throughput"] = speed
 
     rows = block_vs_catalogue(problem)
     print_table(rows, "1 worker: negatives from the held item block vs from all items")

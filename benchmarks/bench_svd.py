@@ -14,7 +14,8 @@ the synthetic size, default 20,000,000 ratings; 0 skips it).
    each submitted before the previous one is collected, as the models run them; the
    epoch run one at a time is shown next to it) at 64 factors on the same cluster, next
    to the same numba kernel run alone in one thread of the client over the same
-   ratings. On ML-1M and on synthetic data.
+   ratings, and to the engine with item blocks handed over by the scheduler instead of
+   worker to worker (``direct_exchange=False``). On ML-1M and on synthetic data.
 """
 
 from __future__ import annotations
@@ -141,19 +142,26 @@ def throughput(client, name: str, frame: pd.DataFrame, n_users: int, n_items: in
     mu = float(frame.rating.mean())
     step = SVDStep(mu, 0.005, 0.005, 0.05, 0.05, 1.0, 5.0)
     nparts = max(2, len(frame) // 2_000_000)
-    engine = DSGD(client, dd.from_pandas(frame, npartitions=nparts), n_users, n_items)
-    engine.set_state(user, item)
-    # As the models run it: each epoch submitted before the last one is collected, so
-    # an epoch's wall time runs from one collect to the next.
-    pipeline = EpochPipeline(
-        engine, lambda e: engine.submit_epoch(step, e, seed=0), lambda e: e < EPOCHS
-    )
-    epochs = [pipeline.run(e).seconds for e in range(EPOCHS)]
-    # One at a time (submit, wait, collect): adds the client's round trip per epoch.
-    single = [engine.run_epoch(step, EPOCHS + e, seed=0).seconds for e in range(EPOCHS)]
-    engine.close()
-    engine_s = float(np.median(epochs[1:]))  # the first includes loading compiled kernels
-    single_s = float(np.median(single[1:]))
+    ratings = dd.from_pandas(frame, npartitions=nparts)
+    seconds = {}
+    for direct in (True, False):
+        engine = DSGD(client, ratings, n_users, n_items, direct_exchange=direct)
+        engine.set_state(user, item)
+        # As the models run it: each epoch submitted before the last one is collected,
+        # so an epoch's wall time runs from one collect to the next.
+        pipeline = EpochPipeline(
+            engine,
+            lambda e, engine=engine: engine.submit_epoch(step, e, seed=0),
+            lambda e: e < EPOCHS,
+        )
+        epochs = [pipeline.run(e).seconds for e in range(EPOCHS)]
+        # the first epoch includes loading compiled kernels: medians leave it out
+        seconds[direct] = float(np.median(epochs[1:]))
+        if direct:  # one at a time (submit, wait, collect): plus the client's round trip
+            single = [engine.run_epoch(step, EPOCHS + e, seed=0).seconds for e in range(EPOCHS)]
+            single_s = float(np.median(single[1:]))
+        engine.close()
+    engine_s = seconds[True]
 
     users = frame.user_idx.to_numpy()
     items = frame.item_idx.to_numpy()
@@ -173,6 +181,8 @@ def throughput(client, name: str, frame: pd.DataFrame, n_users: int, n_items: in
         "engine_epoch_s": engine_s,
         "engine_Mratings_s": n / engine_s / 1e6,
         "one_at_a_time_epoch_s": single_s,
+        "scheduled_hand_over_epoch_s": seconds[False],
+        "direct_over_scheduled": seconds[False] / engine_s,
         "kernel_alone_s": kernel_s,
         "kernel_Mratings_s": n / kernel_s / 1e6,
         "engine_over_kernel": engine_s / kernel_s,
