@@ -11,11 +11,12 @@ the synthetic size, default 20,000,000 ratings; 0 skips it).
    split get the baseline ``mu + b_u + b_i`` in both libraries.
 2. Throughput: ratings per second of one whole epoch inside the engine (all ``B``
    sub-epochs, scheduling and item-block transfers included; median of several epochs,
-   each submitted before the previous one is collected, as the models run them; the
-   epoch run one at a time is shown next to it) at 64 factors on the same cluster, next
-   to the same numba kernel run alone in one thread of the client over the same
-   ratings, and to the engine with item blocks handed over by the scheduler instead of
-   worker to worker (``direct_exchange=False``). On ML-1M and on synthetic data.
+   each submitted before the previous one is collected and short ones fused, as the
+   models run them; the epoch run one at a time is shown next to it) at 64 factors on
+   the same cluster, next to the same numba kernel run alone in one thread of the
+   client over the same ratings, and to the engine with item blocks handed over by the
+   scheduler instead of worker to worker (``direct_exchange=False``). On ML-1M and on
+   synthetic data.
 """
 
 from __future__ import annotations
@@ -148,11 +149,15 @@ def throughput(client, name: str, frame: pd.DataFrame, n_users: int, n_items: in
         engine = DSGD(client, ratings, n_users, n_items, direct_exchange=direct)
         engine.set_state(user, item)
         # As the models run it: each epoch submitted before the last one is collected,
-        # so an epoch's wall time runs from one collect to the next.
+        # short epochs fused, so an epoch's wall time runs from one collect to the next
+        # (a fused group's time shared among its epochs).
         pipeline = EpochPipeline(
             engine,
-            lambda e, engine=engine: engine.submit_epoch(step, e, seed=0),
+            lambda epochs, engine=engine: engine.submit_epochs(
+                [step] * len(epochs), epochs.start, seed=0
+            ),
             lambda e: e < EPOCHS,
+            may_fuse=lambda e: e < EPOCHS,
         )
         epochs = [pipeline.run(e).seconds for e in range(EPOCHS)]
         # the first epoch includes loading compiled kernels: medians leave it out

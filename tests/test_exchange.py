@@ -174,3 +174,100 @@ def test_direct_and_scheduled_hand_overs_train_the_same_floats(client, make, los
     assert [h[loss] for h in direct.history_] == pytest.approx(
         [h[loss] for h in scheduled.history_], rel=1e-12
     )
+
+
+# ---------------------------------------------------------------------- fused epochs
+def test_fused_epochs_train_what_epochs_one_by_one_train(client):
+    frame, matrix = _frame(seed=6)
+    n_users, n_items = matrix.shape
+    ratings = dd.from_pandas(frame, npartitions=2)
+    zeros = ({"visits": np.zeros(n_users, np.float32)}, {"visits": np.zeros(n_items, np.float32)})
+    engine = DSGD(client, ratings, n_users, n_items)
+    engine.set_state(*zeros)
+    group = engine.submit_epochs([CountingKernel()] * 3, 0, seed=2)
+    assert [p.epoch for p in group] == [0, 1, 2]
+    assert group[0].before is not None and group[1].before is None
+    with pytest.raises(RuntimeError, match="fused group"):
+        engine.discard(group[1])
+    reports = [engine.collect(p) for p in group]
+    assert [r.stats["ratings"] for r in reports] == [matrix.nnz] * 3
+    assert reports[0].plan == stratum_plan(2, np.random.default_rng([2, 0]))
+    user, item = engine.gather_state()
+    np.testing.assert_array_equal(user["visits"], 3 * np.diff(matrix.indptr))
+    np.testing.assert_array_equal(
+        item["visits"], 3 * np.bincount(matrix.indices, minlength=n_items)
+    )
+    # a whole group discarded from its first epoch: back to the state before it
+    engine.discard(engine.submit_epochs([CountingKernel()] * 4, 3, seed=2)[0])
+    user, _ = engine.gather_state()
+    np.testing.assert_array_equal(user["visits"], 3 * np.diff(matrix.indptr))
+
+
+class _Report:
+    def __init__(self, epoch, seconds):
+        self.epoch, self.seconds = epoch, seconds
+
+
+class _Pending:
+    def __init__(self, epoch, group, row):
+        self.epoch, self.group, self.row = epoch, group, row
+        self.before = object() if row == 0 else None
+
+
+class _Group:
+    def __init__(self, size):
+        self.size = size
+
+
+class _FakeEngine:
+    """Records the submissions an EpochPipeline makes; every epoch takes 0.1 s."""
+
+    def __init__(self):
+        self.groups: list[range] = []
+        self.discarded: list[int] = []
+
+    def submit(self, epochs):
+        self.groups.append(epochs)
+        group = _Group(len(epochs))
+        return [_Pending(e, group, r) for r, e in enumerate(epochs)]
+
+    def collect(self, pending):
+        return _Report(pending.epoch, 0.1)
+
+    def discard(self, pending):
+        self.discarded.append(pending.epoch)
+
+
+def test_the_pipeline_fuses_short_epochs_up_to_a_checkpoint_and_keeps_one_group_ahead():
+    from mfdask.models.fitloop import EpochPipeline
+
+    engine = _FakeEngine()
+    n_epochs, checkpoint_after = 20, 10
+    ok = lambda e: e < n_epochs and e != checkpoint_after  # noqa: E731
+    pipeline = EpochPipeline(engine, engine.submit, ok, may_fuse=ok, group_seconds=0.5)
+    for epoch in range(n_epochs):
+        if epoch == checkpoint_after:
+            pipeline.forget()  # what a checkpoint's re-seed does
+        assert pipeline.run(epoch).epoch == epoch
+    # nothing timed yet: single epochs; then groups of 0.5 s / 0.1 s = 5, cut at the
+    # checkpoint and at the end; the group after the current one is always submitted
+    assert [(g.start, g.stop) for g in engine.groups] == [
+        (0, 1), (1, 2), (2, 7), (7, 10), (10, 15), (15, 20),
+    ]  # fmt: skip
+
+
+def test_a_pipeline_without_fusion_submits_one_epoch_ahead_and_stop_undoes_it():
+    from mfdask.models.fitloop import EpochPipeline
+
+    engine = _FakeEngine()
+    pipeline = EpochPipeline(engine, engine.submit, lambda e: e < 5)
+    pipeline.run(0)
+    pipeline.run(1)
+    assert [(g.start, g.stop) for g in engine.groups] == [(0, 1), (1, 2), (2, 3)]
+    pipeline.stop()
+    assert engine.discarded == [2]
+    fused = EpochPipeline(engine, engine.submit, lambda e: e < 50, may_fuse=lambda e: True)
+    for epoch in range(3):
+        fused.run(epoch)
+    with pytest.raises(RuntimeError, match="inside a fused group"):
+        fused.stop()

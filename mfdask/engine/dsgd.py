@@ -395,41 +395,50 @@ def block_routes(plan: Plan) -> list[BlockRoute]:
     return routes
 
 
-def _train_epoch_task(
+def _train_epochs_task(
     shard: UserShard,
     user: State,
     first_item: State,
-    kernel: BlockKernel,
-    entropy: tuple[int, ...],
+    kernels: tuple[BlockKernel, ...],
+    seed: int,
+    first_epoch: int,
     route: BlockRoute,
     receivers: tuple[str, ...],
     senders: tuple[str, ...],
     token: str,
     n_threads: int | None,
 ) -> tuple[State, State, np.ndarray]:
-    """Every cell of one user block in an epoch, item blocks passed worker to worker.
+    """Every cell of one user block over ``len(kernels)`` consecutive epochs.
 
-    The same cells, in the same order and with the same seeds as the sub-epoch tasks
-    of the task-graph path, so both give the same floats. After sub-epoch ``s`` the
-    held item block is sent to the worker that trains it next (``receivers[s]``) and
-    the next one is awaited from ``senders[s]`` (:mod:`mfdask.engine.exchange`).
-    Returns the user block, the item block held at the end and the summed statistics.
+    ``route`` runs over the epochs' sub-epochs one after the other (``n_blocks`` per
+    epoch; epoch ``first_epoch + r`` is trained with ``kernels[r]``). The same cells, in
+    the same order and with the same seeds as the per-cell tasks of the scheduled path,
+    so both give the same floats. After sub-epoch ``s`` the held item block is sent to
+    the worker that trains it next (``receivers[s]``), and the next one is awaited from
+    ``senders[s]`` (:mod:`mfdask.engine.exchange`), across epoch boundaries too.
+
+    Returns the user block, the item block held at the end and the statistics summed
+    per epoch, shape ``(len(kernels), n_stats)``.
     """
     threads = _task_threads(n_threads)
     inbox = Inbox(token)
     user = {name: arr.copy() for name, arr in user.items()}
     held = {name: arr.copy() for name, arr in first_item.items()}
-    total = None
+    per_epoch = len(route.item_blocks) // len(kernels)
+    totals: list[np.ndarray | None] = [None] * len(kernels)
     w = route.user_block
     for s, j in enumerate(route.item_blocks):
         if s > 0:
             held = writable(inbox.receive((s, j), senders[s - 1]))
-        part = run_cell(kernel, shard.cells[j], shard, user, held, (*entropy, w, j), threads)
-        total = part if total is None else total + part
+        r = s // per_epoch
+        part = run_cell(
+            kernels[r], shard.cells[j], shard, user, held, (seed, first_epoch + r, w, j), threads
+        )
+        totals[r] = part if totals[r] is None else totals[r] + part
         if s + 1 < len(route.item_blocks):
             send_block(receivers[s], token, (s + 1, j), held)
             held = {}  # the receiver owns it now
-    return user, held, total
+    return user, held, np.asarray(totals, dtype=np.float64)
 
 
 def _evaluate_task(shard: UserShard, user: State, kernel: Any, *items: State) -> np.ndarray:
@@ -472,17 +481,37 @@ class EpochReport:
 
 
 @dataclass
+class EpochGroup:
+    """Consecutive epochs trained by the same tasks (:meth:`DSGD.submit_epochs`).
+
+    Their statistics arrive together; the group's wall time is shared evenly.
+    """
+
+    size: int
+    submitted: float
+    token: str
+    totals: np.ndarray | None = None
+    seconds: float = 0.0
+
+
+@dataclass
 class PendingEpoch:
     """A submitted epoch (:meth:`DSGD.submit_epoch`): its statistics futures and the state
-    it started from."""
+    it started from.
+
+    An epoch of a fused :class:`EpochGroup` (``group``) reads row ``row`` of its
+    tasks' statistics; only a group's first epoch knows the state before it
+    (``before`` is None for the others).
+    """
 
     epoch: int
     plan: Plan
     stat_names: tuple[str, ...]
     stats: list[Future]
-    before: tuple[list[Future], list[Future]]
+    before: tuple[list[Future], list[Future]] | None
     submitted: float
-    token: str | None = None
+    group: EpochGroup | None = None
+    row: int = 0
 
 
 class DSGD:
@@ -706,28 +735,62 @@ class DSGD:
         (a fixed learning-rate schedule, no validation); :meth:`discard` undoes a
         look-ahead that turned out unwanted.
         """
+        return self.submit_epochs([kernel], epoch, seed, shuffle_strata)[0]
+
+    def submit_epochs(
+        self,
+        kernels: Sequence[BlockKernel],
+        first_epoch: int,
+        seed: int,
+        shuffle_strata: bool = True,
+    ) -> list[PendingEpoch]:
+        """Submit epochs ``first_epoch, first_epoch + 1, ...``, one per kernel, at once.
+
+        With direct exchange the epochs are *fused*: one task per user block trains all
+        of them, passing item blocks worker to worker across epoch boundaries too, so
+        the scheduler is not involved between them at all. Their statistics then arrive
+        together, and only the state after the last one exists as futures:
+        :meth:`discard` can only undo the group as a whole (from its first epoch).
+        Otherwise each epoch is submitted as by :meth:`submit_epoch`.
+        """
         if not self._user:
             raise RuntimeError("DSGD.submit_epoch before set_state: place an initial state first")
-        rng = np.random.default_rng([seed, epoch]) if shuffle_strata else None
-        plan = stratum_plan(self.n_blocks, rng)
-        check_plan(plan, self.n_blocks)
+        if not kernels:
+            return []
+        plans = []
+        for r in range(len(kernels)):
+            rng = np.random.default_rng([seed, first_epoch + r]) if shuffle_strata else None
+            plans.append(stratum_plan(self.n_blocks, rng))
+            check_plan(plans[-1], self.n_blocks)
+        names = tuple(kernels[0].stat_names)
+        if not self.exchanges_directly:
+            pending = []
+            for r, (kernel, plan) in enumerate(zip(kernels, plans, strict=True)):
+                before = self.snapshot()
+                submitted = time.perf_counter()
+                stats = self._submit_cells(plan, kernel, (seed, first_epoch + r))
+                pending.append(PendingEpoch(first_epoch + r, plan, names, stats, before, submitted))
+            return pending
         before = self.snapshot()
-        submitted = time.perf_counter()
-        token = None
-        if self.exchanges_directly:
-            token = f"{self._exchange_id}/{epoch}/{next(self._submissions)}"
-            stats = self._submit_exchanged(plan, kernel, (seed, epoch), token)
-        else:
-            stats = self._submit_cells(plan, kernel, (seed, epoch))
-        return PendingEpoch(
-            epoch=epoch,
-            plan=plan,
-            stat_names=tuple(kernel.stat_names),
-            stats=stats,
-            before=before,
-            submitted=submitted,
-            token=token,
+        group = EpochGroup(
+            size=len(kernels),
+            submitted=time.perf_counter(),
+            token=f"{self._exchange_id}/{first_epoch}/{next(self._submissions)}",
         )
+        stats = self._submit_exchanged(plans, tuple(kernels), seed, first_epoch, group.token)
+        return [
+            PendingEpoch(
+                epoch=first_epoch + r,
+                plan=plan,
+                stat_names=names,
+                stats=stats,
+                before=before if r == 0 else None,
+                submitted=group.submitted,
+                group=group,
+                row=r,
+            )
+            for r, plan in enumerate(plans)
+        ]
 
     def _submit_cells(
         self, plan: Plan, kernel: BlockKernel, entropy: tuple[int, int]
@@ -756,26 +819,32 @@ class DSGD:
         return stats
 
     def _submit_exchanged(
-        self, plan: Plan, kernel: BlockKernel, entropy: tuple[int, int], token: str
+        self,
+        plans: list[Plan],
+        kernels: tuple[BlockKernel, ...],
+        seed: int,
+        first_epoch: int,
+        token: str,
     ) -> list[Future]:
-        """One task per user block for the whole epoch; item blocks go worker to worker.
+        """One task per user block for whole epochs; item blocks go worker to worker.
 
         Only the first sub-epoch's item blocks come through the scheduler (from where
-        the previous epoch left them); the last ones are the epoch's outputs.
+        the previous submission left them); the last ones are the tasks' outputs.
         """
         submit = self.client.submit
-        routes = block_routes(plan)
+        routes = block_routes([stratum for plan in plans for stratum in plan])
         outs = []
         for route in routes:
             w = route.user_block
             outs.append(
                 submit(
-                    _train_epoch_task,
+                    _train_epochs_task,
                     self._shards[w],
                     self._user[w],
                     self._item[route.item_blocks[0]],
-                    kernel,
-                    entropy,
+                    kernels,
+                    seed,
+                    first_epoch,
                     route,
                     tuple(self._workers[u] for u in route.next_users),
                     tuple(self._workers[u] for u in route.previous_users),
@@ -803,10 +872,19 @@ class DSGD:
         the previous collect if that came later (a look-ahead epoch runs while the
         previous one is still being collected, and is not charged for it).
         """
-        totals = np.sum(gather(self.client, pending.stats, self._workers), axis=0)
-        now = time.perf_counter()
-        seconds = now - max(pending.submitted, self._last_collected)
-        self._last_collected = now
+        group = pending.group
+        if group is None:
+            totals = np.sum(gather(self.client, pending.stats, self._workers), axis=0)
+            now = time.perf_counter()
+            seconds = now - max(pending.submitted, self._last_collected)
+            self._last_collected = now
+        else:
+            if group.totals is None:
+                group.totals = np.sum(gather(self.client, pending.stats, self._workers), axis=0)
+                now = time.perf_counter()
+                group.seconds = (now - max(group.submitted, self._last_collected)) / group.size
+                self._last_collected = now
+            totals, seconds = group.totals[pending.row], group.seconds
         return EpochReport(
             epoch=pending.epoch,
             stats=_named(pending.stat_names, totals),
@@ -821,9 +899,13 @@ class DSGD:
         not yet started are forgotten with their futures: the epoch's exchanges are
         aborted so that no worker thread waits for a block that will never come.
         """
+        if pending.before is None:
+            raise RuntimeError(
+                f"epoch {pending.epoch} is inside a fused group: discard the group's first epoch"
+            )
         self.restore(pending.before)
-        if pending.token is not None:
-            abort_exchanges(self.client, pending.token)
+        if pending.group is not None:
+            abort_exchanges(self.client, pending.group.token)
 
     def evaluate(self, kernel: Any, shards: list[Future] | None = None) -> dict[str, float]:
         """Sum ``kernel.evaluate`` over every cell of ``shards`` (default: training shards).

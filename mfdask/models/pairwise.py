@@ -159,17 +159,21 @@ class PairwiseModel(FactorModel):
         bar = _progress_bar(bool(self.show_progress), int(self.epochs))
         n_epochs = int(self.epochs)
 
-        def submit(epoch: int) -> PendingEpoch:
-            rate = self.epoch_learning_rate(epoch)
-            return engine.submit_epoch(self._make_kernel(epoch, rate), epoch, ctx["seed"])
+        def submit(epochs: range) -> list[PendingEpoch]:
+            kernels = [self._make_kernel(e, self.epoch_learning_rate(e)) for e in epochs]
+            return engine.submit_epochs(kernels, epochs.start, ctx["seed"])
 
-        # The learning rate is a function of the epoch alone, so without validation the
-        # next epoch can be submitted before this one is collected; not across a
-        # checkpoint, which must capture this epoch's state.
+        def may_look_ahead(epoch: int) -> bool:
+            # The learning rate is a function of the epoch alone, so without validation
+            # the next epoch can be submitted before this one is collected; not across a
+            # checkpoint, which must capture this epoch's state.
+            return validation is None and epoch < n_epochs and not self._checkpoints.due(epoch)
+
         epochs = EpochPipeline(
             engine,
             submit,
-            lambda e: validation is None and e < n_epochs and not self._checkpoints.due(e),
+            may_look_ahead,
+            may_fuse=lambda e: callback is None and may_look_ahead(e),
         )
 
         def step(epoch: int) -> bool:

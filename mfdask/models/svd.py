@@ -349,21 +349,25 @@ class SVD(FactorModel):
         ctx: dict[str, int] = {}
         bar = _progress_bar(self.show_progress, self.epochs)
 
-        def submit(epoch: int) -> PendingEpoch:
-            rate = self._rate(epoch, losses, rates)
-            return engine.submit_epoch(self._step(rate), epoch, ctx["seed"], self.shuffle_strata)
+        def submit(epochs: range) -> list[PendingEpoch]:
+            steps = [self._step(self._rate(e, losses, rates)) for e in epochs]
+            return engine.submit_epochs(steps, epochs.start, ctx["seed"], self.shuffle_strata)
 
-        # Without validation and with a schedule fixed in advance, the next epoch is
-        # submitted before this one is collected (not across a checkpoint).
+        def may_look_ahead(epoch: int) -> bool:
+            # Without validation and with a schedule fixed in advance, the next epoch is
+            # submitted before this one is collected (not across a checkpoint).
+            return (
+                holdout is None
+                and self.lr_schedule != "bold_driver"
+                and epoch < self.epochs
+                and not self._checkpoints.due(epoch)
+            )
+
         epochs = EpochPipeline(
             engine,
             submit,
-            lambda e: (
-                holdout is None
-                and self.lr_schedule != "bold_driver"
-                and e < self.epochs
-                and not self._checkpoints.due(e)
-            ),
+            may_look_ahead,
+            may_fuse=lambda e: callback is None and may_look_ahead(e),
         )
 
         def step(epoch: int) -> bool:
