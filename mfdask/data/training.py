@@ -2,8 +2,15 @@
 
 ``fit`` accepts a canonical dataset path (or :class:`~mfdask.data.dataset.Dataset`), a
 pandas DataFrame or a Dask DataFrame with columns ``user_id, item_id, rating`` in
-original ids. Everything becomes a lazy Dask DataFrame of ``user_idx, item_idx, rating``
-and the ordered original ids; the ratings themselves never pass through the client.
+original ids. Everything becomes ratings in dense indices (``user_idx, item_idx,
+rating``) plus the ordered original ids:
+
+- a dataset or a Dask DataFrame becomes a lazy Dask DataFrame: the ratings never pass
+  through the client;
+- a pandas DataFrame is already in the client's memory: it is indexed there and kept as
+  :class:`LocalRatings`, which the engines place by scattering pieces of it to the
+  workers (:func:`mfdask.engine.blocks.persist_partitions`) rather than by embedding it
+  in a task graph, and scatter again should a worker holding a piece be lost.
 """
 
 from __future__ import annotations
@@ -23,13 +30,53 @@ class InputError(ValueError):
     """Training or scoring input is malformed (missing columns, NaN, unknown ids...)."""
 
 
+@dataclass(frozen=True)
+class LocalRatings:
+    """Dense-indexed ratings held by the client (a pandas DataFrame given to ``fit``).
+
+    Attributes
+    ----------
+    frame : pandas.DataFrame
+        Columns ``user_idx:int32, item_idx:int32, rating:float32``.
+    piece_rows : int
+        Rows per piece scattered to the workers.
+    """
+
+    frame: pd.DataFrame
+    piece_rows: int = 1_000_000
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def pieces(self) -> list[pd.DataFrame]:
+        """The frame cut into pieces of at most ``piece_rows`` rows (at least one)."""
+        n = len(self.frame)
+        bounds = range(0, max(n, 1), self.piece_rows)
+        return [self.frame.iloc[a : a + self.piece_rows].reset_index(drop=True) for a in bounds]
+
+    def map_partitions(self, func, *args, meta=None) -> LocalRatings:
+        """``func(frame, *args)`` as new local ratings (the Dask DataFrame method's shape)."""
+        return LocalRatings(func(self.frame, *args), self.piece_rows)
+
+
+Ratings = dd.DataFrame | LocalRatings
+"""What :class:`TrainingData` holds and the engines place on the workers."""
+
+
+def count_ratings(ratings: Ratings) -> int:
+    """Number of ratings (computed on the workers for a Dask DataFrame)."""
+    if isinstance(ratings, LocalRatings):
+        return len(ratings)
+    return int(ratings.map_partitions(len).sum().compute())
+
+
 @dataclass
 class TrainingData:
     """Dense-indexed ratings and the id maps that give them meaning.
 
     Attributes
     ----------
-    ratings : dask.dataframe.DataFrame
+    ratings : dask.dataframe.DataFrame or LocalRatings
         Columns ``user_idx:int32, item_idx:int32, rating:float32``.
     user_ids, item_ids : pandas.Index
         Original ids; position = dense index.
@@ -41,7 +88,7 @@ class TrainingData:
         A human description of where the data came from, for error messages.
     """
 
-    ratings: dd.DataFrame
+    ratings: Ratings
     user_ids: pd.Index
     item_ids: pd.Index
     items: pd.DataFrame | None
@@ -72,16 +119,21 @@ def _from_dataset(ds: Dataset) -> TrainingData:
     )
 
 
+def _plain(value: object) -> object:
+    """A NumPy scalar as the Python value it holds (for messages), anything else as is."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _index_partition(part: pd.DataFrame, user_ids: pd.Index, item_ids: pd.Index) -> pd.DataFrame:
     """Map one partition's original ids to dense indices (module level: picklable)."""
     u = user_ids.get_indexer(part[schema.USER_ID])
     i = item_ids.get_indexer(part[schema.ITEM_ID])
     rating = pd.to_numeric(part[schema.RATING], errors="coerce").to_numpy(dtype="float64")
     if np.isnan(rating).any():
-        bad = part.iloc[int(np.flatnonzero(np.isnan(rating))[0])]
+        row = int(np.flatnonzero(np.isnan(rating))[0])
+        user, item = (_plain(part[col].iloc[row]) for col in (schema.USER_ID, schema.ITEM_ID))
         raise InputError(
-            f"rating is missing or not a number for user_id={bad[schema.USER_ID]!r}, "
-            f"item_id={bad[schema.ITEM_ID]!r}"
+            f"rating is missing or not a number for user_id={user!r}, item_id={item!r}"
         )
     return pd.DataFrame(
         {
@@ -92,7 +144,7 @@ def _index_partition(part: pd.DataFrame, user_ids: pd.Index, item_ids: pd.Index)
     )
 
 
-_META = pd.DataFrame(
+RATINGS_META = pd.DataFrame(
     {
         schema.USER_IDX: pd.Series([], dtype="int32"),
         schema.ITEM_IDX: pd.Series([], dtype="int32"),
@@ -108,18 +160,24 @@ def _from_frame(frame: pd.DataFrame | dd.DataFrame) -> TrainingData:
             f"training data is missing column(s) {missing}; it has {list(frame.columns)} "
             "(expected user_id, item_id, rating in original ids)"
         )
-    ddf = frame if isinstance(frame, dd.DataFrame) else dd.from_pandas(frame, npartitions=1)
-    cols = ddf[[schema.USER_ID, schema.ITEM_ID]]
-    # The distinct ids are small (users + items), unlike the ratings: fine on the client.
-    user_unique = cols[schema.USER_ID].drop_duplicates(split_out=1)
-    item_unique = cols[schema.ITEM_ID].drop_duplicates(split_out=1)
-    user_unique, item_unique = dd.compute(user_unique, item_unique)
+    if isinstance(frame, dd.DataFrame):
+        cols = frame[[schema.USER_ID, schema.ITEM_ID]]
+        # The distinct ids are small (users + items), unlike the ratings: fine on the client.
+        user_unique = cols[schema.USER_ID].drop_duplicates(split_out=1)
+        item_unique = cols[schema.ITEM_ID].drop_duplicates(split_out=1)
+        user_unique, item_unique = dd.compute(user_unique, item_unique)
+    else:  # already on the client
+        user_unique = frame[schema.USER_ID].drop_duplicates()
+        item_unique = frame[schema.ITEM_ID].drop_duplicates()
     for name, values in ((schema.USER_ID, user_unique), (schema.ITEM_ID, item_unique)):
         if pd.isna(values).any():
             raise InputError(f"column {name} has missing ids (NaN/None)")
     user_ids = pd.Index(np.sort(user_unique.to_numpy()), name=schema.USER_ID)
     item_ids = pd.Index(np.sort(item_unique.to_numpy()), name=schema.ITEM_ID)
-    ratings = ddf.map_partitions(_index_partition, user_ids, item_ids, meta=_META)
+    if isinstance(frame, dd.DataFrame):
+        ratings = frame.map_partitions(_index_partition, user_ids, item_ids, meta=RATINGS_META)
+    else:
+        ratings = LocalRatings(_index_partition(frame, user_ids, item_ids))
     return TrainingData(
         ratings=ratings,
         user_ids=user_ids,

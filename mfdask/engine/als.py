@@ -43,6 +43,7 @@ import dask.dataframe as dd
 import numpy as np
 from distributed import Client, Future, get_worker
 
+from mfdask.data.training import LocalRatings
 from mfdask.engine.blocks import (
     RowBlock,
     assemble_seen,
@@ -253,8 +254,9 @@ class BlockALS:
     Parameters
     ----------
     client : distributed.Client
-    ratings : dask.dataframe.DataFrame
-        ``user_idx:int32, item_idx:int32, rating:float32`` (any partitioning).
+    ratings : dask.dataframe.DataFrame or LocalRatings
+        ``user_idx:int32, item_idx:int32, rating:float32`` (any partitioning; client-side
+        ratings are scattered, see :func:`~mfdask.engine.blocks.persist_partitions`).
     n_users, n_items : int
     spec : SolveSpec
     positive_threshold : float
@@ -280,7 +282,7 @@ class BlockALS:
     def __init__(
         self,
         client: Client,
-        ratings: dd.DataFrame,
+        ratings: dd.DataFrame | LocalRatings,
         n_users: int,
         n_items: int,
         spec: SolveSpec,

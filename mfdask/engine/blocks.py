@@ -30,6 +30,7 @@ import pandas as pd
 from distributed import Client, Future
 
 from mfdask.data import schema
+from mfdask.data.training import LocalRatings
 from mfdask.engine.cluster import wait_for, worker_addresses
 
 
@@ -153,9 +154,17 @@ def build_row_block(
     )
 
 
-def persist_partitions(client: Client, ratings: dd.DataFrame) -> list[Future]:
-    """Materialise the input partitions on the workers (never on the client)."""
-    futures = client.compute(ratings.to_delayed(), optimize_graph=True)
+def persist_partitions(client: Client, ratings: dd.DataFrame | LocalRatings) -> list[Future]:
+    """Materialise the input partitions on the workers (never on the client).
+
+    Ratings already on the client (:class:`~mfdask.data.training.LocalRatings`, from a
+    pandas DataFrame) are scattered in pieces across the workers, so no task graph
+    carries them; calling this again scatters them again (after a lost worker).
+    """
+    if isinstance(ratings, LocalRatings):
+        futures = client.scatter(ratings.pieces())
+    else:
+        futures = client.compute(ratings.to_delayed(), optimize_graph=True)
     wait_for(client, futures)
     return futures
 

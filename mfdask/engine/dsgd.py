@@ -95,6 +95,7 @@ import dask.dataframe as dd
 import numpy as np
 from distributed import Client, Future, get_worker
 
+from mfdask.data.training import LocalRatings
 from mfdask.engine.blocks import (
     RowBlock,
     assemble_seen,
@@ -520,9 +521,10 @@ class DSGD:
     Parameters
     ----------
     client : distributed.Client
-    ratings : dask.dataframe.DataFrame
+    ratings : dask.dataframe.DataFrame or LocalRatings
         Columns ``user_idx:int32, item_idx:int32`` and ``value_col``; read partition by
-        partition on the workers, never on the client.
+        partition on the workers, never on the client (client-side ratings are
+        scattered, see :func:`~mfdask.engine.blocks.persist_partitions`).
     n_users, n_items : int
         Matrix shape.
     n_blocks : int, optional
@@ -549,7 +551,7 @@ class DSGD:
     def __init__(
         self,
         client: Client,
-        ratings: dd.DataFrame,
+        ratings: dd.DataFrame | LocalRatings,
         n_users: int,
         n_items: int,
         n_blocks: int | None = None,
@@ -601,7 +603,7 @@ class DSGD:
         collect_futures(self.client, shards, self._workers)
         return shards
 
-    def place_holdout(self, ratings: dd.DataFrame) -> list[Future]:
+    def place_holdout(self, ratings: dd.DataFrame | LocalRatings) -> list[Future]:
         """Place held-out ratings in the same cells and on the same workers, for evaluation.
 
         Returns shard futures to pass to :meth:`evaluate` (a list that :meth:`rebuild`
@@ -611,7 +613,7 @@ class DSGD:
         self._holdouts.append((ratings, shards))
         return shards
 
-    def _place_holdout(self, ratings: dd.DataFrame) -> list[Future]:
+    def _place_holdout(self, ratings: dd.DataFrame | LocalRatings) -> list[Future]:
         parts = persist_partitions(self.client, ratings)
         rows = place_row_blocks(
             self.client,

@@ -13,7 +13,13 @@ import pandas as pd
 
 from mfdask._warnings import MfdaskWarning
 from mfdask.data import schema
-from mfdask.data.training import InputError, TrainingData, as_training_data
+from mfdask.data.training import (
+    RATINGS_META,
+    InputError,
+    TrainingData,
+    as_training_data,
+    count_ratings,
+)
 from mfdask.engine.cluster import session
 from mfdask.engine.dsgd import DSGD, Cell, PendingEpoch, UserShard
 from mfdask.kernels.sgd import svd_predict, svd_sgd, svd_squared_error
@@ -484,9 +490,9 @@ class SVD(FactorModel):
             user_map = self.user_ids_.get_indexer(vdata.user_ids).astype(np.int64)
             item_map = self.item_ids_.get_indexer(vdata.item_ids).astype(np.int64)
             ratings = ratings.map_partitions(
-                _remap_partition, user_map, item_map, meta=ratings._meta
+                _remap_partition, user_map, item_map, meta=RATINGS_META
             )
-        total = int(vdata.ratings.map_partitions(len).sum().compute())
+        total = count_ratings(vdata.ratings)
         shards = engine.place_holdout(ratings)
         placed = int(engine.value_summary(shards)["count"])
         self.metrics_["validation_ratings"] = placed
