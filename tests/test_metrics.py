@@ -222,6 +222,31 @@ def test_auc_negative_zero_ties_positive_zero():
     assert auc(scores, csr([{0}], 3))[0] == pytest.approx(0.5 * 0.5)
 
 
+@pytest.mark.parametrize("n_positives", [1, 5, 32, 33, 120])
+def test_auc_equals_the_pair_count_on_both_sides_of_the_many_positives_switch(n_positives):
+    """Few positives: one pass per positive; many: a sort of the row. Same statistic."""
+    rng = np.random.default_rng(n_positives)
+    n_items, m = 400, 6
+    # coarse scores: plenty of ties, also between positives, negatives and exclusions
+    scores = rng.integers(-20, 20, (m, n_items)).astype(np.float32) / 4
+    scores[0, :50] = -0.0
+    rel_sets, excl_sets = [], []
+    for _ in range(m):
+        chosen = rng.choice(n_items, size=n_positives + 60, replace=False).tolist()
+        pos = set(chosen[:n_positives])
+        excl = set(chosen[n_positives - 1 :])  # one positive is also excluded
+        rel_sets.append(pos)
+        excl_sets.append(excl)
+    got = auc(scores, csr(rel_sets, n_items), csr(excl_sets, n_items))
+    want = [twin_auc(scores[u], rel_sets[u], excl_sets[u] - rel_sets[u]) for u in range(m)]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    mixed = auc(scores, csr(rel_sets[:3] + [set(range(40))] * 3, n_items))
+    want = [
+        twin_auc(scores[u], s, set()) for u, s in enumerate(rel_sets[:3] + [set(range(40))] * 3)
+    ]
+    np.testing.assert_allclose(mixed, want, rtol=1e-12)
+
+
 def test_auc_relevant_and_excluded_counts_as_positive():
     scores = np.array([[3.0, 1.0, 2.0]])
     assert auc(scores, csr([{0}], 3), csr([{0, 2}], 3))[0] == 1.0

@@ -48,6 +48,8 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import scipy.sparse as sp
 
+from mfdask.kernels.auc import BY_POSITIVES_UP_TO, mann_whitney_rows
+
 __all__ = [
     "RankingSums",
     "auc",
@@ -314,11 +316,10 @@ def auc(
 
         AUC_u = (1 / (|P_u| |N_u|)) Σ_{p ∈ P_u} Σ_{n ∈ N_u} ([s_p > s_n] + ½ [s_p = s_n])
 
-    Computed through mid-ranks: ``U_u = Σ_p rank(p) - |P_u|(|P_u| + 1) / 2`` where ranks run
-    over ``P_u ∪ N_u`` in ascending score order, ties taking their average rank. Excluded
-    items are moved to ``+inf`` so they rank above every candidate and change no candidate's
-    rank; one sort per row of order-preserving integer keys (row index in the high bits)
-    gives every positive's rank with a single ``searchsorted`` for the whole block.
+    A user with few positives (the usual held-out case) is counted by one vectorised
+    pass over the row per positive (:func:`mfdask.kernels.auc.mann_whitney_rows`), a
+    user with many through mid-ranks after one sort of the row; scores are compared as
+    order-preserving float32 keys (``-0.0`` ties ``+0.0``) either way.
 
     Differences from implicit: implicit's ``auc`` is an estimate from the top-k list that
     counts training items as negatives (:func:`implicit_auc_at_k`); this is exact.
@@ -347,34 +348,59 @@ def auc(
         raise ValueError(f"relevant has {rel.shape[1]} columns, scores {n}")
     if not np.isfinite(scores).all():
         raise ValueError("scores contain NaN or infinity: the model's factors are not finite")
-    pr = np.repeat(np.arange(m, dtype=np.int64), np.diff(rel.indptr))
-    pc = rel.indices.astype(np.int64)
     n_pos = np.diff(rel.indptr).astype(np.float64)
-    x = np.array(scores, dtype=np.float32)
-    n_excl = np.zeros(m)
+    ex = None
     if exclude is not None:
         ex = _as_binary_csr(exclude, m, "exclude")
         if ex.shape[1] != n:
             raise ValueError(f"exclude has {ex.shape[1]} columns, scores {n}")
+        ex_indptr, ex_indices = ex.indptr.astype(np.int64), ex.indices.astype(np.int64)
+    else:
+        ex_indptr, ex_indices = np.zeros(m + 1, np.int64), np.zeros(0, np.int64)
+    keys = _order_keys(scores)
+    u_stat = np.zeros(m, dtype=np.float64)
+    n_neg = np.zeros(m, dtype=np.int64)
+    mann_whitney_rows(
+        keys, rel.indptr.astype(np.int64), rel.indices.astype(np.int64),
+        ex_indptr, ex_indices, u_stat, n_neg,
+    )  # fmt: skip
+    heavy = np.flatnonzero(n_pos > BY_POSITIVES_UP_TO)
+    if len(heavy) == m:  # keys is ours: ranked in place
+        u_stat = _u_by_ranks(keys, rel, ex)
+    elif len(heavy):
+        u_stat[heavy] = _u_by_ranks(keys[heavy], rel[heavy], ex[heavy] if ex is not None else None)
+    ok = (n_pos > 0) & (n_neg > 0)
+    return np.where(ok, u_stat / np.where(ok, n_pos * n_neg, 1.0), np.nan)
+
+
+def _u_by_ranks(keys: np.ndarray, rel: sp.csr_matrix, ex: sp.csr_matrix | None) -> np.ndarray:
+    """Mann-Whitney ``U`` per row through mid-ranks: one sort per row (many positives).
+
+    ``keys`` is overwritten (excluded items).
+
+    ``U_u = Σ_p rank(p) - |P_u|(|P_u| + 1) / 2`` where ranks run over ``P_u ∪ N_u`` in
+    ascending order, ties taking their average rank. Excluded items get the largest key,
+    so they rank above every candidate and change no candidate's rank; the row index in
+    the high bits makes the row-wise sorted keys one sorted array, so a single
+    ``searchsorted`` finds every positive's place within its own row.
+    """
+    m, n = keys.shape
+    pr = np.repeat(np.arange(m, dtype=np.int64), np.diff(rel.indptr))
+    pc = rel.indices.astype(np.int64)
+    n_pos = np.diff(rel.indptr).astype(np.float64)
+    pos_keys = keys[pr, pc]
+    if ex is not None and ex.nnz:
         er = np.repeat(np.arange(m, dtype=np.int64), np.diff(ex.indptr))
-        x[er, ex.indices] = np.inf
-        x[pr, pc] = np.asarray(scores[pr, pc], dtype=np.float32)  # positives stay positives
-        n_excl = np.diff(ex.indptr) - np.diff(ex.multiply(rel).tocsr().indptr)
-    n_neg = n - n_pos - n_excl
-    keys = _order_keys(x)
-    # The row index in the high 32 bits makes the row-wise sorted keys one sorted array,
-    # so a single searchsorted finds every positive's place within its own row.
+        keys[er, ex.indices] = np.iinfo(np.uint32).max
+        keys[pr, pc] = pos_keys  # positives stay positives
     high = np.arange(m, dtype=np.uint64)[:, None] << np.uint64(32)
     flat = (high | np.sort(keys, axis=1)).ravel()
-    pk = (pr.astype(np.uint64) << np.uint64(32)) | keys[pr, pc].astype(np.uint64)
+    pk = (pr.astype(np.uint64) << np.uint64(32)) | pos_keys.astype(np.uint64)
     offset = pr * n
     below = np.searchsorted(flat, pk, side="left") - offset
     upto = np.searchsorted(flat, pk, side="right") - offset
     midrank = (below + upto + 1) / 2.0  # 1-based average rank of the tie group
-    rank_sum = np.bincount(pr, weights=midrank, minlength=m)
-    u_stat = rank_sum - n_pos * (n_pos + 1) / 2.0
-    ok = (n_pos > 0) & (n_neg > 0)
-    return np.where(ok, u_stat / np.where(ok, n_pos * n_neg, 1.0), np.nan)
+    return np.bincount(pr, weights=midrank, minlength=m) - n_pos * (n_pos + 1) / 2.0
 
 
 # --------------------------------------------------------------------------- sums
