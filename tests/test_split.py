@@ -337,3 +337,13 @@ def test_ml1m_user_holdout_protocol(client, ml1m_dir, tmp_path):
     np.testing.assert_array_equal(held.to_numpy(), holdout_count(positives.to_numpy(), 0.2, 5))
     # 20% of ML-1M's 575,281 positives, per user, rounded.
     assert 114_000 < test.n_ratings < 116_500
+
+
+def test_writing_no_ratings_is_refused_and_leaves_nothing(client, tmp_path):
+    empty = pd.DataFrame({c: pd.Series([], dtype=t) for c, t in schema.RATING_DTYPES.items()})
+    users = pd.DataFrame({"user_id": [7], "user_idx": [0]})
+    items = pd.DataFrame({"item_id": [9], "item_idx": [0]})
+    dest = tmp_path / "empty"
+    with pytest.raises(DatasetError, match=r"no ratings to write to .*empty"):
+        write_dataset(dd.from_pandas(empty, npartitions=1), users, items, dest)
+    assert not dest.exists()

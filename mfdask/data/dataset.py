@@ -290,6 +290,11 @@ def write_dataset(
             engine="pyarrow",
             write_metadata_file=False,
         )
+        if not any(ratings_dir.rglob("*.parquet")):
+            raise DatasetError(
+                f"no ratings to write to {os.fspath(dest)!r}: a dataset needs at least one "
+                "rating (was the input, or this part of the split, empty?)"
+            )
         written = Dataset(ratings_dir.parent, {"users": 0, "items": 0, "rows": 0})
         return summarise_ratings(written.ratings())
 
