@@ -146,7 +146,7 @@ def kernel_alone(problem: Problem, cls, repeats: int = 3) -> float:
         }
     )
     pieces = [split_partition(frame, 1, "user_idx", "item_idx", "rating")]
-    shard = build_shard(build_row_block(0, 1, *problem.shape, pieces))
+    shard = build_shard(build_row_block(0, 1, *problem.shape, [p[0] for p in pieces]))
     cell = shard.cells[0]
     model = cls(random_state=0)
     model._threshold = model.positive_threshold

@@ -105,7 +105,7 @@ def test_shard_cells_hold_local_indices_of_their_block(n_blocks):
     pieces = [split_partition(frame, n_blocks, "user_idx", "item_idx", "rating")]
     rebuilt = np.zeros(matrix.shape, dtype=np.float32)
     for w in range(n_blocks):
-        shard = build_shard(build_row_block(w, n_blocks, *matrix.shape, pieces))
+        shard = build_shard(build_row_block(w, n_blocks, *matrix.shape, [p[w] for p in pieces]))
         assert len(shard.cells) == n_blocks
         for j, cell in enumerate(shard.cells):
             assert (cell.user_block, cell.item_block) == (w, j)
