@@ -218,3 +218,14 @@ def test_a_submitted_epoch_can_be_collected_late_or_discarded(client):
     np.testing.assert_array_equal(
         item["visits"], 2 * np.bincount(matrix.indices, minlength=n_items)
     )
+
+
+@pytest.mark.parametrize("bad_user", [-1, 37, 1000])
+def test_a_row_index_outside_the_matrix_is_named(bad_user):
+    frame, matrix = _frame()  # 37 users
+    frame.loc[3, "user_idx"] = bad_user
+    n_blocks = 3
+    pieces = [split_partition(frame, n_blocks, "user_idx", "item_idx", "rating")]
+    block = bad_user % n_blocks
+    with pytest.raises(IndexError, match=rf"user index out of range 0\.\.36 in block {block}"):
+        build_row_block(block, n_blocks, *matrix.shape, [p[block] for p in pieces], "user")
