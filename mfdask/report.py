@@ -26,7 +26,7 @@ import pandas as pd
 LOSS_KEYS = ("loss", "train_rmse", "objective")
 """History fields that hold the training objective, in order of preference."""
 
-VALIDATION_PREFIXES = ("validation", "ndcg@", "precision@", "map@", "auc")
+VALIDATION_PREFIXES = ("validation", "ndcg", "precision", "recall", "map", "hit_rate", "auc")
 """History fields drawn as a second curve: validation metrics, and BPR/WARP's sampled AUC."""
 
 METRIC_ROWS = (

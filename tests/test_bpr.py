@@ -210,3 +210,21 @@ def test_bpr_pass_with_the_cells_bitset_equals_the_pass_with_binary_searches():
         out.append((P, Q, stats))
     for a, b in zip(out[0], out[1], strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("cls", ["BPR", "WARP"])
+def test_validation_tracks_the_default_metric_and_keeps_the_best_epoch(client, cls):
+    import mfdask
+
+    frame, _, _ = planted_implicit(seed=3)
+    positives = frame[frame.rating >= 4]
+    valid = positives.sample(frac=0.2, random_state=2)
+    train = frame.drop(valid.index)
+    model = getattr(mfdask, cls)(factors=8, epochs=12, random_state=0, early_stopping_rounds=3)
+    model.fit(train, validation=valid)
+    scores = [h["ndcg"] for h in model.history_]
+    assert model.metrics_["ndcg"] == pytest.approx(max(scores))
+    assert model.metrics_["best_epoch"] == int(np.argmax(scores)) + 1
+    assert max(scores) > scores[0]
+    with pytest.raises(ValueError, match=r"validation_metric must be one of \['ndcg'"):
+        getattr(mfdask, cls)(validation_metric="ndcg@10").fit(train, validation=valid)

@@ -12,7 +12,12 @@ from mfdask.data import schema
 from mfdask.data.training import TrainingData
 from mfdask.engine.als import BlockALS, SolveSpec
 from mfdask.engine.cluster import session
-from mfdask.models.base import EpochCallback, FactorModel, _check_positive_int
+from mfdask.models.base import (
+    EpochCallback,
+    FactorModel,
+    _check_positive_int,
+    _check_validation_metric,
+)
 from mfdask.models.fitloop import BestIteration
 
 CONFIDENCE_OFFSETS = {"paper": 1.0, "implicit": 0.0}
@@ -182,6 +187,7 @@ class ALS(FactorModel):
         _check_positive_int("iterations", self.iterations)
         _check_positive_int("cg_steps", self.cg_steps)
         _check_positive_int("validation_k", self.validation_k)
+        _check_validation_metric(self.validation_metric)
         for name in ("n_threads", "n_blocks", "early_stopping_rounds"):
             if getattr(self, name) is not None:
                 _check_positive_int(name, getattr(self, name))

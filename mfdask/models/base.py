@@ -64,6 +64,20 @@ class ModelFileError(ValueError):
     """A model directory is missing, incomplete or corrupt."""
 
 
+VALIDATION_METRICS = ("ndcg", "precision", "recall", "map", "hit_rate", "auc")
+"""Keys of :func:`mfdask.evaluate.evaluate_ranking` a ranking model can track while it
+trains (all higher-is-better)."""
+
+
+def _check_validation_metric(value: Any) -> str:
+    if value not in VALIDATION_METRICS:
+        raise ValueError(
+            f"validation_metric must be one of {list(VALIDATION_METRICS)} (a key of "
+            f"evaluate_ranking, at cut-off validation_k), got {value!r}"
+        )
+    return str(value)
+
+
 def _check_positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -165,7 +165,7 @@ class BPR(PairwiseModel):
         n_blocks: int | None = None,
         show_progress: bool = False,
         validation_k: int = 10,
-        validation_metric: str = "ndcg@10",
+        validation_metric: str = "ndcg",
         early_stopping_rounds: int | None = None,
         checkpoint_dir: str | None = None,
         checkpoint_every: int = 5,

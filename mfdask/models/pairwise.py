@@ -23,6 +23,7 @@ from mfdask.models.base import (
     EpochCallback,
     FactorModel,
     _check_positive_int,
+    _check_validation_metric,
     _progress_bar,
 )
 from mfdask.models.fitloop import BestIteration, DSGDCheckpointing, EpochPipeline
@@ -54,6 +55,7 @@ class PairwiseModel(FactorModel):
         _check_positive_int("factors", self.factors)
         _check_positive_int("epochs", self.epochs)
         _check_positive_int("validation_k", self.validation_k)
+        _check_validation_metric(self.validation_metric)
         for name in ("n_threads", "n_blocks", "early_stopping_rounds"):
             if getattr(self, name) is not None:
                 _check_positive_int(name, getattr(self, name))
