@@ -52,6 +52,7 @@ from mfdask.data.dataset import Dataset, is_dataset, open_dataset
 from mfdask.data.training import InputError
 from mfdask.engine.blocks import RowBlock, persist_partitions, place_row_blocks
 from mfdask.engine.cluster import session, worker_addresses
+from mfdask.engine.resilience import ClusterFailure, gather
 from mfdask.metrics.ranking import RankingSums, auc, ranking_sums
 from mfdask.metrics.rating import RatingSums, rating_sums
 from mfdask.recommend import chunk_rows, top_k_of_scores
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_K",
     "EVAL_CHUNK_CELLS",
+    "RankingEvaluator",
     "evaluate",
     "evaluate_ranking",
     "evaluate_rating",
@@ -342,6 +344,7 @@ def _light_copy(model: FactorModel) -> FactorModel:
     light.history_ = []
     light.items_ = None
     light.metrics_ = {}
+    light._validator = None
     return light
 
 
@@ -359,36 +362,40 @@ def _n_blocks(requested: int | None, n_workers: int, n_users: int) -> int:
     return max(n_workers, math.ceil(n_users / BLOCK_USERS), 1)
 
 
-def _rank(
+@dataclass
+class _PlacedRanking:
+    """Test ratings (and the items to filter) placed in user blocks on the workers."""
+
+    blocks: list[Any]
+    exclude: list[Any]
+    workers: list[str]
+    n_blocks: int
+    rows: int
+    skipped: int
+    extra: dict[str, float]
+
+
+def _place_ranking(
     client: Any,
     model: FactorModel,
     test: _Prepared,
     *,
-    k: int,
     train: Any,
-    positive_threshold: float | None,
     filter_seen: bool,
     n_blocks: int,
-    chunk_cells: int,
-) -> dict[str, float]:
+) -> _PlacedRanking:
+    """Cut the prepared test ratings into user blocks, with each block's items to filter."""
     workers = worker_addresses(client)
     n_users, n_items = model.n_users, model.n_items
-    uvec, ivec = model._score_vectors()
-    for name, v in (("user", uvec), ("item", ivec)):
-        if not np.isfinite(v).all():
-            raise ValueError(
-                f"{type(model).__name__} has non-finite {name} factors: the fit diverged; "
-                "retrain with a larger regularization or a smaller learning_rate"
-            )
-    out: dict[str, float] = {}
+    extra: dict[str, float] = {}
     blocks = place_row_blocks(client, test.parts, n_blocks, n_users, n_items)
     if not filter_seen:
         exclude: list[Any] = [None] * n_blocks
     elif train is not None:
         train_p = _prepare(client, model, train, "train", need_rating=False)
         _report_skipped(train_p, "train", model)
-        out["train_ratings"] = train_p.rows
-        out["train_skipped_unknown"] = train_p.skipped
+        extra["train_ratings"] = train_p.rows
+        extra["train_skipped_unknown"] = train_p.skipped
         exclude = place_row_blocks(client, train_p.parts, n_blocks, n_users, n_items)
     else:
         seen = getattr(model, "seen_items_", None)
@@ -403,6 +410,36 @@ def _rank(
             client.scatter(seen[b::n_blocks], workers=[workers[b % len(workers)]], hash=False)
             for b in range(n_blocks)
         ]
+    return _PlacedRanking(
+        blocks=blocks,
+        exclude=exclude,
+        workers=workers,
+        n_blocks=n_blocks,
+        rows=test.rows,
+        skipped=test.skipped,
+        extra=extra,
+    )
+
+
+def _score_ranking(
+    client: Any,
+    model: FactorModel,
+    placed: _PlacedRanking,
+    *,
+    k: int,
+    positive_threshold: float | None,
+    chunk_cells: int,
+) -> dict[str, float]:
+    """Rank every placed user block with the model's current factors; the means."""
+    n_items = model.n_items
+    uvec, ivec = model._score_vectors()
+    for name, v in (("user", uvec), ("item", ivec)):
+        if not np.isfinite(v).all():
+            raise ValueError(
+                f"{type(model).__name__} has non-finite {name} factors: the fit diverged; "
+                "retrain with a larger regularization or a smaller learning_rate"
+            )
+    workers, n_blocks = placed.workers, placed.n_blocks
     ivec_f = client.scatter(
         np.ascontiguousarray(ivec, dtype=np.float32), broadcast=True, hash=False
     )
@@ -416,17 +453,17 @@ def _rank(
         futures.append(
             client.submit(
                 _rank_block,
-                blocks[b],
+                placed.blocks[b],
                 uvec_f,
                 ivec_f,
-                exclude[b],
+                placed.exclude[b],
                 job,
                 workers=[target],
                 allow_other_workers=True,
                 pure=False,
             )
         )
-    results = client.gather(futures)
+    results = gather(client, futures, [])
     sums = RankingSums(k=k, n_items=n_items)
     counts = np.zeros(4, dtype=np.int64)
     for s, c in results:
@@ -440,9 +477,11 @@ def _rank(
             else f"rating >= {positive_threshold:g}"
         )
         raise ValueError(
-            f"no test user has a positive ({rule}) among {test.rows - test.skipped} known "
-            "test ratings: check the split, or lower positive_threshold (--positive-threshold)"
+            f"no test user has a positive ({rule}) among {placed.rows - placed.skipped} "
+            "known test ratings: check the split, or lower positive_threshold "
+            "(--positive-threshold)"
         )
+    out: dict[str, float] = dict(placed.extra)
     out.update(means)
     out.update(
         {
@@ -455,6 +494,120 @@ def _rank(
         }
     )
     return out
+
+
+def _rank(
+    client: Any,
+    model: FactorModel,
+    test: _Prepared,
+    *,
+    k: int,
+    train: Any,
+    positive_threshold: float | None,
+    filter_seen: bool,
+    n_blocks: int,
+    chunk_cells: int,
+) -> dict[str, float]:
+    placed = _place_ranking(
+        client, model, test, train=train, filter_seen=filter_seen, n_blocks=n_blocks
+    )
+    return _score_ranking(
+        client,
+        model,
+        placed,
+        k=k,
+        positive_threshold=positive_threshold,
+        chunk_cells=chunk_cells,
+    )
+
+
+class RankingEvaluator:
+    """Ranking metrics of successive states of one model on the same held-out ratings.
+
+    :func:`evaluate_ranking` reads, indexes and places the test ratings (and the training
+    items to filter) on every call. A fit that validates after every epoch would pay that
+    each time; this places them once, and each :meth:`score` only sends the current
+    factors. The model's ids and training items must not change between calls (they do
+    not within a fit). If a worker holding a placed block leaves, the next call places
+    the ratings again on the workers there are.
+
+    Parameters
+    ----------
+    model, test, k, positive_threshold, filter_seen, n_blocks, chunk_cells
+        As for :func:`evaluate_ranking` (the training items filtered are the model's
+        ``seen_items_``).
+    client : distributed.Client, optional
+        Default: the current default client (one must exist: the placed blocks live on
+        its cluster).
+    """
+
+    def __init__(
+        self,
+        model: FactorModel,
+        test: Any,
+        *,
+        k: int = DEFAULT_K,
+        positive_threshold: float | None = schema.DEFAULT_POSITIVE_THRESHOLD,
+        filter_seen: bool = True,
+        n_blocks: int | None = None,
+        chunk_cells: int = EVAL_CHUNK_CELLS,
+        client: Any = None,
+    ) -> None:
+        from distributed import default_client
+
+        self.client = client if client is not None else default_client()
+        self.test = test
+        self.k = _check_k(k)
+        self.positive_threshold = None if positive_threshold is None else float(positive_threshold)
+        self.filter_seen = filter_seen
+        self.n_blocks = n_blocks
+        self.chunk_cells = chunk_cells
+        self._placed: _PlacedRanking | None = None
+        self._place(model)
+
+    def _place(self, model: FactorModel) -> None:
+        self._placed = None
+        client = self.client
+        blocks = _n_blocks(self.n_blocks, len(worker_addresses(client)), model.n_users)
+        need_rating = self.positive_threshold is not None
+        test_p = _prepare(client, model, self.test, "test", need_rating)
+        _report_skipped(test_p, "test", model)
+        if test_p.rows == test_p.skipped:
+            raise ValueError(
+                f"no test rating to evaluate: {test_p.rows} read, {test_p.skipped} name users "
+                "or items the model does not know (is this test set from the same ingest?)"
+            )
+        self._placed = _place_ranking(
+            client, model, test_p, train=None, filter_seen=self.filter_seen, n_blocks=blocks
+        )
+
+    def score(self, model: FactorModel) -> dict[str, float]:
+        """The metrics of ``model``'s current factors (keys as :func:`evaluate_ranking`)."""
+        started = time.perf_counter()
+        if self._placed is None or not set(self._placed.workers) <= set(
+            worker_addresses(self.client)
+        ):
+            self._place(model)
+        try:
+            out = _score_ranking(
+                self.client,
+                model,
+                self._placed,
+                k=self.k,
+                positive_threshold=self.positive_threshold,
+                chunk_cells=self.chunk_cells,
+            )
+        except ClusterFailure:
+            self._placed = None  # placed again on the next call
+            raise
+        out["test_ratings"] = self._placed.rows
+        out["skipped_unknown"] = self._placed.skipped
+        out["seconds"] = time.perf_counter() - started
+        return out
+
+    def close(self) -> None:
+        """Release the placed blocks."""
+        self._placed = None
 
 
 def evaluate(

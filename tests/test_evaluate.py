@@ -15,7 +15,7 @@ import scipy.sparse as sp
 from mfdask._warnings import MfdaskWarning
 from mfdask.data.dataset import id_map_fingerprint, write_dataset
 from mfdask.data.training import InputError
-from mfdask.evaluate import evaluate, evaluate_ranking, evaluate_rating
+from mfdask.evaluate import RankingEvaluator, evaluate, evaluate_ranking, evaluate_rating
 from mfdask.metrics import rmse
 from mfdask.models.base import FactorModel, ModelMismatchError
 from tests.test_metrics import twin_means
@@ -118,6 +118,32 @@ def test_distributed_equals_direct(client, data, npartitions, n_blocks):
     assert got["users"] + got["users_without_positives"] == got["test_users"]
     assert got["test_in_train"] == 0
     assert got["n_blocks"] == n_blocks
+
+
+def test_a_ranking_evaluator_places_once_and_follows_the_factors(client, data):
+    train, test = data
+    model = _model(train)
+    keys = ("precision", "recall", "ndcg", "map", "hit_rate", "auc", "coverage", "users")
+
+    def same(got, want):
+        _assert_matches({k: got[k] for k in keys}, {k: want[k] for k in keys})
+
+    evaluator = RankingEvaluator(model, test, k=5, n_blocks=3)
+    first = evaluator.score(model)
+    same(first, evaluate_ranking(model, test, k=5, n_blocks=3))
+    assert first["test_ratings"] == len(test)
+    # new factors: the metrics follow them, the placed ratings are reused
+    placed = evaluator._placed
+    model.user_factors_ = model.user_factors_[::-1].copy()
+    moved = evaluator.score(model)
+    assert evaluator._placed is placed
+    same(moved, evaluate_ranking(model, test, k=5, n_blocks=3))
+    assert moved["ndcg"] != first["ndcg"]
+    # a worker holding a block left: placed again on the workers there are
+    placed.workers = ["tcp://192.0.2.1:1"]
+    again = evaluator.score(model)
+    assert evaluator._placed is not placed
+    same(again, moved)
 
 
 def test_dataset_paths_and_train_give_the_same(client, data, tmp_path):

@@ -218,7 +218,10 @@ class FactorModel:
         self.history_: list[dict[str, Any]] = []
         self.metrics_: dict[str, Any] = {}
         started = time.perf_counter()
-        self._fit(data, validation, callback)
+        try:
+            self._fit(data, validation, callback)
+        finally:
+            self._validator = None  # placed validation blocks live only as long as the fit
         self.metrics_["fit_seconds"] = time.perf_counter() - started
         return self
 
@@ -315,16 +318,18 @@ class FactorModel:
         return True
 
     def _validation_score(self, validation: Any) -> float:
-        """``validation_metric`` at ``validation_k`` on held-out ratings (ranking models)."""
-        from mfdask.evaluate import evaluate_ranking
+        """``validation_metric`` at ``validation_k`` on held-out ratings (ranking models).
 
-        result = evaluate_ranking(self, validation, k=self.validation_k)
-        if self.validation_metric not in result:
-            raise ValueError(
-                f"validation_metric={self.validation_metric!r} is not one of "
-                f"{sorted(result)} computed by evaluate_ranking"
-            )
-        return float(result[self.validation_metric])
+        The held-out ratings are read and placed on the workers once per fit (a
+        :class:`~mfdask.evaluate.RankingEvaluator`); each epoch only sends its factors.
+        """
+        from mfdask.evaluate import RankingEvaluator
+
+        evaluator = getattr(self, "_validator", None)
+        if evaluator is None or evaluator.test is not validation:
+            evaluator = RankingEvaluator(self, validation, k=self.validation_k)
+            self._validator = evaluator
+        return float(evaluator.score(self)[self.validation_metric])
 
     # ------------------------------------------------------------------ state
     def _check_fitted(self) -> None:
