@@ -33,9 +33,11 @@ Where the data lives
   item blocks to each other directly (:mod:`mfdask.engine.exchange`): one RPC per
   hand-over instead of the scheduler's task-finished, ``getitem`` and next-task round
   trips (about 20 ms each on two local workers, as long as training a small cell).
-  Otherwise (``B`` a multiple of the workers, or after a recovery left two blocks on
-  one worker) every cell is a task and the scheduler moves the blocks. Both paths train
-  the same cells in the same order with the same seeds, hence the same floats.
+  Several short epochs can even run in the same tasks (:meth:`DSGD.submit_epochs`),
+  item blocks crossing epoch boundaries the same way. Otherwise (``B`` a multiple of
+  the workers, or after a recovery left two blocks on one worker) every cell is a task
+  and the scheduler moves the blocks. Both paths train the same cells in the same order
+  with the same seeds, hence the same floats.
 
 The contract with a loss
 ------------------------
