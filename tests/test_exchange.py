@@ -17,9 +17,8 @@ from mfdask.engine.exchange import (
     NOT_YET,
     BlockExchangeError,
     BlockMailbox,
-    Inbox,
+    Exchange,
     install,
-    send_block,
 )
 from tests.test_bpr import planted_implicit
 from tests.test_dsgd import CountingKernel, _frame
@@ -96,13 +95,13 @@ def test_routes_hand_each_block_to_its_next_trainer(n_blocks):
 # ---------------------------------------------------------------------- on a cluster
 def _block_on_same_worker(token):
     """Wait for a block that only a task queued behind this one on its worker sends."""
-    return Inbox(token, timeout=30).receive((1, 0), "the same worker")
+    return Exchange(token, timeout=30).receive((1, 0), "the same worker")
 
 
 def _send_to_self(token):
     from distributed import get_worker
 
-    send_block(get_worker().address, token, (1, 0), "hello")
+    Exchange(token).send(get_worker().address, (1, 0), "hello")
     return "sent"
 
 
@@ -120,6 +119,33 @@ def test_a_long_wait_gives_the_thread_back_so_the_sender_can_run():
         sender = client.submit(_send_to_self, "t/0/0", pure=False)
         assert waiting.result(timeout=30) == "hello"
         assert sender.result(timeout=30) == "sent"
+
+
+def _send_to_nowhere(token):
+    Exchange(token, timeout=60).send("tcp://127.0.0.1:9", (1, 0), np.zeros(4))
+
+
+def test_a_send_to_a_gone_worker_frees_its_thread_and_stops_when_aborted():
+    """Connecting to a dead worker retries for the connect timeout: the sender must not
+    hold the worker's only thread meanwhile, and an abort must end it at once."""
+    from mfdask.engine.exchange import abort_exchanges
+
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        install(client)
+        sending = client.submit(_send_to_nowhere, "gone/0/0", pure=False)
+        probe = client.submit(time.monotonic, pure=False)
+        assert probe.result(timeout=10) > 0  # ran while the send was still retrying
+        assert sending.status == "pending"
+        started = time.monotonic()
+        abort_exchanges(client, "gone")
+        with pytest.raises(BlockExchangeError, match="aborted while handing block"):
+            sending.result(timeout=10)
+        assert time.monotonic() - started < 5
 
 
 def test_direct_exchange_is_used_only_with_one_user_block_per_worker(client):

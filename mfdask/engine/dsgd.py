@@ -108,7 +108,7 @@ from mfdask.engine.blocks import (
 )
 from mfdask.engine.checkpoint import block_digest, combine_digests
 from mfdask.engine.cluster import worker_addresses
-from mfdask.engine.exchange import Inbox, abort_exchanges, install, send_block, writable
+from mfdask.engine.exchange import Exchange, abort_exchanges, install, writable
 from mfdask.engine.resilience import collect as collect_futures
 from mfdask.engine.resilience import gather
 from mfdask.kernels.sampling import member_bitset
@@ -424,7 +424,7 @@ def _train_epochs_task(
     per epoch, shape ``(len(kernels), n_stats)``.
     """
     threads = _task_threads(n_threads)
-    inbox = Inbox(token)
+    exchange = Exchange(token)
     user = {name: arr.copy() for name, arr in user.items()}
     held = {name: arr.copy() for name, arr in first_item.items()}
     per_epoch = len(route.item_blocks) // len(kernels)
@@ -432,14 +432,14 @@ def _train_epochs_task(
     w = route.user_block
     for s, j in enumerate(route.item_blocks):
         if s > 0:
-            held = writable(inbox.receive((s, j), senders[s - 1]))
+            held = writable(exchange.receive((s, j), senders[s - 1]))
         r = s // per_epoch
         part = run_cell(
             kernels[r], shard.cells[j], shard, user, held, (seed, first_epoch + r, w, j), threads
         )
         totals[r] = part if totals[r] is None else totals[r] + part
         if s + 1 < len(route.item_blocks):
-            send_block(receivers[s], token, (s + 1, j), held)
+            exchange.send(receivers[s], (s + 1, j), held)
             held = {}  # the receiver owns it now
     return user, held, np.asarray(totals, dtype=np.float64)
 

@@ -9,14 +9,15 @@ and the tasks pass item blocks to one another directly:
 
 - the sender calls the receiving worker's ``mfdask_put_block`` handler (one RPC over the
   connection pool the workers already use to move data, acknowledged once the block is
-  stored) with :func:`send_block`;
-- the receiver's task waits (:class:`Inbox`) on its worker's :class:`BlockMailbox`
+  stored: :meth:`Exchange.send`);
+- the receiver's task waits (:meth:`Exchange.receive`) on its worker's :class:`BlockMailbox`
   (installed on every worker by :class:`BlockExchangePlugin`, also on workers that join
   later) until the block is there.
 
 A waiting task must not keep its worker from running the tasks its peers need: the
 peer's own epoch task may still wait for a ``getitem`` that is queued behind the waiting
-task on the same worker's only thread. When a wait lasts longer than
+task on the same worker's only thread, and after a lost peer the recovery needs the
+thread too. When a wait (to receive, or for a send to complete) lasts longer than
 :data:`SECEDE_AFTER`, the task therefore leaves the worker's thread pool
 (``distributed.secede``), which opens a slot for the queued work; within a normal
 hand-over (milliseconds) it never does.
@@ -45,7 +46,6 @@ from distributed import Client, get_worker, secede
 from distributed.comm.core import CommClosedError
 from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.protocol import to_serialize
-from distributed.utils import sync
 
 EXTENSION = "mfdask-block-exchange"
 """Name of the plugin, and key of the mailbox in ``Worker.extensions``."""
@@ -59,6 +59,9 @@ peer or a dropped epoch normally ends the wait at once through :func:`abort_exch
 
 SECEDE_AFTER = 0.1
 """Seconds a task waits for a block before it gives its thread slot back to the worker."""
+
+SEND_POLL = 0.05
+"""Seconds between two checks of a sending task for an abort (the send itself wakes it)."""
 
 WAIT_SLICE = 0.5
 """Seconds between two checks of a waiting task for an abort or its worker closing."""
@@ -97,6 +100,11 @@ class BlockMailbox:
 
     def _is_aborted(self, token: str) -> bool:
         return any(_matches(token, prefix) for prefix in self._aborted)
+
+    def is_aborted(self, token: str) -> bool:
+        """Whether ``token`` (or a prefix of it) was aborted."""
+        with self._changed:
+            return self._is_aborted(token)
 
     def put(self, token: str, key: Hashable, block: Any) -> bool:
         """Store ``block`` for ``(token, key)``; False (and dropped) if the token is aborted."""
@@ -221,46 +229,28 @@ def writable(block: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {name: a if a.flags.writeable else a.copy() for name, a in block.items()}
 
 
-def send_block(address: str, token: str, key: tuple, block: Any) -> None:
-    """Hand ``block`` to the worker at ``address`` (call from a task thread).
+class Exchange:
+    """One task's hand-overs during one epoch ``token`` (use from the task's thread).
 
-    Returns once the receiver has stored it. The caller must not modify ``block``
-    afterwards: within one process the receiver gets the object itself.
-    """
-    worker = get_worker()
-    if address == worker.address:
-        _mailbox(worker).put(token, key, block)
-        return
-
-    async def call() -> Any:
-        rpc = worker.rpc(address)
-        return await getattr(rpc, HANDLER)(token=token, key=list(key), block=to_serialize(block))
-
-    try:
-        reply = sync(worker.loop, call)
-    except (OSError, CommClosedError) as exc:
-        raise BlockExchangeError(
-            f"could not hand block {key} of epoch {token} to worker {address}: "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
-    if reply != "stored":
-        raise BlockExchangeError(
-            f"worker {address} did not store block {key} of epoch {token} (reply {reply!r})"
-        )
-
-
-class Inbox:
-    """The blocks one task receives during one epoch ``token`` (use from its thread).
-
-    The first wait that outlasts :data:`SECEDE_AFTER` makes the task leave the worker's
-    thread pool (see the module notes); a task leaves it at most once.
+    :meth:`send` hands a block to another worker and returns once it is stored there;
+    :meth:`receive` waits for one. Both give up at once when the token is aborted, and
+    the first wait of either kind that outlasts :data:`SECEDE_AFTER` makes the task
+    leave the worker's thread pool (see the module notes; at most once a task). A send
+    to a worker that died may otherwise sit in connection retries for the whole connect
+    timeout while the recovery needs this worker's thread.
     """
 
     def __init__(self, token: str, timeout: float = RECEIVE_TIMEOUT) -> None:
         self.token = token
         self.timeout = timeout
         self.seceded = False
-        self._mailbox = _mailbox(get_worker())
+        self._worker = get_worker()
+        self._mailbox = _mailbox(self._worker)
+
+    def _secede(self) -> None:
+        if not self.seceded:
+            secede()
+            self.seceded = True
 
     def receive(self, key: tuple, sender: str) -> Any:
         """Wait for block ``key`` from ``sender``; see :meth:`BlockMailbox.take`."""
@@ -268,9 +258,65 @@ class Inbox:
             block = self._mailbox.take(self.token, key, sender, patience=SECEDE_AFTER)
             if block is not NOT_YET:
                 return block
-            secede()
-            self.seceded = True
+            self._secede()
         return self._mailbox.take(self.token, key, sender, self.timeout)
+
+    def send(self, address: str, key: tuple, block: Any) -> None:
+        """Hand ``block`` to the worker at ``address`` under ``key``.
+
+        The caller must not modify ``block`` afterwards: within one process the
+        receiver gets the object itself.
+
+        Raises
+        ------
+        BlockExchangeError
+            The receiver is unreachable or refused the block, the token was aborted,
+            or the send did not complete within the timeout.
+        """
+        worker = self._worker
+        if address == worker.address:
+            self._mailbox.put(self.token, key, block)
+            return
+        done = threading.Event()
+        outcome: dict[str, Any] = {}
+
+        async def call() -> None:
+            try:
+                rpc = worker.rpc(address)
+                outcome["reply"] = await getattr(rpc, HANDLER)(
+                    token=self.token, key=list(key), block=to_serialize(block)
+                )
+            except Exception as exc:  # reported to the task thread below
+                outcome["error"] = exc
+            finally:
+                done.set()
+
+        worker.loop.add_callback(call)
+        started = time.monotonic()
+        while not done.wait(SEND_POLL):
+            waited = time.monotonic() - started
+            if self._mailbox.is_aborted(self.token):
+                raise BlockExchangeError(
+                    f"epoch {self.token} was aborted while handing block {key} to {address}"
+                )
+            if waited > self.timeout:
+                raise BlockExchangeError(
+                    f"handing block {key} of epoch {self.token} to {address} took over "
+                    f"{self.timeout:g} s: that worker is stuck or gone"
+                )
+            if waited > SECEDE_AFTER:
+                self._secede()
+        if "error" in outcome:
+            exc = outcome["error"]
+            raise BlockExchangeError(
+                f"could not hand block {key} of epoch {self.token} to worker {address}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        if outcome.get("reply") != "stored":
+            raise BlockExchangeError(
+                f"worker {address} did not store block {key} of epoch {self.token} "
+                f"(reply {outcome.get('reply')!r})"
+            )
 
 
 def _abort_on_worker(prefix: str, dask_worker: Any = None) -> int:
