@@ -105,8 +105,9 @@ def _send_to_self(token):
     return "sent"
 
 
-def test_a_long_wait_gives_the_thread_back_so_the_sender_can_run():
-    """One worker, one thread: the sender can only run if the waiting task secedes."""
+@pytest.fixture
+def one_thread():
+    """A client of one in-process worker with a single thread, mailbox installed."""
     with (
         LocalCluster(
             n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
@@ -114,38 +115,36 @@ def test_a_long_wait_gives_the_thread_back_so_the_sender_can_run():
         Client(cluster, set_as_default=False) as client,
     ):
         install(client)
-        waiting = client.submit(_block_on_same_worker, "t/0/0", pure=False)
-        time.sleep(0.05)
-        sender = client.submit(_send_to_self, "t/0/0", pure=False)
-        assert waiting.result(timeout=30) == "hello"
-        assert sender.result(timeout=30) == "sent"
+        yield client
+
+
+def test_a_long_wait_gives_the_thread_back_so_the_sender_can_run(one_thread):
+    """One worker, one thread: the sender can only run if the waiting task secedes."""
+    waiting = one_thread.submit(_block_on_same_worker, "t/0/0", pure=False)
+    time.sleep(0.05)
+    sender = one_thread.submit(_send_to_self, "t/0/0", pure=False)
+    assert waiting.result(timeout=30) == "hello"
+    assert sender.result(timeout=30) == "sent"
 
 
 def _send_to_nowhere(token):
     Exchange(token, timeout=60).send("tcp://127.0.0.1:9", (1, 0), np.zeros(4))
 
 
-def test_a_send_to_a_gone_worker_frees_its_thread_and_stops_when_aborted():
+def test_a_send_to_a_gone_worker_frees_its_thread_and_stops_when_aborted(one_thread):
     """Connecting to a dead worker retries for the connect timeout: the sender must not
     hold the worker's only thread meanwhile, and an abort must end it at once."""
     from mfdask.engine.exchange import abort_exchanges
 
-    with (
-        LocalCluster(
-            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
-        ) as cluster,
-        Client(cluster, set_as_default=False) as client,
-    ):
-        install(client)
-        sending = client.submit(_send_to_nowhere, "gone/0/0", pure=False)
-        probe = client.submit(time.monotonic, pure=False)
-        assert probe.result(timeout=10) > 0  # ran while the send was still retrying
-        assert sending.status == "pending"
-        started = time.monotonic()
-        abort_exchanges(client, "gone")
-        with pytest.raises(BlockExchangeError, match="aborted while handing block"):
-            sending.result(timeout=10)
-        assert time.monotonic() - started < 5
+    sending = one_thread.submit(_send_to_nowhere, "gone/0/0", pure=False)
+    probe = one_thread.submit(time.monotonic, pure=False)
+    assert probe.result(timeout=10) > 0  # ran while the send was still retrying
+    assert sending.status == "pending"
+    started = time.monotonic()
+    abort_exchanges(one_thread, "gone")
+    with pytest.raises(BlockExchangeError, match="aborted while handing block"):
+        sending.result(timeout=10)
+    assert time.monotonic() - started < 5
 
 
 def test_direct_exchange_is_used_only_with_one_user_block_per_worker(client):
