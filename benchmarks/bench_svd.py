@@ -157,7 +157,7 @@ def throughput(client, name: str, frame: pd.DataFrame, n_users: int, n_items: in
                 [step] * len(epochs), epochs.start, seed=0
             ),
             lambda e: e < EPOCHS,
-            may_fuse=lambda e: e < EPOCHS,
+            fuse=True,
         )
         epochs = [pipeline.run(e).seconds for e in range(EPOCHS)]
         # the first epoch includes loading compiled kernels: medians leave it out

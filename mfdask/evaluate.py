@@ -51,7 +51,7 @@ from mfdask.data import schema
 from mfdask.data.dataset import Dataset, is_dataset, open_dataset
 from mfdask.data.training import InputError
 from mfdask.engine.blocks import RowBlock, persist_partitions, place_row_blocks
-from mfdask.engine.cluster import session, worker_addresses
+from mfdask.engine.cluster import current_client, session, worker_addresses
 from mfdask.engine.resilience import ClusterFailure, gather
 from mfdask.metrics.ranking import RankingSums, auc, ranking_sums
 from mfdask.metrics.rating import RatingSums, rating_sums
@@ -325,6 +325,14 @@ def _prepare(client: Any, model: FactorModel, data: Any, what: str, need_rating:
     )
 
 
+def _check_known(test: _Prepared) -> None:
+    if test.rows == test.skipped:
+        raise ValueError(
+            f"no test rating to evaluate: {test.rows} read, {test.skipped} name users "
+            "or items the model does not know (is this test set from the same ingest?)"
+        )
+
+
 def _report_skipped(prepared: _Prepared, what: str, model: FactorModel) -> None:
     if prepared.skipped:
         warnings.warn(
@@ -538,7 +546,7 @@ class RankingEvaluator:
         ``seen_items_``).
     client : distributed.Client, optional
         Default: the current default client (one must exist: the placed blocks live on
-        its cluster).
+        its cluster; :class:`~mfdask.engine.cluster.ClusterError` otherwise).
     """
 
     def __init__(
@@ -553,9 +561,7 @@ class RankingEvaluator:
         chunk_cells: int = EVAL_CHUNK_CELLS,
         client: Any = None,
     ) -> None:
-        from distributed import default_client
-
-        self.client = client if client is not None else default_client()
+        self.client = client if client is not None else current_client()
         self.test = test
         self.k = _check_k(k)
         self.positive_threshold = None if positive_threshold is None else float(positive_threshold)
@@ -572,17 +578,14 @@ class RankingEvaluator:
         need_rating = self.positive_threshold is not None
         test_p = _prepare(client, model, self.test, "test", need_rating)
         _report_skipped(test_p, "test", model)
-        if test_p.rows == test_p.skipped:
-            raise ValueError(
-                f"no test rating to evaluate: {test_p.rows} read, {test_p.skipped} name users "
-                "or items the model does not know (is this test set from the same ingest?)"
-            )
+        _check_known(test_p)
         self._placed = _place_ranking(
             client, model, test_p, train=None, filter_seen=self.filter_seen, n_blocks=blocks
         )
 
     def score(self, model: FactorModel) -> dict[str, float]:
         """The metrics of ``model``'s current factors (keys as :func:`evaluate_ranking`)."""
+        model._check_fitted()
         started = time.perf_counter()
         if self._placed is None or not set(self._placed.workers) <= set(
             worker_addresses(self.client)
@@ -700,11 +703,7 @@ def evaluate(
                 "unknown_item_rows": test_p.unknown_items,
             }
         )
-        if test_p.rows == test_p.skipped:
-            raise ValueError(
-                f"no test rating to evaluate: {test_p.rows} read, {test_p.skipped} name users "
-                "or items the model does not know (is this test set from the same ingest?)"
-            )
+        _check_known(test_p)
         if rating:
             [model_f] = client.scatter([_light_copy(model)], broadcast=True, hash=False)
             parts = client.gather(

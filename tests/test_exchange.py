@@ -269,7 +269,7 @@ def test_the_pipeline_fuses_short_epochs_up_to_a_checkpoint_and_keeps_one_group_
     engine = _FakeEngine()
     n_epochs, checkpoint_after = 20, 10
     ok = lambda e: e < n_epochs and e != checkpoint_after  # noqa: E731
-    pipeline = EpochPipeline(engine, engine.submit, ok, may_fuse=ok, group_seconds=0.5)
+    pipeline = EpochPipeline(engine, engine.submit, ok, fuse=True, group_seconds=0.5)
     for epoch in range(n_epochs):
         if epoch == checkpoint_after:
             pipeline.forget()  # what a checkpoint's re-seed does
@@ -291,7 +291,7 @@ def test_a_pipeline_without_fusion_submits_one_epoch_ahead_and_stop_undoes_it():
     assert [(g.start, g.stop) for g in engine.groups] == [(0, 1), (1, 2), (2, 3)]
     pipeline.stop()
     assert engine.discarded == [2]
-    fused = EpochPipeline(engine, engine.submit, lambda e: e < 50, may_fuse=lambda e: True)
+    fused = EpochPipeline(engine, engine.submit, lambda e: e < 50, fuse=True)
     for epoch in range(3):
         fused.run(epoch)
     with pytest.raises(RuntimeError, match="inside a fused group"):

@@ -16,7 +16,9 @@ rating``) plus the ordered original ids:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import dask.dataframe as dd
 import numpy as np
@@ -54,13 +56,17 @@ class LocalRatings:
         bounds = range(0, max(n, 1), self.piece_rows)
         return [self.frame.iloc[a : a + self.piece_rows].reset_index(drop=True) for a in bounds]
 
-    def map_partitions(self, func, *args, meta=None) -> LocalRatings:
-        """``func(frame, *args)`` as new local ratings (the Dask DataFrame method's shape)."""
-        return LocalRatings(func(self.frame, *args), self.piece_rows)
-
 
 Ratings = dd.DataFrame | LocalRatings
 """What :class:`TrainingData` holds and the engines place on the workers."""
+
+
+def map_ratings(ratings: Ratings, func: Callable[..., pd.DataFrame], *args: Any) -> Ratings:
+    """``func(frame, *args)`` applied to every partition (to the frame of local ratings);
+    ``func`` keeps the columns of :data:`RATINGS_META`."""
+    if isinstance(ratings, LocalRatings):
+        return LocalRatings(func(ratings.frame, *args), ratings.piece_rows)
+    return ratings.map_partitions(func, *args, meta=RATINGS_META)
 
 
 def count_ratings(ratings: Ratings) -> int:

@@ -55,6 +55,21 @@ def _current_client() -> Client | None:
         return None
 
 
+def current_client() -> Client:
+    """The caller's default client; :class:`ClusterError` when there is none.
+
+    For objects that keep data on a cluster across calls (they cannot start a
+    ``LocalCluster`` of their own that would end with the call, as :func:`session` does).
+    """
+    client = _current_client()
+    if client is None:
+        raise ClusterError(
+            "no Dask client is running: create one (distributed.Client(...)) or call "
+            "this from within a fit"
+        )
+    return client
+
+
 def connect(address: str, timeout: float = 5.0) -> Client:
     """Connect to the scheduler at ``address`` or raise :class:`ClusterError` in ``timeout`` s."""
     try:

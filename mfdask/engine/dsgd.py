@@ -580,7 +580,7 @@ class DSGD:
         if self.direct_exchange:
             install(client)
         self._ratings = ratings  # kept to place the ratings again after a lost worker
-        self._holdouts: list[tuple[dd.DataFrame, list[Future]]] = []
+        self._holdouts: list[tuple[dd.DataFrame | LocalRatings, list[Future]]] = []
         parts = persist_partitions(client, ratings)
         self._row_blocks = place_row_blocks(
             client, parts, self.n_blocks, self.n_users, self.n_items, value_col=value_col

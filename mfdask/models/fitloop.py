@@ -165,9 +165,9 @@ class EpochPipeline:
       can run in the same tasks (:meth:`~mfdask.engine.dsgd.DSGD.submit_epochs`), with
       no scheduler round trip between them at all. Epochs are fused while they are short
       (up to :data:`GROUP_SECONDS` a group, judged from the last epoch collected, at
-      most :data:`MAX_FUSED_EPOCHS`) and ``may_fuse(e)`` allows it: besides
-      ``may_look_ahead(e)``, nobody may stop the fit between ``e - 1`` and ``e``
-      (no callback), since a group can only be undone as a whole.
+      most :data:`MAX_FUSED_EPOCHS`), when the model allows it (``fuse``) and while
+      ``may_look_ahead`` holds for each epoch of the group. The model must not need to
+      stop the fit between epochs (no callback): a group can only be undone as a whole.
 
     Parameters
     ----------
@@ -178,9 +178,8 @@ class EpochPipeline:
     may_look_ahead : callable
         ``may_look_ahead(epoch) -> bool``: whether ``epoch`` may be submitted before the
         one before it is collected.
-    may_fuse : callable, optional
-        ``may_fuse(epoch) -> bool``: whether ``epoch`` may be trained by the same tasks
-        as the one before it. Default: never.
+    fuse : bool
+        Whether epochs may be fused (False: one submission per epoch).
     """
 
     def __init__(
@@ -188,14 +187,14 @@ class EpochPipeline:
         engine: Any,
         submit: Callable[[range], list[Any]],
         may_look_ahead: Callable[[int], bool],
-        may_fuse: Callable[[int], bool] | None = None,
+        fuse: bool = False,
         group_seconds: float = GROUP_SECONDS,
         max_fused: int = MAX_FUSED_EPOCHS,
     ) -> None:
         self.engine = engine
         self._submit = submit
         self._may_look_ahead = may_look_ahead
-        self._may_fuse = may_fuse or (lambda epoch: False)
+        self._fuse = bool(fuse)
         self._group_seconds = float(group_seconds)
         self._max_fused = max(1, int(max_fused))
         self._ahead: dict[int, Any] = {}
@@ -204,11 +203,11 @@ class EpochPipeline:
 
     def _group(self, first: int) -> range:
         limit = 1
-        if self._epoch_seconds is not None and self._epoch_seconds > 0:
+        if self._fuse and self._epoch_seconds is not None and self._epoch_seconds > 0:
             fit = int(self._group_seconds / self._epoch_seconds + 1e-9)
             limit = min(self._max_fused, max(1, fit))
         size = 1
-        while size < limit and self._may_fuse(first + size):
+        while size < limit and self._may_look_ahead(first + size):
             size += 1
         return range(first, first + size)
 
@@ -223,7 +222,7 @@ class EpochPipeline:
             self._submit_from(epoch)
         pending = self._ahead.pop(epoch)
         # Keep one submission ahead of the one this epoch belongs to.
-        group = getattr(pending, "group", None)
+        group = pending.group
         end = epoch + (group.size - 1 - pending.row if group is not None else 0)
         if self._next == end + 1 and self._may_look_ahead(end + 1):
             self._submit_from(end + 1)
@@ -235,7 +234,7 @@ class EpochPipeline:
         """The fit stops here: drop the epochs submitted ahead, putting back the state.
 
         Raises RuntimeError when later epochs of the group just run are still pending
-        (a fused group cannot stop half-way: ``may_fuse`` must prevent it).
+        (a fused group cannot stop half-way: ``fuse`` must be off when it could).
         """
         if any(p.before is None for p in self._ahead.values()):
             raise RuntimeError("a fit cannot stop inside a fused group of epochs")

@@ -175,7 +175,7 @@ class PairwiseModel(FactorModel):
             engine,
             submit,
             may_look_ahead,
-            may_fuse=lambda e: callback is None and may_look_ahead(e),
+            fuse=callback is None,
         )
 
         def step(epoch: int) -> bool:

@@ -14,11 +14,11 @@ import pandas as pd
 from mfdask._warnings import MfdaskWarning
 from mfdask.data import schema
 from mfdask.data.training import (
-    RATINGS_META,
     InputError,
     TrainingData,
     as_training_data,
     count_ratings,
+    map_ratings,
 )
 from mfdask.engine.cluster import session
 from mfdask.engine.dsgd import DSGD, Cell, PendingEpoch, UserShard
@@ -373,7 +373,7 @@ class SVD(FactorModel):
             engine,
             submit,
             may_look_ahead,
-            may_fuse=lambda e: callback is None and may_look_ahead(e),
+            fuse=callback is None,
         )
 
         def step(epoch: int) -> bool:
@@ -489,9 +489,7 @@ class SVD(FactorModel):
         if vdata.fingerprint != self.fingerprint_:
             user_map = self.user_ids_.get_indexer(vdata.user_ids).astype(np.int64)
             item_map = self.item_ids_.get_indexer(vdata.item_ids).astype(np.int64)
-            ratings = ratings.map_partitions(
-                _remap_partition, user_map, item_map, meta=RATINGS_META
-            )
+            ratings = map_ratings(ratings, _remap_partition, user_map, item_map)
         total = count_ratings(vdata.ratings)
         shards = engine.place_holdout(ratings)
         placed = int(engine.value_summary(shards)["count"])
