@@ -52,6 +52,7 @@ from mfdask.engine.blocks import (
     place_row_blocks,
 )
 from mfdask.engine.checkpoint import block_digest, combine_digests
+from mfdask.engine.cluster import worker_addresses
 from mfdask.engine.resilience import collect, gather
 from mfdask.kernels.als import objective_rows, penalty_rows, solve_rows_cg, solve_rows_cholesky
 
@@ -296,8 +297,7 @@ class BlockALS:
         self.spec = spec
         self._ratings = ratings
         self._positive = (float(positive_threshold), bool(binary))
-        n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
-        self.n_blocks = int(n_blocks or max(1, n_workers))
+        self.n_blocks = int(n_blocks or len(worker_addresses(client)))
         self.user_blocks: list[Future] = []
         self.item_blocks: list[Future] = []
         self._place(first=True)

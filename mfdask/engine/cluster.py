@@ -124,8 +124,13 @@ def session(spec: ClusterSpec | None = None) -> Iterator[Client]:
 
 
 def worker_addresses(client: Client) -> list[str]:
-    """Addresses of the workers, sorted so block placement is deterministic."""
-    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    """Addresses of the workers, sorted so block placement is deterministic.
+
+    Asked of the scheduler each time (``Client.nthreads``): ``Client.scheduler_info``
+    returns an identity that the client's periodic refresh may overwrite, between the
+    fetch and the read, with one listing no workers.
+    """
+    workers = sorted(client.nthreads())
     if not workers:
         raise ClusterError("the Dask cluster has no workers: start at least one `dask worker`")
     return workers
