@@ -414,6 +414,8 @@ class FactorModel:
         n: int = 10,
         filter_seen: bool = True,
         items: Sequence[Any] | None = None,
+        history: pd.DataFrame | None = None,
+        unknown_items: str = "error",
     ) -> pd.DataFrame:
         """Top-``n`` items for each of ``user_ids``, in one vectorised pass.
 
@@ -427,6 +429,15 @@ class FactorModel:
             Drop the user's training items.
         items : sequence, optional
             Restrict candidates to these original item ids.
+        history : DataFrame, optional
+            ``user_id, item_id[, rating or weight]``: fold the listed users in from these
+            rows with the item factors fixed (users not in the fit too; known users use
+            this history instead of their training data) and filter these items. Listed
+            users without a row are scored as usual. See :mod:`mfdask.models.foldin`.
+        unknown_items : {"error", "skip"}
+            With ``history``: an item the model does not know raises
+            :class:`UnknownIdError` naming it, or its rows are dropped (counted in a
+            warning and in the result's ``attrs["skipped"]``).
 
         Returns
         -------
@@ -434,8 +445,54 @@ class FactorModel:
             ``user_id, rank (1..n), item_id, score``, users in the order given.
         """
         n = _check_positive_int("n", n)
+        if history is not None:
+            from mfdask.models.foldin import recommend_with_history
+
+            return recommend_with_history(
+                self,
+                user_ids,
+                n,
+                history,
+                filter_seen=filter_seen,
+                items=items,
+                unknown_items=unknown_items,
+            )
         users = self.user_index(user_ids)
         return self._recommend_indices(users, n, filter_seen, items)
+
+    def fold_in_users(
+        self, frame: pd.DataFrame, unknown_items: str = "error", epochs: int | None = None
+    ) -> pd.DataFrame:
+        """Factors of every user in ``frame`` from their history, the items held fixed.
+
+        ALS solves each user's normal equations exactly (the half-step of training);
+        SVD, BPR and WARP take the fit's SGD (WARP: Adagrad) epochs on the user's row
+        from a start seeded by the user id. See :mod:`mfdask.models.foldin`.
+
+        Parameters
+        ----------
+        frame : DataFrame
+            ``user_id, item_id[, rating or weight]`` in original ids.
+        unknown_items : {"error", "skip"}
+            An unknown item raises :class:`UnknownIdError` naming it, or is dropped
+            and counted (``attrs["skipped"]``).
+        epochs : int, optional
+            SGD passes per user (default: as many as the fit made).
+
+        Returns
+        -------
+        DataFrame
+            ``user_id``, ``factors`` (a ``(factors,) float32`` array per user) and, for
+            SVD, ``bias``.
+
+        Raises
+        ------
+        mfdask.models.foldin.EmptyHistoryError
+            A user without a usable interaction (implicit models: no positive).
+        """
+        from mfdask.models.foldin import fold_in_users
+
+        return fold_in_users(self, frame, unknown_items=unknown_items, epochs=epochs)
 
     def _recommend_indices(
         self, users: np.ndarray, n: int, filter_seen: bool, items: Sequence[Any] | None
