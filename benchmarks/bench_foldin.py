@@ -1,0 +1,197 @@
+"""Fold-in of users the fit has not seen, on ML-1M, beside a fit that saw them.
+
+Fold-in. The implicit split of the project (``user_holdout``: 20 % of
+each user's positives to test, seed 0). 10 % of the users with a test item (seed 1) are
+*held out of the fit*: model A is fitted on the whole training part, model B on it minus
+those users' rows. The held-out users are then folded into B from their training rows
+(``recommend(users, history=their train rows)``, items B never saw skipped and counted)
+and their NDCG@10 / P@10 on their test items is compared with A's for the same users
+(A filters their training items the same way). SVD is scored by RMSE on a random 90/10
+split instead (10 % of the users held out alike; A and B predict those users' test
+ratings, B from folded-in factors and bias).
+
+All fits run on one 2-worker ``LocalCluster`` (processes, one thread each); fits and
+fold-ins of one comparison run back to back in the same process.
+
+Run: ``MFDASK_DATA=/work/shared/data python -m benchmarks foldin [--models als,bpr,svd]``.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import argparse
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from benchmarks.common import print_table, require_movielens, write_results
+from mfdask.data.split import assign_test
+from mfdask.metrics.ranking import ranking_metrics
+
+K = 10
+HOLD_USERS = 0.10
+
+
+def load(root) -> pd.DataFrame:
+    ratings = pd.read_csv(
+        root / "ratings.dat",
+        sep="::",
+        engine="python",
+        names=["user_id", "item_id", "rating", "timestamp"],
+    )
+    ratings["rating"] = ratings.rating.astype("float32")
+    return ratings
+
+
+def split(frame: pd.DataFrame, method: str, fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    user = pd.factorize(frame.user_id, sort=True)[0]
+    item = pd.factorize(frame.item_id, sort=True)[0]
+    test = assign_test(
+        user,
+        item,
+        frame.rating.to_numpy(),
+        frame.timestamp.to_numpy(),
+        method=method,
+        fraction=fraction,
+        seed=0,
+    )
+    return frame[~test].reset_index(drop=True), frame[test].reset_index(drop=True)
+
+
+def ndcg(recs: pd.DataFrame, test: pd.DataFrame, users: np.ndarray) -> dict[str, float]:
+    """P@10 / NDCG@10 of ``recs`` (user_id, rank, item_id) on ``test`` for ``users``."""
+    items = pd.Index(np.unique(np.concatenate([test.item_id, recs.item_id])))
+    row = pd.Index(users)
+    relevant = sp.csr_matrix(
+        (np.ones(len(test)), (row.get_indexer(test.user_id), items.get_indexer(test.item_id))),
+        shape=(len(users), len(items)),
+    )
+    ranked = np.full((len(users), K), -1, np.int64)
+    ranked[row.get_indexer(recs.user_id), recs["rank"].to_numpy() - 1] = items.get_indexer(
+        recs.item_id
+    )
+    out = ranking_metrics(ranked, relevant, k=K)
+    return {"ndcg@10": out["ndcg"], "precision@10": out["precision"]}
+
+
+def make(name: str):
+    from mfdask import ALS, BPR, SVD, WARP
+
+    return {
+        "als": lambda: ALS(factors=64, iterations=15, random_state=0),
+        "bpr": lambda: BPR(factors=64, random_state=0),
+        "warp": lambda: WARP(factors=64, random_state=0),
+        "svd": lambda: SVD(factors=64, random_state=0),
+    }[name]()
+
+
+def held_users(test: pd.DataFrame, seed: int = 1) -> np.ndarray:
+    users = np.unique(test.user_id)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(users, round(HOLD_USERS * len(users)), replace=False))
+
+
+def fold_in_ranking(name: str, train: pd.DataFrame, test: pd.DataFrame) -> dict[str, Any]:
+    users = held_users(test)
+    in_fit = ~train.user_id.isin(users)
+    history = train[~in_fit]
+    mine = test[test.user_id.isin(users)]
+    started = time.perf_counter()
+    full = make(name).fit(train)
+    full_s = time.perf_counter() - started
+    started = time.perf_counter()
+    part = make(name).fit(train[in_fit])
+    part_s = time.perf_counter() - started
+    seen = full.recommend(users, n=K)
+    started = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        folded = part.recommend(users, n=K, history=history, unknown_items="skip")
+    fold_s = time.perf_counter() - started
+    a, b = ndcg(seen, mine, users), ndcg(folded, mine, users)
+    return {
+        "model": name,
+        "held_users": len(users),
+        "ndcg@10 fit saw them": a["ndcg@10"],
+        "ndcg@10 folded in": b["ndcg@10"],
+        "ratio": b["ndcg@10"] / a["ndcg@10"],
+        "p@10 fit saw them": a["precision@10"],
+        "p@10 folded in": b["precision@10"],
+        "history rows skipped": int(folded.attrs.get("skipped", 0)),
+        "warnings": len(caught),
+        "fit s (A)": full_s,
+        "fit s (B)": part_s,
+        "fold-in s": fold_s,
+    }
+
+
+def fold_in_rmse(frame: pd.DataFrame) -> dict[str, Any]:
+    train, test = split(frame, "random", 0.1)
+    users = held_users(test)
+    in_fit = ~train.user_id.isin(users)
+    mine = test[test.user_id.isin(users)]
+    full = make("svd").fit(train)
+    part = make("svd").fit(train[in_fit])
+    started = time.perf_counter()
+    folded = part.fold_in_users(train[~in_fit], unknown_items="skip")
+    fold_s = time.perf_counter() - started
+    vec = folded.set_index("user_id")
+    known = mine[mine.item_id.isin(part.item_ids_)]
+    i = part.item_index(known.item_id)
+    p = np.stack(vec.factors.loc[known.user_id].to_numpy())
+    pred = (
+        part.global_mean_
+        + vec.bias.loc[known.user_id].to_numpy()
+        + part.item_bias_[i]
+        + (p * part.item_factors_[i]).sum(1)
+    )
+    pred = np.clip(pred, *part.rating_range_)
+    r = known.rating.to_numpy()
+    rmse_b = float(np.sqrt(np.mean((pred - r) ** 2)))
+    rmse_a = float(np.sqrt(np.mean((full.predict(known) - r) ** 2)))
+    return {
+        "model": "svd",
+        "held_users": len(users),
+        "rmse fit saw them": rmse_a,
+        "rmse folded in": rmse_b,
+        "ratio": rmse_b / rmse_a,
+        "test ratings scored": len(known),
+        "fold-in s": fold_s,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", default="als,bpr,warp,svd")
+    args = parser.parse_args()
+    from distributed import Client, LocalCluster
+
+    root = require_movielens()
+    frame = load(root)
+    train, test = split(frame, "user_holdout", 0.2)
+    test = test[test.rating >= 4]
+    out: dict[str, Any] = {}
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
+        Client(cluster),
+    ):
+        rows = [fold_in_ranking(m, train, test) for m in args.models.split(",") if m != "svd"]
+        print_table(rows, "fold-in of 10 % of the test users, against a fit that saw them")
+        out["fold_in"] = rows
+        if "svd" in args.models.split(","):
+            svd = [fold_in_rmse(frame)]
+            print_table(svd, "SVD fold-in (random 90/10 split), RMSE on the held users")
+            out["fold_in_svd"] = svd
+    write_results("foldin", out)
+
+
+if __name__ == "__main__":
+    main()
