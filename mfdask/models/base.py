@@ -225,6 +225,31 @@ class FactorModel:
         self.metrics_["fit_seconds"] = time.perf_counter() - started
         return self
 
+    def partial_fit(
+        self,
+        train: Any,
+        iterations: int | None = None,
+        validation: Any = None,
+        callback: EpochCallback | None = None,
+    ) -> FactorModel:
+        """Continue from the fitted factors on the updated training data.
+
+        ``train`` is the *full* updated training set (the old ratings plus the new, as
+        for a refit). New users and items are appended to the id maps with factors drawn
+        as ``fit`` draws them; known ones start from their fitted factors; then
+        ``iterations`` (default 3) iterations/epochs of the fit run. ``history_`` keeps
+        the earlier records and appends the new ones marked ``"update": n``;
+        ``metrics_["updates"]`` lists the updates. See :mod:`mfdask.models.incremental`.
+
+        Raises
+        ------
+        NotFittedError
+            The model was never fitted or loaded.
+        """
+        from mfdask.models.incremental import partial_fit
+
+        return partial_fit(self, train, iterations, validation=validation, callback=callback)
+
     def _validate_params(self) -> None:
         """Check hyper-parameters; subclasses extend it. Raise ``ValueError`` naming them."""
 
@@ -260,7 +285,7 @@ class FactorModel:
         params = {
             k: v for k, v in self.get_params().items() if k not in self.CHECKPOINT_OPERATIONAL
         }
-        return {
+        identity = {
             "class": type(self).__name__,
             "params": params,
             "fingerprint": data.fingerprint,
@@ -269,6 +294,10 @@ class FactorModel:
             "ratings_digest": digest,
             "n_blocks": int(n_blocks),
         }
+        update = getattr(self, "_update_of", None)
+        if update is not None:  # a partial_fit: which fitted model it continues
+            identity["updated_from"] = update
+        return identity
 
     def _resumable_blocks(self) -> int | None:
         """``n_blocks`` for the engine: the parameter, else the checkpoint's when resuming.

@@ -121,13 +121,28 @@ class History:
             np.ascontiguousarray(self.values[self.positive]),
         )
 
+    def select(self, rows: np.ndarray) -> History:
+        """The histories of the rows where the boolean mask ``rows`` is set."""
+        lengths = np.diff(self.indptr)
+        keep = np.repeat(rows, lengths)
+        indptr = np.zeros(int(rows.sum()) + 1, np.int64)
+        np.cumsum(lengths[rows], out=indptr[1:])
+        return History(
+            user_ids=self.user_ids[rows],
+            indptr=indptr,
+            indices=self.indices[keep],
+            values=self.values[keep],
+            positive=self.positive[keep],
+            skipped=self.skipped,
+        )
+
     def n_positives(self) -> np.ndarray:
         before = np.concatenate([[0], np.cumsum(self.positive, dtype=np.int64)])
         return np.diff(before[self.indptr])
 
 
 def _history_values(
-    frame: pd.DataFrame, model: FactorModel, where: str
+    frame: pd.DataFrame, spec: FoldIn, where: str
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """``(values, positive, summed)`` of a history frame under the model's data rules."""
     n = len(frame)
@@ -141,16 +156,12 @@ def _history_values(
                 f"(user_id={frame[schema.USER_ID].iloc[row]!r}, "
                 f"item_id={frame[schema.ITEM_ID].iloc[row]!r})"
             )
-        threshold = getattr(model, "positive_threshold", None)
-        positive = (
-            values >= float(threshold)
-            if model.implicit and threshold is not None
-            else np.ones(n, bool)
-        )
+        threshold = spec.threshold
+        positive = values >= threshold if threshold is not None else np.ones(n, bool)
         return values.astype(np.float32), positive, False
-    if not model.implicit:
+    if spec.threshold is None:
         raise InputError(
-            f"{where} has no {schema.RATING!r} column: {type(model).__name__} folds users in "
+            f"{where} has no {schema.RATING!r} column: {spec.model_name} folds users in "
             "from their ratings"
         )
     if WEIGHT in frame.columns:
@@ -164,7 +175,7 @@ def _history_values(
 
 def build_history(
     frame: pd.DataFrame,
-    model: FactorModel,
+    spec: FoldIn,
     *,
     unknown_items: str = "error",
     where: str = "history",
@@ -198,17 +209,18 @@ def build_history(
         )
     if frame[schema.USER_ID].isna().any():
         raise InputError(f"{where} has missing user ids (NaN/None)")
-    values, positive, summed = _history_values(frame, model, where)
+    values, positive, summed = _history_values(frame, spec, where)
     items = pd.Index(frame[schema.ITEM_ID])
-    if len(items) and items.dtype != model.item_ids_.dtype:
+    model_items = spec.item_index
+    if len(items) and items.dtype != model_items.dtype:
         try:
-            items = items.astype(model.item_ids_.dtype)
+            items = items.astype(model_items.dtype)
         except (TypeError, ValueError) as exc:
             raise UnknownIdError(
                 f"{where}: item ids {list(items[:5])} are not of the model's id type "
-                f"{model.item_ids_.dtype}"
+                f"{model_items.dtype}"
             ) from exc
-    item = model.item_ids_.get_indexer(items)
+    item = model_items.get_indexer(items)
     unknown = item < 0
     skipped = int(unknown.sum())
     if skipped and unknown_items == "error":
@@ -268,6 +280,10 @@ class FoldIn:
     Attributes
     ----------
     kind : {"als", "svd", "bpr", "warp"}
+    model_name : str
+        The model's class name (for messages).
+    threshold : float or None
+        ``positive_threshold`` of an implicit model; None for SVD.
     item_ids : (n_items,) array
         Original item ids (position = dense index).
     item_vectors : (n_items, d) float32
@@ -283,13 +299,24 @@ class FoldIn:
     item_vectors: np.ndarray
     settings: dict[str, Any]
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    model_name: str = ""
+    threshold: float | None = None
 
     @property
     def n_items(self) -> int:
         return len(self.item_ids)
 
+    @property
+    def item_index(self) -> pd.Index:
+        return pd.Index(self.item_ids, name=schema.ITEM_ID)
+
     def needs_positive(self) -> bool:
-        return self.kind != "svd"
+        return self.threshold is not None
+
+    def usable(self, hist: History) -> np.ndarray:
+        """Rows with an interaction to fold in from (implicit models: a positive)."""
+        counts = hist.n_positives() if self.needs_positive() else np.diff(hist.indptr)
+        return counts > 0
 
     def solve(self, hist: History) -> tuple[np.ndarray, np.ndarray | None]:
         """``(factors (n_rows, k) float32, user bias (n_rows,) float32 or None)``."""
@@ -396,6 +423,10 @@ def fold_in_spec(model: FactorModel, epochs: int | None = None) -> FoldIn:
     from mfdask.models.warp import WARP
 
     model._check_fitted()
+    meta = {
+        "model_name": type(model).__name__,
+        "threshold": float(model.positive_threshold) if model.implicit else None,
+    }
     if epochs is not None and (isinstance(epochs, bool) or int(epochs) < 1):
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     item_ids = model.item_ids_.to_numpy()
@@ -416,6 +447,7 @@ def fold_in_spec(model: FactorModel, epochs: int | None = None) -> FoldIn:
                 "binary": model.preference == "binary",
             },
             {"gram": y64.T @ y64},
+            **meta,
         )
     common = {
         "factors": model.factors,
@@ -440,6 +472,7 @@ def fold_in_spec(model: FactorModel, epochs: int | None = None) -> FoldIn:
                 "factors": np.ascontiguousarray(model.item_factors_[:, :k], dtype=np.float32),
                 "bias": np.ascontiguousarray(model.item_bias_, dtype=np.float32),
             },
+            **meta,
         )
     if isinstance(model, (BPR, WARP)):
         k = int(model.factors)
@@ -453,18 +486,17 @@ def fold_in_spec(model: FactorModel, epochs: int | None = None) -> FoldIn:
             settings.update(
                 max_sampled=int(model.max_sampled), adagrad=model.optimizer == "adagrad"
             )
-            return FoldIn("warp", item_ids, ivec, settings)
-        return FoldIn("bpr", item_ids, ivec, settings)
+            return FoldIn("warp", item_ids, ivec, settings, **meta)
+        return FoldIn("bpr", item_ids, ivec, settings, **meta)
     raise TypeError(f"fold-in is not implemented for {type(model).__name__}")
 
 
-def _check_nonempty(spec: FoldIn, hist: History, model: FactorModel) -> None:
-    counts = hist.n_positives() if spec.needs_positive() else np.diff(hist.indptr)
-    empty = counts == 0
+def _check_nonempty(spec: FoldIn, hist: History) -> None:
+    empty = ~spec.usable(hist)
     if empty.any():
         names = list(hist.user_ids[empty][:10])
         what = (
-            f"no positive (rating >= positive_threshold={model.positive_threshold})"
+            f"no positive (rating >= positive_threshold={spec.threshold:g})"
             if spec.needs_positive()
             else "no rating"
         )
@@ -504,7 +536,7 @@ def fold_in_users(
         holds the number of rows dropped for an unknown item.
     """
     spec = fold_in_spec(model, epochs)
-    hist = build_history(frame, model, unknown_items=unknown_items)
+    hist = build_history(frame, spec, unknown_items=unknown_items)
     _report_skipped(hist, "history")
     if hist.n_rows == 0:
         raise EmptyHistoryError(
@@ -512,7 +544,7 @@ def fold_in_users(
             + (f" left after skipping {hist.skipped} with unknown items" if hist.skipped else "")
             + ": give user_id, item_id[, rating] rows of the users to fold in"
         )
-    _check_nonempty(spec, hist, model)
+    _check_nonempty(spec, hist)
     factors, bias = spec.model_factors(*spec.solve(hist))
     out = pd.DataFrame({schema.USER_ID: hist.user_ids, "factors": list(factors)})
     if bias is not None:
@@ -570,7 +602,7 @@ def recommend_with_history(
     spec = fold_in_spec(model)
     wanted = _ids_of(user_ids)
     if not isinstance(history, pd.DataFrame) or schema.USER_ID not in history.columns:
-        build_history(history, model)  # raises the error naming what is wrong
+        build_history(history, spec)  # raises the error naming what is wrong
     hist_users = pd.Index(history[schema.USER_ID])
     if len(wanted) and len(hist_users) and hist_users.dtype != wanted.dtype:
         try:
@@ -578,9 +610,9 @@ def recommend_with_history(
         except (TypeError, ValueError):
             pass
     frame = history[hist_users.isin(wanted)]
-    hist = build_history(frame, model, unknown_items=unknown_items)
+    hist = build_history(frame, spec, unknown_items=unknown_items)
     _report_skipped(hist, "history")
-    _check_nonempty(spec, hist, model)
+    _check_nonempty(spec, hist)
     factors, bias = spec.solve(hist)
     folded_vec = spec.user_vectors(factors, bias)
     pos = pd.Index(hist.user_ids).get_indexer(wanted)
@@ -628,3 +660,47 @@ def recommend_with_history(
     )
     out.attrs["skipped"] = hist.skipped
     return out
+
+
+def top_k_block(
+    spec: FoldIn,
+    frame: pd.DataFrame,
+    n: int,
+    *,
+    unknown_items: str = "error",
+    filter_seen: bool = True,
+    chunk_cells: int = DEFAULT_CHUNK_CELLS,
+    where: str = "history",
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Fold in every user of ``frame`` (whole histories) and keep their top ``n`` items.
+
+    The worker side of the batch job (:func:`mfdask.engine.foldin.recommend_history_all`):
+    users without a usable interaction are left out and counted rather than raised.
+
+    Returns
+    -------
+    DataFrame
+        ``user_id, rank, item_id, score`` (original ids).
+    dict
+        ``users`` folded in, ``empty_users`` left out, ``skipped_rows`` (unknown items).
+    """
+    hist = build_history(frame, spec, unknown_items=unknown_items, where=where)
+    usable = spec.usable(hist)
+    empty = int((~usable).sum())
+    if empty:
+        hist = hist.select(usable)
+    factors, bias = spec.solve(hist)
+    uvec = spec.user_vectors(factors, bias)
+    exclude = hist.seen(spec.n_items) if filter_seen else None
+    idx, val = score_top_k(uvec, spec.item_vectors, exclude, n, chunk_cells)
+    keep = idx >= 0
+    ranks = np.broadcast_to(np.arange(1, idx.shape[1] + 1, dtype=np.int32), idx.shape)
+    out = pd.DataFrame(
+        {
+            schema.USER_ID: np.repeat(hist.user_ids, keep.sum(axis=1)),
+            "rank": ranks[keep],
+            schema.ITEM_ID: spec.item_ids[idx[keep]],
+            "score": val[keep],
+        }
+    )
+    return out, {"users": hist.n_rows, "empty_users": empty, "skipped_rows": hist.skipped}

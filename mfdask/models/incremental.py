@@ -1,0 +1,220 @@
+"""Incremental updates: continue a fitted model on the updated training data.
+
+``model.partial_fit(train, iterations=3)`` takes the *full updated* training set (the
+old data plus the new ratings, as a refit would) and runs a few iterations of the
+model's own fit starting from its fitted factors instead of a random start:
+
+1. The id maps grow: users and items of ``train`` that the model does not know are
+   appended after the known ones (in ascending id order), so every known user and item
+   keeps its dense index and factors. Known ids absent from ``train`` keep their rows
+   (an ALS half-step gives a row without ratings a zero factor; SGD leaves it as is).
+2. The starting state is what ``fit`` would draw for the grown maps (the model's
+   initial-state hook: ``_initial_factors`` for ALS, ``_initial_state`` for the SGD
+   models), with the rows of known users and items overwritten by their fitted factors
+   and biases. New rows therefore start exactly as in a fresh fit.
+3. ``iterations`` (default 3) iterations or epochs of the ordinary fit run from there,
+   with the model's hyper-parameters (the learning-rate schedule restarts at its first
+   epoch; WARP's Adagrad sums, which a fitted model does not keep, restart at 1).
+
+Everything a fit derives from the data (seen items, SVD's global mean and rating
+range, the number of positives) is recomputed from ``train``. The update is recorded:
+``history_`` keeps the earlier records and appends the new ones with ``"update": n``
+(the n-th update), ``metrics_["updates"]`` lists each update (iterations, new users and
+items, seconds), and the checkpoint identity of the run carries ``updated_from`` (the
+fingerprint of the id maps and the iteration count it started from), so a checkpoint
+of an update is never taken for one of a fresh fit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from mfdask.data import schema
+from mfdask.data.dataset import id_map_fingerprint
+from mfdask.data.training import TrainingData, as_training_data, map_ratings
+from mfdask.models.base import NotFittedError, _check_positive_int
+
+if TYPE_CHECKING:
+    from mfdask.models.base import EpochCallback, FactorModel
+
+DEFAULT_ITERATIONS = 3
+
+START_HOOKS = ("_initial_factors", "_initial_state")
+"""Names of the models' initial-state hooks (one per model class)."""
+
+
+def _remap(part: pd.DataFrame, user_map: np.ndarray, item_map: np.ndarray) -> pd.DataFrame:
+    """Dense indices of ``train``'s own id maps -> the grown maps (module level: picklable)."""
+    return pd.DataFrame(
+        {
+            schema.USER_IDX: user_map[part[schema.USER_IDX].to_numpy()].astype("int32"),
+            schema.ITEM_IDX: item_map[part[schema.ITEM_IDX].to_numpy()].astype("int32"),
+            schema.RATING: part[schema.RATING].to_numpy(),
+        }
+    )
+
+
+def _grow(old: pd.Index, new: pd.Index) -> pd.Index:
+    """``old`` followed by the ids of ``new`` it lacks, ascending."""
+    if len(new) and len(old) and new.dtype != old.dtype:
+        try:
+            new = new.astype(old.dtype)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"the update's {old.name}s are of type {new.dtype}, the model's of {old.dtype}"
+            ) from exc
+    extra = new.difference(old)
+    return pd.Index(np.concatenate([old.to_numpy(), extra.to_numpy()]), name=old.name)
+
+
+def grown_training_data(model: FactorModel, train: Any) -> TrainingData:
+    """``train`` indexed by the model's id maps grown with its new ids (see module doc)."""
+    data = as_training_data(train)
+    users = _grow(model.user_ids_, data.user_ids)
+    items = _grow(model.item_ids_, data.item_ids)
+    user_map = users.get_indexer(data.user_ids).astype(np.int64)
+    item_map = items.get_indexer(data.item_ids).astype(np.int64)
+    meta = model.items_
+    if data.items is not None and schema.ITEM_IDX in data.items.columns:
+        fresh = data.items.assign(
+            **{schema.ITEM_IDX: item_map[data.items[schema.ITEM_IDX].to_numpy()]}
+        )
+        parts = [fresh] if meta is None else [fresh, meta]
+        meta = (
+            pd.concat(parts, ignore_index=True)
+            .drop_duplicates(schema.ITEM_ID, keep="first")
+            .sort_values(schema.ITEM_IDX)
+            .reset_index(drop=True)
+        )
+    return TrainingData(
+        ratings=map_ratings(data.ratings, _remap, user_map, item_map),
+        user_ids=users,
+        item_ids=items,
+        items=meta,
+        fingerprint=id_map_fingerprint(users, items),
+        source=f"{data.source} (update of a fitted model)",
+    )
+
+
+def _fitted_sides(model: FactorModel) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    user = {"factors": np.asarray(model.user_factors_, np.float32)}
+    item = {"factors": np.asarray(model.item_factors_, np.float32)}
+    for side, name in ((user, "user_bias_"), (item, "item_bias_")):
+        bias = getattr(model, name, None)
+        if bias is not None:
+            side["bias"] = np.asarray(bias, np.float32)
+    return user, item
+
+
+def _overlay(fresh: Any, fitted: dict[str, np.ndarray]) -> Any:
+    """Rows of the known ids in ``fresh`` (an array or a dict of state arrays) replaced
+    by ``fitted``; a factor matrix wider than the fitted one (a bias column) takes the
+    fitted bias in its next column."""
+    factors = fitted["factors"]
+    n, k = factors.shape
+    if isinstance(fresh, np.ndarray):
+        out = np.array(fresh, dtype=np.float32, copy=True)
+        out[:n, :k] = factors
+        return out
+    out = {name: np.array(a, copy=True) for name, a in fresh.items()}
+    f = out["factors"]
+    f[:n, :k] = factors
+    bias = fitted.get("bias")
+    if bias is not None and "bias" in out:
+        out["bias"][:n] = bias
+    elif bias is not None and f.shape[1] > k:
+        f[:n, k] = bias
+    return out
+
+
+def _start_hook(model: FactorModel) -> str:
+    for name in START_HOOKS:
+        if callable(getattr(type(model), name, None)):
+            return name
+    raise TypeError(f"{type(model).__name__} has no initial-state hook ({', '.join(START_HOOKS)})")
+
+
+@contextmanager
+def warm_start(model: FactorModel, iterations: int, identity: dict[str, Any]) -> Iterator[None]:
+    """For the duration of one fit: start from the fitted factors, run ``iterations``.
+
+    The model's initial-state hook is wrapped on the instance so that its fresh draws
+    (for the grown id maps) get the fitted rows laid over them; the iteration count
+    (``iterations`` or ``epochs``) is set and then restored, as is the hook.
+    """
+    hook = _start_hook(model)
+    original = getattr(model, hook)
+    user, item = _fitted_sides(model)
+    count = "iterations" if "iterations" in model._param_names() else "epochs"
+    saved_count = getattr(model, count)
+
+    def start(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        fresh_users, fresh_items = original(*args, **kwargs)
+        return _overlay(fresh_users, user), _overlay(fresh_items, item)
+
+    setattr(model, hook, start)
+    setattr(model, count, iterations)
+    model._update_of = identity
+    try:
+        yield
+    finally:
+        model.__dict__.pop(hook, None)
+        setattr(model, count, saved_count)
+        model.__dict__.pop("_update_of", None)
+
+
+def partial_fit(
+    model: FactorModel,
+    train: Any,
+    iterations: int | None = None,
+    validation: Any = None,
+    callback: EpochCallback | None = None,
+) -> FactorModel:
+    """See :meth:`mfdask.models.base.FactorModel.partial_fit` and the module docstring."""
+    if not hasattr(model, "item_factors_"):
+        raise NotFittedError(
+            f"partial_fit continues a fitted {type(model).__name__}: call fit() (or "
+            "load_model()) first"
+        )
+    n_iter = (
+        DEFAULT_ITERATIONS if iterations is None else _check_positive_int("iterations", iterations)
+    )
+    started = time.perf_counter()
+    data = grown_training_data(model, train)
+    old_history = list(getattr(model, "history_", []) or [])
+    old_metrics = dict(getattr(model, "metrics_", {}) or {})
+    updates = list(old_metrics.get("updates", []))
+    number = len(updates) + 1
+    n_users, n_items = model.n_users, model.n_items
+    identity = {
+        "fingerprint": model.fingerprint_,
+        "n_users": n_users,
+        "n_items": n_items,
+        "update": number,
+        "iterations_before": len(old_history),
+    }
+    with warm_start(model, n_iter, identity):
+        model.fit(data, validation=validation, callback=callback)
+    model.history_ = old_history + [{**r, "update": number} for r in model.history_]
+    updates.append(
+        {
+            "update": number,
+            "iterations": len(model.history_) - len(old_history),
+            "new_users": model.n_users - n_users,
+            "new_items": model.n_items - n_items,
+            "updated_from": identity["fingerprint"],
+            "seconds": time.perf_counter() - started,
+        }
+    )
+    model.metrics_["updates"] = updates
+    if "fit_seconds" in old_metrics:
+        model.metrics_["initial_fit_seconds"] = old_metrics.get(
+            "initial_fit_seconds", old_metrics["fit_seconds"]
+        )
+    return model

@@ -1,0 +1,116 @@
+"""partial_fit: continue from the fitted factors on the updated training data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mfdask import ALS, BPR, SVD, WARP, load_model
+from mfdask.models.base import NotFittedError
+from tests.test_als import clustered_ratings
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Old ratings, and the updated set: the old plus new ratings, new users and items."""
+    frame, _ = clustered_ratings(n_users=160, n_items=90, seed=5)
+    rng = np.random.default_rng(0)
+    new_users = frame.user_id >= frame.user_id.max() - 9
+    new_items = frame.item_id >= frame.item_id.max() - 4
+    added = (rng.random(len(frame)) < 0.1) | new_users | new_items
+    return frame[~added].reset_index(drop=True), frame
+
+
+MODELS = {
+    "als": lambda: ALS(factors=6, iterations=6, random_state=0),
+    "svd": lambda: SVD(factors=6, epochs=8, early_stopping_rounds=None, random_state=0),
+    "bpr": lambda: BPR(factors=6, epochs=8, random_state=0),
+    "warp": lambda: WARP(factors=6, epochs=4, random_state=0),
+}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_partial_fit_before_fit_is_an_error(name, data):
+    with pytest.raises(NotFittedError, match=r"partial_fit.*fit"):
+        MODELS[name]().partial_fit(data[1])
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_partial_fit_appends_ids_and_starts_from_the_fitted_factors(client, data, name):
+    old, updated = data
+    model = MODELS[name]().fit(old)
+    before_users, before_items = model.user_ids_.copy(), model.item_ids_.copy()
+    first = model.user_factors_.copy()
+    n_before = len(model.history_)
+    count = "iterations" if name == "als" else "epochs"
+    setting = getattr(model, count)
+    model.partial_fit(updated)
+    # Known ids keep their positions; the new ones follow in ascending order.
+    assert list(model.user_ids_[: len(before_users)]) == list(before_users)
+    assert list(model.item_ids_[: len(before_items)]) == list(before_items)
+    new_users = np.setdiff1d(updated.user_id.unique(), before_users)
+    assert list(model.user_ids_[len(before_users) :]) == sorted(new_users)
+    assert model.n_users == updated.user_id.nunique()
+    assert model.n_items == updated.item_id.nunique()
+    assert model.user_factors_.shape[0] == model.n_users
+    # Three iterations by default, recorded as the first update after the old records.
+    assert len(model.history_) == n_before + 3
+    assert all(h.get("update") == 1 for h in model.history_[n_before:])
+    assert not any("update" in h for h in model.history_[:n_before])
+    assert getattr(model, count) == setting  # the parameter is left as it was
+    assert model.metrics_["updates"][0]["new_users"] == len(new_users)
+    assert model.metrics_["updates"][0]["iterations"] == 3
+    # Seen items and recommendations cover the new ratings.
+    assert model.seen_items_.shape == (model.n_users, model.n_items)
+    uid = new_users[0]
+    recs = model.recommend([uid], n=5)
+    assert not set(recs.item_id) & set(updated[updated.user_id == uid].item_id)
+    # The start was the fitted state: the known users moved less than a fresh start is away.
+    moved = np.linalg.norm(model.user_factors_[: len(before_users)] - first)
+    fresh = MODELS[name]().fit(updated)
+    assert moved < np.linalg.norm(fresh.user_factors_[: len(before_users)] - first)
+
+
+def test_partial_fit_starts_exactly_from_the_fitted_factors(client, data):
+    """With the data unchanged, one ALS iteration from the fit equals one more iteration."""
+    old, _ = data
+    longer = ALS(factors=6, iterations=5, solver="cholesky", random_state=0).fit(old)
+    model = ALS(factors=6, iterations=4, solver="cholesky", random_state=0).fit(old)
+    model.partial_fit(old, iterations=1)
+    np.testing.assert_allclose(model.user_factors_, longer.user_factors_, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(model.item_factors_, longer.item_factors_, rtol=1e-4, atol=1e-6)
+
+
+def test_partial_fit_records_the_update_in_the_checkpoint_identity(client, data, tmp_path):
+    old, updated = data
+    model = BPR(factors=4, epochs=4, random_state=0, checkpoint_dir=str(tmp_path / "ck"))
+    model.checkpoint_every = 1
+    model.fit(old)
+    fingerprint = model.fingerprint_
+    model.partial_fit(updated, iterations=2)
+    from mfdask.engine.checkpoint import FitCheckpoints
+
+    saved = FitCheckpoints(str(tmp_path / "ck"), 1, resume=True).peek()
+    identity = saved.state["identity"]
+    assert identity["updated_from"]["fingerprint"] == fingerprint
+    assert identity["updated_from"]["update"] == 1
+    assert identity["n_users"] == model.n_users
+    assert model.fingerprint_ != fingerprint  # the id maps grew
+
+
+def test_partial_fit_of_a_loaded_model_and_twice(client, data, tmp_path):
+    old, updated = data
+    SVD(factors=4, epochs=4, early_stopping_rounds=None, random_state=0).fit(old).save(
+        tmp_path / "m"
+    )
+    model = load_model(tmp_path / "m")
+    model.partial_fit(updated, iterations=2).partial_fit(updated, iterations=1)
+    assert [u["update"] for u in model.metrics_["updates"]] == [1, 2]
+    assert [h.get("update") for h in model.history_] == [None] * 4 + [1, 1, 2]
+    assert model.metrics_["updates"][1]["new_users"] == 0
+    model.save(tmp_path / "m2")
+    again = load_model(tmp_path / "m2")
+    assert again.metrics_["updates"] == model.metrics_["updates"]
+    with pytest.raises(ValueError, match="iterations"):
+        model.partial_fit(updated, iterations=0)
