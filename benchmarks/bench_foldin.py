@@ -1,6 +1,6 @@
-"""Fold-in of users the fit has not seen, on ML-1M, beside a fit that saw them.
+"""Fold-in of unseen users and incremental updates on ML-1M, each beside a full fit.
 
-Fold-in. The implicit split of the project (``user_holdout``: 20 % of
+Fold-in (``--part foldin``). The implicit split of the project (``user_holdout``: 20 % of
 each user's positives to test, seed 0). 10 % of the users with a test item (seed 1) are
 *held out of the fit*: model A is fitted on the whole training part, model B on it minus
 those users' rows. The held-out users are then folded into B from their training rows
@@ -10,10 +10,17 @@ and their NDCG@10 / P@10 on their test items is compared with A's for the same u
 split instead (10 % of the users held out alike; A and B predict those users' test
 ratings, B from folded-in factors and bias).
 
+Update (``--part update``). From the same training part, 10 % of the ratings (seed 2)
+are removed to make the "old" data; a model fitted on it is updated with
+``partial_fit(full training part, iterations=3)`` and compared, on the test part, with a
+full refit on the training part (default iterations / epochs) from scratch: NDCG@10 ratio
+and time ratio, for ALS and BPR.
+
 All fits run on one 2-worker ``LocalCluster`` (processes, one thread each); fits and
 fold-ins of one comparison run back to back in the same process.
 
-Run: ``MFDASK_DATA=/work/shared/data python -m benchmarks foldin [--models als,bpr,svd]``.
+Run: ``MFDASK_DATA=/work/shared/data python -m benchmarks foldin
+[--part foldin|update] [--models als,bpr,warp,svd] [--update-models als,bpr]``.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ from mfdask.metrics.ranking import ranking_metrics
 
 K = 10
 HOLD_USERS = 0.10
+ADD_RATINGS = 0.10
+UPDATE_ITERATIONS = 3
 
 
 def load(root) -> pd.DataFrame:
@@ -168,9 +177,37 @@ def fold_in_rmse(frame: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+def update(name: str, train: pd.DataFrame, test: pd.DataFrame) -> dict[str, Any]:
+    rng = np.random.default_rng(2)
+    new = rng.random(len(train)) < ADD_RATINGS
+    old = train[~new]
+    users = np.unique(test.user_id)
+    model = make(name).fit(old)
+    started = time.perf_counter()
+    model.partial_fit(train, iterations=UPDATE_ITERATIONS)
+    update_s = time.perf_counter() - started
+    updated = ndcg(model.recommend(users[np.isin(users, model.user_ids_)], n=K), test, users)
+    started = time.perf_counter()
+    refit = make(name).fit(train)
+    refit_s = time.perf_counter() - started
+    fresh = ndcg(refit.recommend(users[np.isin(users, refit.user_ids_)], n=K), test, users)
+    return {
+        "model": name,
+        "added ratings": int(new.sum()),
+        "ndcg@10 refit": fresh["ndcg@10"],
+        "ndcg@10 partial_fit": updated["ndcg@10"],
+        "ndcg ratio": updated["ndcg@10"] / fresh["ndcg@10"],
+        "refit s": refit_s,
+        "partial_fit s": update_s,
+        "time ratio": update_s / refit_s,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--models", default="als,bpr,warp,svd")
+    parser.add_argument("--part", choices=["foldin", "update", "all"], default="all")
+    parser.add_argument("--models", default="als,bpr,warp,svd", help="fold-in models")
+    parser.add_argument("--update-models", default="als,bpr", help="partial_fit models")
     args = parser.parse_args()
     from distributed import Client, LocalCluster
 
@@ -183,13 +220,19 @@ def main() -> None:
         LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
         Client(cluster),
     ):
-        rows = [fold_in_ranking(m, train, test) for m in args.models.split(",") if m != "svd"]
-        print_table(rows, "fold-in of 10 % of the test users, against a fit that saw them")
-        out["fold_in"] = rows
-        if "svd" in args.models.split(","):
-            svd = [fold_in_rmse(frame)]
-            print_table(svd, "SVD fold-in (random 90/10 split), RMSE on the held users")
-            out["fold_in_svd"] = svd
+        if args.part in ("foldin", "all"):
+            models = args.models.split(",")
+            rows = [fold_in_ranking(m, train, test) for m in models if m != "svd"]
+            print_table(rows, "fold-in of 10 % of the test users, against a fit that saw them")
+            out["fold_in"] = rows
+            if "svd" in models:
+                svd = [fold_in_rmse(frame)]
+                print_table(svd, "SVD fold-in (random 90/10 split), RMSE on the held users")
+                out["fold_in_svd"] = svd
+        if args.part in ("update", "all"):
+            rows = [update(m, train, test) for m in args.update_models.split(",")]
+            print_table(rows, "partial_fit (3 iterations) after 10 % more ratings vs a refit")
+            out["update"] = rows
     write_results("foldin", out)
 
 

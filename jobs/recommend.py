@@ -12,6 +12,16 @@ dataset's id maps must be the model's.
 
   mfdask recommend out/models/als out/recs/als -n 10 --seen out/prepared/split/train
 
+With --history, the users are those of a Parquet history (user_id, item_id and rating or
+weight, in original ids; users the model was not fitted on too): the workers shuffle it by
+user, fold each user in from their rows with the item factors fixed (as
+model.recommend(..., history=frame) does) and filter the history's items. The history never
+comes to the client; users without a usable interaction are left out and counted in
+_manifest.json, and an item the model does not know fails the job unless
+--skip-unknown-items (then its rows are dropped and counted).
+
+  mfdask recommend out/models/als out/recs/new-users --history data/new-users.parquet
+
 Read it back with pandas (pd.read_parquet("out/recs/als")), pyarrow or DuckDB
 (SELECT * FROM read_parquet('out/recs/als/**/*.parquet', hive_partitioning=true)).
 """
@@ -51,6 +61,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--users", metavar="ID,ID,...", help="only these users (original ids, comma-separated)"
     )
+    parser.add_argument(
+        "--history",
+        metavar="PATH",
+        help="Parquet of user_id, item_id[, rating]: fold these users in from it (see above)",
+    )
+    parser.add_argument(
+        "--skip-unknown-items",
+        action="store_true",
+        help="with --history: drop rows whose item the model does not know (counted)",
+    )
     parser.add_argument("--blocks", type=int, default=None, help="output partitions (auto)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
     add_cluster_arguments(parser)
@@ -81,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise JobError(f"-n must be a positive integer, got {args.n}")
     output = check_output_dir(args.output, "recommendations", args.overwrite)
+    if getattr(args, "history", None):
+        return _run_history(args, output)
     model = load_checked(args.model, args.seen if args.filter_seen else None)
     users = split_ids(args.users)
     if users is not None:
@@ -100,6 +122,49 @@ def run(args: argparse.Namespace) -> int:
         f"{out.rows:,} recommendations for {out.manifest['queries']:,} users "
         f"({type(model).__name__}, n={args.n}) in {out.n_blocks} files, "
         f"{out.seconds:.1f} s: {out.path}"
+    )
+    return 0
+
+
+def _run_history(args: argparse.Namespace, output: Path) -> int:
+    """``--history``: fold the history's users in on the workers and write their top N."""
+    from mfdask.engine.cluster import session
+    from mfdask.engine.foldin import recommend_history_all
+    from mfdask.models.foldin import fold_in_spec
+
+    for flag in ("users", "seen"):
+        if getattr(args, flag, None):
+            raise JobError(
+                f"--{flag} does not apply with --history: the users and the items to filter "
+                "are the history's"
+            )
+    if not Path(args.history).exists():
+        raise JobError(f"history {args.history} does not exist")
+    model = load_checked(args.model)
+    spec = fold_in_spec(model)
+    with session(cluster_spec(args)) as client:
+        print_dashboard(client)
+        out = recommend_history_all(
+            spec,
+            args.history,
+            args.n,
+            output,
+            unknown_items="skip" if args.skip_unknown_items else "error",
+            filter_seen=args.filter_seen,
+            overwrite=args.overwrite,
+            n_blocks=args.blocks,
+        )
+    m = out.manifest
+    print(
+        f"{out.rows:,} recommendations for {m['users']:,} folded-in users "
+        f"({type(model).__name__}, n={args.n}) in {out.n_blocks} files, {out.seconds:.1f} s"
+        + (
+            f"; {m['empty_users']:,} users without a usable interaction left out"
+            if m["empty_users"]
+            else ""
+        )
+        + (f"; {m['skipped_rows']:,} rows with unknown items skipped" if m["skipped_rows"] else "")
+        + f": {out.path}"
     )
     return 0
 

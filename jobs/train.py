@@ -21,6 +21,11 @@ The model is written atomically and an existing --output is kept unless --overwr
   factors = 64
   iterations = 15
 
+  # continue a saved model on the updated training set (the old ratings plus the new):
+  # new users and items are appended, the rest start from their fitted factors
+  mfdask train --init out/models/als --train out/prepared/split/train-v2 \
+      --output out/models/als-v2 --update-iterations 3
+
 Parameter names are the constructors' (`python -c "import mfdask; help(mfdask.ALS)"`):
 factors, regularization, learning_rate, epochs / iterations, alpha, random_state, ...
 """
@@ -64,6 +69,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a hyper-parameter (repeatable); `none` for an optional one",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    up = parser.add_argument_group("updating a saved model")
+    up.add_argument(
+        "--init",
+        metavar="MODEL_DIR",
+        help="start from this saved model and continue it on --train, the full updated "
+        "training set (partial_fit); --model may be left out, --param changes its settings",
+    )
+    up.add_argument(
+        "--update-iterations",
+        type=int,
+        metavar="K",
+        default=None,
+        help="iterations/epochs of the update with --init (default 3)",
+    )
     ck = parser.add_argument_group("checkpoints")
     ck.add_argument(
         "--checkpoint-dir",
@@ -97,8 +116,12 @@ def resolve(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     job: dict[str, Any] = load_job_file(args.config) if args.config else {}
     settings = {
         key: getattr(args, key) if getattr(args, key) is not None else job.get(key)
-        for key in ("model", "train", "validation", "output")
+        for key in ("model", "train", "validation", "output", "init")
     }
+    if settings["init"]:
+        return _resolve_init(args, job, settings), settings
+    if getattr(args, "update_iterations", None) is not None:
+        raise JobError("--update-iterations needs --init MODEL_DIR (the model to update)")
     for key in ("model", "train", "output"):
         if not settings[key]:
             raise JobError(f"no {key} given: pass --{key} or set `{key}` in the --config job file")
@@ -120,6 +143,38 @@ def resolve(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
             "pass --checkpoint-dir (or set checkpoint_dir in [params])"
         )
     return model, settings
+
+
+def _resolve_init(args: argparse.Namespace, job: dict[str, Any], settings: dict[str, Any]) -> Any:
+    """The saved model of ``--init``, with ``--param`` / ``[params]`` applied to it."""
+    from jobs.recommend import load_checked
+    from mfdask.jobfile import coerce_params, parse_param_flags
+
+    for key in ("train", "output"):
+        if not settings[key]:
+            raise JobError(f"no {key} given: pass --{key} or set `{key}` in the --config job file")
+    if getattr(args, "resume", False):
+        raise JobError("--resume does not apply to --init: an update starts from the saved model")
+    n = getattr(args, "update_iterations", None)
+    if n is not None and n < 1:
+        raise JobError(f"--update-iterations must be a positive integer, got {n}")
+    model = load_checked(str(settings["init"]))
+    name = settings["model"]
+    if name and str(name).lower() != type(model).model_name:
+        raise JobError(
+            f"--model {name} does not match the {type(model).__name__} saved in {settings['init']}"
+        )
+    cls = type(model)
+    params = coerce_params(
+        cls, job.get("params", {}), f"job file {args.config} [params]", text=False
+    )
+    params.update(coerce_params(cls, parse_param_flags(args.param), "--param", text=True))
+    for name in ("checkpoint_dir", "checkpoint_every"):
+        if getattr(args, name, None) is not None:
+            params[name] = getattr(args, name)
+    model.set_params(**params)
+    model._validate_params()
+    return model
 
 
 def _progress(total: int | None):
@@ -150,15 +205,27 @@ def run(args: argparse.Namespace) -> int:
                 "`mfdask prepare` or `mfdask split`"
             )
     total = getattr(model, "iterations", None) or getattr(model, "epochs", None)
+    updating = bool(settings.get("init"))
+    if updating:
+        total = getattr(args, "update_iterations", None) or 3
     with session(cluster_spec(args)) as client:
         print_dashboard(client)
-        log.info("training %r on %s", model, settings["train"])
-        model.fit(
-            settings["train"],
-            validation=settings["validation"],
-            callback=_progress(total),
-            resume=bool(getattr(args, "resume", False)),
-        )
+        if updating:
+            log.info("updating %s (%r) on %s", settings["init"], model, settings["train"])
+            model.partial_fit(
+                settings["train"],
+                iterations=getattr(args, "update_iterations", None),
+                validation=settings["validation"],
+                callback=_progress(total),
+            )
+        else:
+            log.info("training %r on %s", model, settings["train"])
+            model.fit(
+                settings["train"],
+                validation=settings["validation"],
+                callback=_progress(total),
+                resume=bool(getattr(args, "resume", False)),
+            )
     model.save(output, overwrite=args.overwrite)
     for event in model.metrics_.get("recoveries", []):
         log.warning(
@@ -173,8 +240,15 @@ def run(args: argparse.Namespace) -> int:
     loss = f", final loss {last['loss']:.5g}" if isinstance(last.get("loss"), (int, float)) else ""
     resumed = model.metrics_.get("resumed_from")
     loss += f"; resumed after iteration {resumed}" if resumed is not None else ""
+    if updating:
+        update = model.metrics_["updates"][-1]
+        loss += (
+            f"; update {update['update']} of {settings['init']}: {update['new_users']:,} new "
+            f"users, {update['new_items']:,} new items"
+        )
+    epochs = len(model.history_) if not updating else model.metrics_["updates"][-1]["iterations"]
     print(
-        f"{type(model).__name__}: {len(model.history_)} epochs in "
+        f"{type(model).__name__}: {epochs} epochs in "
         f"{model.metrics_.get('fit_seconds', 0.0):.1f} s{loss}; "
         f"{model.n_users:,} users x {model.n_items:,} items; saved to {output}"
     )

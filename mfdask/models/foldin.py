@@ -232,7 +232,10 @@ def build_history(
             + "; pass unknown_items='skip' to drop them (they are counted)"
         )
     keep = ~unknown
-    user_codes, user_ids = pd.factorize(frame[schema.USER_ID].to_numpy()[keep], sort=True)
+    # Users are listed before unknown rows go, so that a user left with nothing is an
+    # empty row (reported), not silently absent.
+    user_codes, user_ids = pd.factorize(frame[schema.USER_ID].to_numpy(), sort=True)
+    user_codes = user_codes[keep]
     item = item[keep]
     values, positive = values[keep], positive[keep]
     # Sort by (user, item); duplicates of a pair keep the last row, or sum weights.
