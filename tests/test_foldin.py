@@ -240,3 +240,25 @@ def test_sgd_fold_in_is_seeded_per_user_and_fits_the_history(client, split, make
         rng = np.random.default_rng(0)
         s_rand = (u * items[rng.integers(0, model.n_items, len(u))]).sum(1)
         assert np.mean(s_pos > s_rand) > 0.7
+
+
+def test_weight_column_sums_repeated_events(client, split):
+    """Event histories (``weight``, no ``rating``): repeats of a pair add up, all positive."""
+    train, held = split
+    model = ALS(factors=5, iterations=3, preference="rating", random_state=0).fit(train)
+    uid = held.user_id.iloc[0]
+    rows = held[held.user_id == uid].iloc[:6]
+    events = pd.DataFrame(
+        {
+            "user_id": uid,
+            "item_id": np.concatenate([rows.item_id, rows.item_id.iloc[:2]]),
+            "weight": np.concatenate([np.full(len(rows), 2.0), [1.0, 3.0]]),
+        }
+    )
+    folded = model.fold_in_users(events)
+    weights = np.full(len(rows), 2.0)
+    weights[:2] += [1.0, 3.0]
+    expected = normal_equation_solve(model, model.item_index(rows.item_id), weights)
+    np.testing.assert_allclose(folded.factors.iloc[0], expected, rtol=2e-4, atol=2e-6)
+    with pytest.raises(ValueError, match="weight"):
+        model.fold_in_users(events.assign(weight=-1.0))
