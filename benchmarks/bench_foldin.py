@@ -194,7 +194,8 @@ def update(name: str, train: pd.DataFrame, test: pd.DataFrame, seeds: int = 1) -
 
     def quality(model) -> float:
         if name == "svd":
-            return float(np.sqrt(np.mean((model.predict(test) - test.rating.to_numpy()) ** 2)))
+            error = model.predict(test, unknown="baseline") - test.rating.to_numpy()
+            return float(np.sqrt(np.mean(error**2)))
         return ndcg(model.recommend(users, n=K), test, users)["ndcg@10"]
 
     updated, fresh, update_s, refit_s = [], [], 0.0, 0.0
@@ -254,9 +255,10 @@ def main() -> None:
                 print_table(svd, "SVD fold-in (random 90/10 split), RMSE on the held users")
                 out["fold_in_svd"] = svd
         if args.part in ("update", "all"):
-            rows = [update(m, train, test) for m in args.update_models.split(",") if m != "svd"]
-            if "svd" in args.update_models.split(","):
-                rows.append(update("svd", *split(frame, "random", 0.1)))
+            wanted = args.update_models.split(",")
+            rows = [update(m, train, test, args.seeds) for m in wanted if m != "svd"]
+            if "svd" in wanted:
+                rows.append(update("svd", *split(frame, "random", 0.1), args.seeds))
             print_table(rows, "partial_fit (3 iterations) after 10 % more ratings vs a refit")
             out["update"] = rows
     write_results("foldin", out)

@@ -114,3 +114,12 @@ def test_partial_fit_of_a_loaded_model_and_twice(client, data, tmp_path):
     assert again.metrics_["updates"] == model.metrics_["updates"]
     with pytest.raises(ValueError, match="iterations"):
         model.partial_fit(updated, iterations=0)
+
+
+def test_partial_fit_with_validation(client, data):
+    old, updated = data
+    model = BPR(factors=4, epochs=3, random_state=0).fit(old)
+    held = updated.sample(frac=0.1, random_state=0)
+    model.partial_fit(updated, iterations=2, validation=held)
+    assert all("ndcg" in h for h in model.history_[3:])
+    assert "_initial_state" not in model.__dict__ and "_update_of" not in model.__dict__
