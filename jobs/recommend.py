@@ -22,6 +22,13 @@ _manifest.json, and an item the model does not know fails the job unless
 
   mfdask recommend out/models/als out/recs/new-users --history data/new-users.parquet
 
+With --method ann each worker searches an index over the item vectors (faiss, installed
+by `pip install 'mfdask[ann]'`) instead of scoring every item: many times faster on a
+large catalogue, recall@10 >= 0.95 against the exact lists by default; --ann NAME=VALUE
+sets the index (index=ivf|hnsw|flat, nlist, nprobe, ef_search, ...).
+
+  mfdask recommend out/models/als out/recs/als --method ann --ann nprobe=64
+
 Read it back with pandas (pd.read_parquet("out/recs/als")), pyarrow or DuckDB
 (SELECT * FROM read_parquet('out/recs/als/**/*.parquet', hive_partitioning=true)).
 """
@@ -73,7 +80,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--blocks", type=int, default=None, help="output partitions (auto)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
+    add_method_arguments(parser)
     add_cluster_arguments(parser)
+
+
+def add_method_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--method",
+        choices=["exact", "ann", "auto"],
+        default="exact",
+        help="exact scores every item (default); ann searches an index (needs mfdask[ann]); "
+        "auto: ann for large catalogues when faiss is installed",
+    )
+    parser.add_argument(
+        "--ann",
+        metavar="NAME=VALUE",
+        action="append",
+        default=[],
+        help="an index setting for --method ann/auto (repeatable): index=ivf|hnsw|flat, "
+        "nlist, nprobe, hnsw_m, ef_construction, ef_search, max_fetch, threads",
+    )
+
+
+def ann_options(args: argparse.Namespace) -> dict[str, object]:
+    """``--ann NAME=VALUE`` flags as keyword arguments (integers, except ``index``)."""
+    options: dict[str, object] = {}
+    for flag in args.ann:
+        name, sep, value = flag.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not name or not value:
+            raise JobError(f"--ann {flag!r}: expected NAME=VALUE, e.g. --ann nprobe=64")
+        if name == "index":
+            options[name] = value
+            continue
+        try:
+            options[name] = int(value)
+        except ValueError:
+            raise JobError(f"--ann {flag!r}: {name} must be an integer") from None
+    if options and args.method == "exact":
+        raise JobError("--ann settings need --method ann (or auto)")
+    if args.method == "ann":
+        from mfdask.engine.ann import import_faiss
+
+        try:
+            import_faiss()
+        except ImportError as exc:
+            raise JobError(str(exc)) from None
+    return options
 
 
 def load_checked(path: str, dataset: str | None = None):
@@ -100,8 +153,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise JobError(f"-n must be a positive integer, got {args.n}")
+    options = ann_options(args)
     output = check_output_dir(args.output, "recommendations", args.overwrite)
     if getattr(args, "history", None):
+        if args.method != "exact":
+            raise JobError("--method ann/auto is not available with --history yet: drop one")
         return _run_history(args, output)
     model = load_checked(args.model, args.seen if args.filter_seen else None)
     users = split_ids(args.users)
@@ -117,10 +173,12 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             filter_seen=args.filter_seen,
             n_blocks=args.blocks,
+            method=args.method,
+            **options,
         )
     print(
         f"{out.rows:,} recommendations for {out.manifest['queries']:,} users "
-        f"({type(model).__name__}, n={args.n}) in {out.n_blocks} files, "
+        f"({type(model).__name__}, n={args.n}, {out.manifest['method']}) in {out.n_blocks} files, "
         f"{out.seconds:.1f} s: {out.path}"
     )
     return 0

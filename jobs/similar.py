@@ -6,6 +6,9 @@ excluded. Output: OUTPUT/item_block=K/part-0.parquet with item_id, rank (1..N),
 similar_item_id, score, and OUTPUT/_manifest.json; atomic, kept unless --overwrite.
 
   mfdask similar out/models/als out/similar/als -n 10
+
+--method ann searches an index over the unit item vectors instead (needs mfdask[ann]);
+--ann NAME=VALUE sets it, as for `mfdask recommend`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from jobs._common import (
     print_dashboard,
     standalone_main,
 )
-from jobs.recommend import load_checked, split_ids
+from jobs.recommend import add_method_arguments, ann_options, load_checked, split_ids
 
 HELP = "top-N similar items for every item of a saved model -> Parquet"
 
@@ -34,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--blocks", type=int, default=None, help="output partitions (auto)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
+    add_method_arguments(parser)
     add_cluster_arguments(parser)
 
 
@@ -43,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise JobError(f"-n must be a positive integer, got {args.n}")
+    options = ann_options(args)
     output = check_output_dir(args.output, "similar items", args.overwrite)
     model = load_checked(args.model)
     items = split_ids(args.items)
@@ -51,11 +56,17 @@ def run(args: argparse.Namespace) -> int:
     with session(cluster_spec(args)) as client:
         print_dashboard(client)
         out = model.similar_items_all(
-            args.n, output, items=items, overwrite=args.overwrite, n_blocks=args.blocks
+            args.n,
+            output,
+            items=items,
+            overwrite=args.overwrite,
+            n_blocks=args.blocks,
+            method=args.method,
+            **options,
         )
     print(
         f"{out.rows:,} similar items for {out.manifest['queries']:,} items "
-        f"({type(model).__name__}, n={args.n}) in {out.n_blocks} files, "
+        f"({type(model).__name__}, n={args.n}, {out.manifest['method']}) in {out.n_blocks} files, "
         f"{out.seconds:.1f} s: {out.path}"
     )
     return 0

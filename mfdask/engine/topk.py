@@ -55,6 +55,7 @@ from distributed import get_worker
 
 from mfdask.data import schema
 from mfdask.data.dataset import Dataset, atomic_directory, open_dataset, write_json_atomic
+from mfdask.engine import ann
 from mfdask.engine.cluster import session, wait_for, worker_addresses
 from mfdask.recommend import DEFAULT_CHUNK_CELLS, chunk_rows, top_k_of_scores
 
@@ -120,6 +121,7 @@ class _BlockJob:
     result_column: str
     query_type: pa.DataType
     result_type: pa.DataType
+    ann: ann.AnnParams | None = None
 
 
 # --------------------------------------------------------------------------- worker side
@@ -193,6 +195,7 @@ def _score_block(
     query_ids: np.ndarray,
     candidate_ids: np.ndarray,
     exclude: Any,
+    index: Any = None,
 ) -> int:
     """Score one block of rows against every candidate, keep the top ``n``, write Parquet.
 
@@ -200,7 +203,9 @@ def _score_block(
     ``query_vectors`` their vectors, or None to take them from ``candidates`` (similar
     items: queries and candidates are the same unit vectors); ``exclude`` is a CSR over
     the block's rows, a :class:`_DatasetSeen` to read one, ``"self"`` to drop each row's
-    own index, or None. Returns the number of rows written.
+    own index, or None; ``index`` the serialized ANN index when ``job.ann`` is set (the
+    candidates are then searched, not all scored: :func:`mfdask.engine.ann.ann_top_k`).
+    Returns the number of rows written.
     """
     out_dir = Path(job.out_dir)
     if not out_dir.is_dir():
@@ -227,7 +232,9 @@ def _score_block(
             pa.field("score", pa.float32()),
         ]
     )
-    step = chunk_rows(n_cols, job.chunk_cells)
+    step = chunk_rows(n_cols, job.chunk_cells) if job.ann is None else ann.ANN_ROWS
+    if job.ann is not None:
+        index = ann.load_index(index)
     ranks = np.arange(1, k + 1, dtype=np.int32)
     written = 0
     buffered = 0
@@ -237,17 +244,22 @@ def _score_block(
             stop = min(start + step, len(rows))
             chunk = rows[start:stop]
             q = query_vectors[start:stop] if query_vectors is not None else candidates[chunk]
-            scores = np.asarray(q @ candidates.T, dtype=np.float32)
             if isinstance(exclude, str):  # "self": drop the query row's own column
                 mask = sp.csr_matrix(
                     (np.ones(len(chunk), np.int8), (np.arange(len(chunk)), chunk)),
-                    shape=scores.shape,
+                    shape=(len(chunk), n_cols),
                 )
             elif exclude is not None:
                 mask = exclude[start:stop]
             else:
                 mask = None
-            idx, val = top_k_of_scores(scores, job.n, mask)
+            if job.ann is None:
+                scores = np.asarray(q @ candidates.T, dtype=np.float32)
+                idx, val = top_k_of_scores(scores, job.n, mask)
+            else:
+                idx, val = ann.ann_top_k(
+                    q, candidates, mask, job.n, index, job.ann, job.chunk_cells
+                )
             keep = idx >= 0
             per_row = keep.sum(axis=1)
             # Survivors are a prefix of each row (best first), so ranks are 1..per_row.
@@ -346,6 +358,7 @@ def _run_blocks(
     chunk_cells: int,
     overwrite: bool,
     manifest_extra: dict[str, Any],
+    ann_params: ann.AnnParams | None = None,
 ) -> TopKOutput:
     """Shared driver of :func:`recommend_all` and :func:`similar_items_all`."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
@@ -361,6 +374,13 @@ def _run_blocks(
         cand_ids = candidate_ids.to_numpy()
         # Broadcast once: every block on every worker scores against all candidates.
         cand_f, cand_ids_f = client.scatter([candidates, cand_ids], broadcast=True, hash=False)
+        # ANN: one task builds the index over the candidates; its bytes reach each worker
+        # once, like the candidates, and every block task searches them.
+        index_f = (
+            None
+            if ann_params is None
+            else client.submit(ann.build_index, cand_f, ann_params, pure=False)
+        )
         try:
             with atomic_directory(path, overwrite=overwrite) as tmp:
                 futures = []
@@ -378,6 +398,7 @@ def _run_blocks(
                         result_column=result_column,
                         query_type=query_type,
                         result_type=_arrow_type(candidate_ids),
+                        ann=ann_params,
                     )
                     target = workers[b % len(workers)]
                     payload = [block_rows, query_ids[sel]]
@@ -400,6 +421,7 @@ def _run_blocks(
                             ids_f,
                             cand_ids_f,
                             ex_f,
+                            index_f,
                             workers=[target],
                             allow_other_workers=True,
                             pure=False,
@@ -423,13 +445,15 @@ def _run_blocks(
                     "model_params": model.get_params(),
                     "fingerprint": getattr(model, "fingerprint_", None),
                     "seconds": round(seconds, 3),
+                    "method": "exact" if ann_params is None else "ann",
+                    "ann": None if ann_params is None else ann_params.as_dict(),
                     **manifest_extra,
                 }
                 write_json_atomic(tmp / MANIFEST, manifest)
         except PermissionError as exc:
             raise _output_error(path, what, exc) from exc
         finally:
-            client.cancel([cand_f, cand_ids_f])
+            client.cancel([cand_f, cand_ids_f] + ([] if index_f is None else [index_f]))
     seconds = time.perf_counter() - started
     return TopKOutput(
         path=path, rows=manifest["rows"], n_blocks=r, seconds=seconds, manifest=manifest
@@ -448,6 +472,8 @@ def recommend_all(
     n_blocks: int | None = None,
     chunk_cells: int = DEFAULT_CHUNK_CELLS,
     metadata: dict[str, Any] | None = None,
+    method: str = "exact",
+    **ann_options: Any,
 ) -> TopKOutput:
     """Top-``n`` items for every user, scored on the workers, written as Parquet.
 
@@ -478,6 +504,15 @@ def recommend_all(
         Score-matrix cells per chunk on a worker (one float32 matrix: 4 bytes a cell).
     metadata : dict, optional
         Extra JSON-serialisable fields for the manifest (provenance, a data label...).
+    method : {"exact", "ann", "auto"}
+        ``"exact"`` scores every candidate; ``"ann"`` searches an index over the item
+        score vectors on the workers (:mod:`mfdask.engine.ann`; needs ``mfdask[ann]``);
+        ``"auto"`` takes ``"ann"`` from :data:`mfdask.engine.ann.AUTO_MIN_ITEMS` items on
+        when faiss is installed. The manifest records the method and index parameters.
+    **ann_options
+        Index settings (:class:`mfdask.engine.ann.AnnParams`: ``index``, ``nlist``,
+        ``nprobe``, ``ef_search``, ...); the defaults give recall@10 >= 0.95 against
+        the exact lists.
 
     Returns
     -------
@@ -498,6 +533,7 @@ def recommend_all(
     else:
         rows = np.unique(model.user_index(users))
     uvec, ivec = model._score_vectors()
+    params = ann.resolve_method(method, int(ivec.shape[0]), ann_options)
     block_multiple = 1
     source = None
     exclude_for: Any
@@ -542,6 +578,7 @@ def recommend_all(
             "seen_source": source,
             **(metadata or {}),
         },
+        ann_params=params,
     )
 
 
@@ -555,6 +592,8 @@ def similar_items_all(
     n_blocks: int | None = None,
     chunk_cells: int = DEFAULT_CHUNK_CELLS,
     metadata: dict[str, Any] | None = None,
+    method: str = "exact",
+    **ann_options: Any,
 ) -> TopKOutput:
     """The ``n`` most similar items to every item (cosine of item factors) as Parquet.
 
@@ -572,8 +611,8 @@ def similar_items_all(
         Output directory (see :func:`recommend_all`).
     items : sequence of original item ids, optional
         Query items (default: all); candidates are always every item.
-    overwrite, n_blocks, chunk_cells, metadata
-        As for :func:`recommend_all`.
+    overwrite, n_blocks, chunk_cells, metadata, method, ann_options
+        As for :func:`recommend_all` (the index is over the unit item vectors).
     """
     model._check_fitted()
     if items is None:
@@ -583,6 +622,7 @@ def similar_items_all(
     vectors = np.asarray(model._item_embeddings(), dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1)
     unit = (vectors / np.where(norms > 0, norms, 1.0)[:, None]).astype(np.float32)
+    params = ann.resolve_method(method, len(unit), ann_options)
     return _run_blocks(
         model,
         path=Path(path),
@@ -603,6 +643,7 @@ def similar_items_all(
         chunk_cells=chunk_cells,
         overwrite=overwrite,
         manifest_extra=dict(metadata or {}),
+        ann_params=params,
     )
 
 
