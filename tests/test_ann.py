@@ -209,7 +209,8 @@ def test_options_are_checked():
     with pytest.raises(ValueError, match="with method='exact'"):
         ann.resolve_method("exact", 100, {"nprobe": 4})
     params = ann.ann_params(100_000)
-    assert params.nlist == 1265 and params.nprobe == 40
+    assert params.nlist == 1265 and params.nprobe == 65
+    assert ann.ann_params(3706).nlist == 95 and ann.ann_params(3706).nprobe == 25
     assert ann.ann_params(100_000, nprobe=5000).nprobe == 1265  # clipped to the lists
 
 

@@ -31,8 +31,8 @@ inner-product order, and the final scores are the exact dot products anyway. Ind
 
 - ``"ivf"`` (default): ``IndexIVFFlat``, ``nlist`` inverted lists (default
   ``4 sqrt(n_items)``, at most ``n_items / 39`` so that k-means has enough points per
-  centroid), ``nprobe`` of them probed per query (default :data:`DEFAULT_PROBE_FRACTION`
-  of the lists, at least :data:`MIN_NPROBE`). Distances inside the probed lists are
+  centroid), ``nprobe`` of them probed per query (default: lists holding about
+  :data:`PROBE_ITEMS` ``* sqrt(n_items)`` items). Distances inside the probed lists are
   exact, so recall depends on which lists are probed only; with ``nprobe >= nlist`` the
   search is exhaustive.
 - ``"hnsw"``: ``IndexHNSWFlat`` (``hnsw_m`` links per node, ``ef_construction``,
@@ -63,11 +63,16 @@ METHODS = ("exact", "ann", "auto")
 
 INDEXES = ("ivf", "hnsw", "flat")
 
-DEFAULT_PROBE_FRACTION = 1 / 32
-"""Default ``nprobe / nlist`` (see the benchmark ``python -m benchmarks ann``)."""
+PROBE_ITEMS = 16
+"""Default IVF search: probe lists holding about ``PROBE_ITEMS * sqrt(n_items)`` items.
 
-MIN_NPROBE = 8
-"""Lists probed at least, whatever ``nlist``: small catalogues have few, short lists."""
+Chosen from the measured trade-off curves (``python -m benchmarks ann``): recall@10
+against the exact lists reaches 0.95 at about 13 sqrt(n) items probed on ML-1M's 3,706
+items (24 of 95 lists: 0.977, 16: 0.938) and on the synthetic 100k-item catalogue
+(48 of 1,265 lists: 0.99, 32: 0.92); 16 leaves a margin. The share of the catalogue
+searched, ``16 / sqrt(n)``, falls as the catalogue grows: 26% at 3,706 items, 5% at
+100,000, 1.6% at a million.
+"""
 
 AUTO_MIN_ITEMS = 20_000
 """``method="auto"`` uses the index from this many candidates on (measured crossover)."""
@@ -151,8 +156,10 @@ def default_nlist(n_items: int) -> int:
     return max(1, min(round(4 * math.sqrt(max(n_items, 1))), n_items // 39))
 
 
-def default_nprobe(nlist: int) -> int:
-    return min(nlist, max(MIN_NPROBE, math.ceil(nlist * DEFAULT_PROBE_FRACTION)))
+def default_nprobe(nlist: int, n_items: int) -> int:
+    """Lists holding about :data:`PROBE_ITEMS` ``* sqrt(n_items)`` items, at most all."""
+    wanted = PROBE_ITEMS * math.sqrt(max(n_items, 1)) * nlist / max(n_items, 1)
+    return max(1, min(nlist, math.ceil(wanted)))
 
 
 def ann_params(n_items: int, **options: Any) -> AnnParams:
@@ -181,7 +188,7 @@ def ann_params(n_items: int, **options: Any) -> AnnParams:
     if index == "ivf":
         nlist = params.nlist or default_nlist(n_items)
         nlist = min(nlist, max(n_items, 1))
-        nprobe = min(params.nprobe or default_nprobe(nlist), nlist)
+        nprobe = min(params.nprobe or default_nprobe(nlist, n_items), nlist)
         params = replace(params, nlist=nlist, nprobe=nprobe)
     return params
 
