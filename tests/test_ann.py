@@ -317,3 +317,16 @@ def test_job_errors_name_the_problem(client, saved, tmp_path, capsys, monkeypatc
     assert code == 2
     assert "pip install 'mfdask[ann]'" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+@needs_faiss
+def test_index_deserialized_once_per_array():
+    _, items, _ = _problem(n_users=1, n_items=200)
+    params = ann.ann_params(200)
+    blob = ann.build_index(items, params)
+    first = ann.load_index(blob)
+    assert ann.load_index(blob) is first
+    other = blob.copy()  # equal bytes, another array: another entry
+    assert ann.load_index(other) is not first
+    del blob, first
+    assert len([k for k, (ref, _) in ann._CACHE.items() if ref() is not None]) == 1
