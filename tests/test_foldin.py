@@ -262,3 +262,13 @@ def test_weight_column_sums_repeated_events(client, split):
     np.testing.assert_allclose(folded.factors.iloc[0], expected, rtol=2e-4, atol=2e-6)
     with pytest.raises(ValueError, match="weight"):
         model.fold_in_users(events.assign(weight=-1.0))
+
+
+@pytest.mark.parametrize("cls", [ALS, SVD, BPR, WARP])
+def test_fold_in_item_side_is_the_models(cls, client, split):
+    from mfdask.models.foldin import fold_in_spec
+
+    train, _ = split
+    kwargs = {"iterations": 1} if cls is ALS else {"epochs": 1}
+    model = cls(factors=3, **kwargs).fit(train)
+    np.testing.assert_array_equal(fold_in_spec(model).item_vectors, model._score_vectors()[1])

@@ -290,7 +290,7 @@ class FoldIn:
     item_ids : (n_items,) array
         Original item ids (position = dense index).
     item_vectors : (n_items, d) float32
-        The items' score vectors (the model's ``_score_vectors()[1]``).
+        The items' score vectors (as the model's ``_score_vectors()[1]``).
     settings : dict
         The model's hyper-parameters that the kernel needs.
     arrays : dict
@@ -414,6 +414,20 @@ def _sgd_rates(model: FactorModel, epochs: int | None) -> np.ndarray:
     return np.asarray(rates, np.float64)
 
 
+def _item_score_vectors(model: FactorModel) -> np.ndarray:
+    """The item half of ``model._score_vectors()`` without touching the user side (which
+    may live on the workers): ``q_i`` (ALS), ``[q_i, b_i, 1]`` (SVD), ``[q_i, b_i]`` (BPR,
+    WARP with an item bias)."""
+    q = np.asarray(model.item_factors_, dtype=np.float32)
+    bias = getattr(model, "item_bias_", None)
+    if bias is None:
+        return q
+    extra = [np.asarray(bias, np.float32)[:, None]]
+    if not model.implicit:  # SVD: the user side is [p_u, 1, mu + b_u]
+        extra.append(np.ones((len(q), 1), np.float32))
+    return np.hstack([q, *extra])
+
+
 def fold_in_spec(model: FactorModel, epochs: int | None = None) -> FoldIn:
     """The :class:`FoldIn` of a fitted ``model`` (ALS, SVD, BPR or WARP).
 
@@ -433,8 +447,7 @@ def fold_in_spec(model: FactorModel, epochs: int | None = None) -> FoldIn:
     if epochs is not None and (isinstance(epochs, bool) or int(epochs) < 1):
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     item_ids = model.item_ids_.to_numpy()
-    _, ivec = model._score_vectors()
-    ivec = np.ascontiguousarray(ivec, dtype=np.float32)
+    ivec = np.ascontiguousarray(_item_score_vectors(model), dtype=np.float32)
     if isinstance(model, ALS):
         y64 = ivec.astype(np.float64)
         return FoldIn(
@@ -620,13 +633,13 @@ def recommend_with_history(
     folded_vec = spec.user_vectors(factors, bias)
     pos = pd.Index(hist.user_ids).get_indexer(wanted)
     fitted = np.flatnonzero(pos < 0)
-    uvec_model, ivec = model._score_vectors()
+    ivec = spec.item_vectors
     known = model.user_index(wanted[fitted]) if len(fitted) else np.empty(0, np.int64)
     d = folded_vec.shape[1]
     uvec = np.empty((len(wanted), d), np.float32)
     uvec[pos >= 0] = folded_vec[pos[pos >= 0]]
-    if len(fitted):
-        uvec[fitted] = uvec_model[known]
+    if len(fitted):  # the user side is read only for listed users without a history
+        uvec[fitted] = model._score_vectors()[0][known]
     exclude = None
     if filter_seen:
         # Row r of the exclusion: the history row of a folded user, else the training
