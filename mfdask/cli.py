@@ -1,7 +1,8 @@
-"""The ``mfdask`` command line: one sub-command per batch job in :mod:`jobs`.
+"""The ``mfdask`` command line: one sub-command per batch job in :mod:`mfdask.jobs`.
 
 Each job module provides ``HELP`` (one line), ``add_arguments(parser)`` and
-``run(args) -> int``; the same module runs standalone as ``python -m jobs.NAME``.
+``run(args) -> int``; the same module runs standalone as ``python -m jobs.NAME`` from a
+checkout (``jobs/NAME.py`` is its entry script) or ``python -m mfdask.jobs.NAME``.
 """
 
 from __future__ import annotations
@@ -12,16 +13,16 @@ import sys
 from collections.abc import Sequence
 
 COMMANDS: dict[str, str] = {
-    "fetch": "jobs.fetch",
-    "ingest": "jobs.ingest",
-    "split": "jobs.split",
-    "synth": "jobs.synth",
-    "prepare": "jobs.prepare",
-    "train": "jobs.train",
-    "recommend": "jobs.recommend",
-    "similar": "jobs.similar",
-    "evaluate": "jobs.evaluate",
-    "demo": "jobs.demo",
+    "fetch": "mfdask.jobs.fetch",
+    "ingest": "mfdask.jobs.ingest",
+    "split": "mfdask.jobs.split",
+    "synth": "mfdask.jobs.synth",
+    "prepare": "mfdask.jobs.prepare",
+    "train": "mfdask.jobs.train",
+    "recommend": "mfdask.jobs.recommend",
+    "similar": "mfdask.jobs.similar",
+    "evaluate": "mfdask.jobs.evaluate",
+    "demo": "mfdask.jobs.demo",
 }
 """Sub-command name -> job module. A module that is not there yet is left out of ``--help``."""
 
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mfdask`` console script."""
-    from jobs._common import run_job
+    from mfdask.jobs._common import run_job
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -49,6 +50,20 @@ def test_job_module_runs_standalone(name):
     )
     assert proc.returncode == 0, proc.stderr
     assert f"python -m {COMMANDS[name]}" in proc.stdout
+
+
+@pytest.mark.parametrize("name", _available()[:1])
+def test_checkout_entry_script_runs(name):
+    """``python -m jobs.NAME`` from the top of a checkout runs the job in ``mfdask.jobs``."""
+    proc = subprocess.run(
+        [sys.executable, "-m", f"jobs.{name}", "--help"],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"python -m jobs.{name}" in proc.stdout
 
 
 def test_unknown_command_is_rejected(capsys):

@@ -67,12 +67,21 @@ def run_job(run: Callable[[argparse.Namespace], int], args: argparse.Namespace, 
 
 
 def standalone_main(module: ModuleType, argv: Sequence[str] | None = None) -> int:
-    """``python -m jobs.NAME``: the same arguments as ``mfdask NAME``."""
-    # Under ``python -m jobs.NAME`` the module is ``__main__``; its spec keeps the real name.
+    """``python -m jobs.NAME`` or ``python -m mfdask.jobs.NAME``: the arguments of ``mfdask NAME``.
+
+    ``module`` is the job module; its ``main`` calls this, and so does the ``jobs/NAME.py``
+    entry script of a checkout, through that ``main``.
+    """
+    # Under ``python -m mfdask.jobs.NAME`` the module is ``__main__``; its spec keeps the real name.
     spec = getattr(module, "__spec__", None)
     name = (spec.name if spec is not None else module.__name__).rsplit(".", 1)[-1]
+    # Name the program the way it was started: ``jobs.NAME`` or ``mfdask.jobs.NAME``.
+    main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    started = main_spec.name if main_spec is not None else None
+    if started not in (f"jobs.{name}", f"mfdask.jobs.{name}"):
+        started = f"jobs.{name}"
     parser = argparse.ArgumentParser(
-        prog=f"python -m jobs.{name}",
+        prog=f"python -m {started}",
         description=module.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
