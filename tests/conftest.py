@@ -15,7 +15,7 @@ from distributed import Client, LocalCluster
 def client():
     """An in-process scheduler with two single-threaded workers (the default for tests)."""
     cluster = LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0"
     )
     c = Client(cluster, set_as_default=True)
     yield c

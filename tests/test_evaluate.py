@@ -405,6 +405,8 @@ def test_job_errors(client, data, tmp_path, capsys):
     assert out.read_text() == "{}"  # nothing was overwritten by a failed run
 
 
+# implicit advises single-threaded OpenBLAS for its own speed; the metrics do not depend on it.
+@pytest.mark.filterwarnings("ignore:OpenBLAS is configured:RuntimeWarning:implicit")
 def test_agrees_with_implicit_ranking_metrics(client, data):
     """implicit's precision/map/ndcg/auc equal our implicit_precision/map/ndcg/implicit_auc."""
     pytest.importorskip("implicit")
