@@ -571,7 +571,7 @@ class RankingEvaluator:
         self._placed: _PlacedRanking | None = None
         self._place(model)
 
-    def _place(self, model: FactorModel) -> None:
+    def _place(self, model: FactorModel) -> _PlacedRanking:
         self._placed = None
         client = self.client
         blocks = _n_blocks(self.n_blocks, len(worker_addresses(client)), model.n_users)
@@ -582,20 +582,20 @@ class RankingEvaluator:
         self._placed = _place_ranking(
             client, model, test_p, train=None, filter_seen=self.filter_seen, n_blocks=blocks
         )
+        return self._placed
 
     def score(self, model: FactorModel) -> dict[str, float]:
         """The metrics of ``model``'s current factors (keys as :func:`evaluate_ranking`)."""
         model._check_fitted()
         started = time.perf_counter()
-        if self._placed is None or not set(self._placed.workers) <= set(
-            worker_addresses(self.client)
-        ):
-            self._place(model)
+        placed = self._placed
+        if placed is None or not set(placed.workers) <= set(worker_addresses(self.client)):
+            placed = self._place(model)
         try:
             out = _score_ranking(
                 self.client,
                 model,
-                self._placed,
+                placed,
                 k=self.k,
                 positive_threshold=self.positive_threshold,
                 chunk_cells=self.chunk_cells,
@@ -603,8 +603,8 @@ class RankingEvaluator:
         except ClusterFailure:
             self._placed = None  # placed again on the next call
             raise
-        out["test_ratings"] = self._placed.rows
-        out["skipped_unknown"] = self._placed.skipped
+        out["test_ratings"] = placed.rows
+        out["skipped_unknown"] = placed.skipped
         out["seconds"] = time.perf_counter() - started
         return out
 

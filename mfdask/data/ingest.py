@@ -382,9 +382,10 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 def _plan_blocks(
     src: RatingSource, staging: Path, blocksize: int, n_buckets: int
-) -> tuple[list[Delayed], list[int]]:
-    """One staging task per block; also the file index of each block."""
-    tasks: list[Delayed] = []
+) -> tuple[list[Any], list[int]]:
+    """One staging task per block (a ``Delayed`` dict); also the file index of each block."""
+    # Any, not Delayed: Dask adds ``Delayed.__getitem__`` at run time, unseen by mypy.
+    tasks: list[Any] = []
     file_of_block: list[int] = []
     stage_dir = str(staging)
     for f_idx, path in enumerate(src.files):
@@ -590,7 +591,7 @@ def _finish_bucket(
     by_block = np.argsort(user_block, kind="stable") if n_user_blocks > 1 else None
     counts = np.bincount(user_block, minlength=n_user_blocks)
     offsets = np.concatenate(([0], np.cumsum(counts)))
-    for k in np.flatnonzero(counts):
+    for k in np.flatnonzero(counts).tolist():
         sel = (
             slice(offsets[k], offsets[k + 1])
             if by_block is None

@@ -120,6 +120,13 @@ class RatingSource:
         return self.format != "parquet"
 
     @property
+    def text_sep(self) -> str:
+        """``sep`` of a delimited-text source; a Parquet source has none."""
+        if self.sep is None:
+            raise ValueError(f"a {self.format} source has no field separator")
+        return self.sep
+
+    @property
     def has_time(self) -> bool:
         if self.is_text:
             return kparse.ROLE_TIME in self.roles
@@ -476,7 +483,7 @@ def _check_text_layout(source: RatingSource) -> None:
                 continue
             found = len(line.split(source.sep))
             if found == 1 and n_fields >= 3:
-                _raise_delimiter(path, offset, line, source.sep, n_fields)
+                _raise_delimiter(path, offset, line, source.text_sep, n_fields)
         if source.header and source.format == "ml-csv":
             names = [n.strip().strip('"') for n in lines[0].lstrip("\ufeff").split(",")]
             if names[:3] != ["userId", "movieId", "rating"]:
@@ -542,7 +549,9 @@ def _parquet_source(
             types.append(id_type)
         else:
             types.append("int" if pa.types.is_integer(t) else "str")
-    return RatingSource(format="parquet", files=files, columns=columns, id_types=tuple(types))
+    return RatingSource(
+        format="parquet", files=files, columns=columns, id_types=(types[0], types[1])
+    )
 
 
 def estimate_rows(source: RatingSource) -> int:
@@ -588,7 +597,7 @@ def parse_text(data: bytes, source: RatingSource, first_in_file: bool) -> dict[s
         "detail": np.empty(n, np.int32),
         "line_start": np.empty(n, np.int64),
     }
-    sep = np.frombuffer(source.sep.encode(source.encoding), dtype=np.uint8)
+    sep = np.frombuffer(source.text_sep.encode(source.encoding), dtype=np.uint8)
     roles = np.asarray(source.roles, dtype=np.int8)
     done = kparse.parse_block(
         buf,
@@ -670,11 +679,12 @@ def parse_text_block(data: bytes, source: RatingSource, first_in_file: bool) -> 
     reasons: dict[int, str] = {}  # block line -> reason, for the few bad lines
     n_fields = len(source.roles)
 
-    for k in np.flatnonzero((status != kparse.STATUS_OK) & (status > kparse.STATUS_BLANK)):
+    for k in np.flatnonzero((status != kparse.STATUS_OK) & (status > kparse.STATUS_BLANK)).tolist():
         s, d = int(status[k]), int(detail[k])
         if s == kparse.STATUS_FIELD_COUNT:
             reasons[k] = (
-                f"expected {n_fields} fields separated by {describe_sep(source.sep)}, found {d}"
+                f"expected {n_fields} fields separated by "
+                f"{describe_sep(source.text_sep)}, found {d}"
             )
         elif s == kparse.STATUS_EMPTY_FIELD:
             reasons[k] = f"{source.field_names[d]} is empty"

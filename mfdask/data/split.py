@@ -398,7 +398,9 @@ def split_dataset(
         "train_rows": n_train,
         "test_rows": n_test,
     }
-    carried = {k: ds.manifest[k] for k in ("sources", "synthetic") if k in ds.manifest}
+    carried: dict[str, Any] = {
+        k: ds.manifest[k] for k in ("sources", "synthetic") if k in ds.manifest
+    }
     n_user_blocks = int(ds.manifest["n_user_blocks"])
     with atomic_directory(dest, overwrite=overwrite) as tmp:
         for name, want_test in ((TRAIN, False), (TEST, True)):

@@ -35,6 +35,7 @@ the numba kernels release the GIL, so the ranges run in parallel.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -368,7 +369,7 @@ class BlockALS:
         collect(self.client, out, where)
         return out
 
-    def _scatter_rows(self, full: np.ndarray, where: list[str]) -> list[Future]:
+    def _scatter_rows(self, full: np.ndarray, where: list[str | None]) -> list[Future]:
         return [
             self.client.scatter(_take_rows(full, b, self.n_blocks), workers=[w], hash=False)
             for b, w in enumerate(where)
@@ -385,7 +386,7 @@ class BlockALS:
         self._item_source = None
 
     @property
-    def rating_block_keys(self) -> list[str]:
+    def rating_block_keys(self) -> list[Hashable]:
         """Keys of the compacted rating blocks (for checking that they never move)."""
         return [f.key for f in self.user_blocks + self.item_blocks]
 
@@ -395,7 +396,11 @@ class BlockALS:
         return self.client.submit(assemble_source, n_rows, factor_blocks, grams, pure=False)
 
     def _half(
-        self, dst_blocks: list[Future], source: Future, previous: list[Future], where: list[str]
+        self,
+        dst_blocks: list[Future],
+        source: Future,
+        previous: list[Future],
+        where: list[str | None],
     ) -> list[Future]:
         """One half-iteration: solve every destination block against ``source``."""
         return [

@@ -234,8 +234,11 @@ def place_row_blocks(
     return blocks
 
 
-def block_workers(client: Client, blocks: list[Future]) -> list[str]:
-    """The worker each block future currently lives on (for pinning follow-up tasks)."""
+def block_workers(client: Client, blocks: list[Future]) -> list[str | None]:
+    """The worker each block future currently lives on (for pinning follow-up tasks).
+
+    None for a block the scheduler knows no holder of (lost with its worker).
+    """
     where = client.who_has(blocks)
     return [sorted(where[f.key])[0] if where.get(f.key) else None for f in blocks]
 

@@ -216,6 +216,7 @@ class FitCheckpoints:
         saved = start.state.get("identity", {})
         diff = _differences(saved, self.identity)
         if diff:
+            assert self.store is not None  # peek() found a checkpoint, so there is a store
             raise CheckpointMismatchError(
                 f"the checkpoint in {self.store.directory} belongs to a different fit: "
                 + "; ".join(diff)

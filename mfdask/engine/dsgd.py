@@ -90,7 +90,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import dask
 import dask.dataframe as dd
@@ -244,7 +244,7 @@ def build_shard(block: RowBlock) -> UserShard:
 class BlockKernel(Protocol):
     """What the engine needs of a loss: see "The contract with a loss" above."""
 
-    stat_names: tuple[str, ...]
+    stat_names: ClassVar[tuple[str, ...]]
 
     def train(
         self,
@@ -444,8 +444,8 @@ def _train_epochs_task(
     return user, held, np.asarray(totals, dtype=np.float64)
 
 
-def _evaluate_task(shard: UserShard, user: State, kernel: Any, *items: State) -> np.ndarray:
-    """``kernel.evaluate`` over every cell of a shard (read-only), summed."""
+def _evaluate_task(shard: UserShard, user: State, kernel: Any, *items: State) -> np.ndarray | None:
+    """``kernel.evaluate`` over every cell of a shard (read-only), summed (None: no cells)."""
     total = None
     for cell, item in zip(shard.cells, items, strict=True):
         part = np.asarray(kernel.evaluate(cell, shard, user, item), dtype=np.float64)

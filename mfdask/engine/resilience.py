@@ -72,6 +72,9 @@ DISTRIBUTED_ERRORS: tuple[type[BaseException], ...] = (
 )
 """What Dask raises when a worker (or the scheduler) disappears under a computation."""
 
+CLIENT_ERRORS: tuple[type[BaseException], ...] = (OSError, *DISTRIBUTED_ERRORS)
+"""What a call to the scheduler raises when the cluster is going away."""
+
 
 def _address(client: Client) -> str:
     return str(getattr(client.scheduler, "address", None) or "the scheduler")
@@ -120,7 +123,7 @@ def collect(client: Client, futures: Sequence[Future], workers: Iterable[str | N
         check_scheduler(client)
         try:
             present = set(client.nthreads())
-        except (OSError, *DISTRIBUTED_ERRORS) as exc:
+        except CLIENT_ERRORS as exc:
             raise _classify(client, exc) from exc
         gone = sorted(watched - present)
         if gone:

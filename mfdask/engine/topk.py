@@ -548,8 +548,8 @@ def recommend_all(
         src = _DatasetSeen(str(ds.ratings_path.resolve()), d)
         exclude_for = _Const(src)
         source = str(ds.path)
-    elif getattr(model, "seen_items_", None) is not None:
-        seen_csr = model.seen_items_.tocsr()
+    elif (seen := getattr(model, "seen_items_", None)) is not None:
+        seen_csr = seen.tocsr()
         exclude_for = _RowsOf(seen_csr)
         source = "model.seen_items_"
     else:

@@ -299,6 +299,7 @@ def _pipeline(
         )
         described = f"{SYNTHETIC_LABEL}"
     else:
+        assert source is not None  # not synthetic: MovieLens was found
         dataset = ingest(source, tmp / "dataset")
         described = why
     log.info(

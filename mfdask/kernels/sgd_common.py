@@ -27,6 +27,9 @@ Prefetching
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import cast
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
@@ -47,7 +50,7 @@ _MAX_PREFETCH_LINES = 16
 
 
 @intrinsic
-def prefetch_row(typingctx, arr, row):
+def _prefetch_row(typingctx, arr, row):
     """Hint the processor to bring row ``row`` of the 2-d C-contiguous ``arr`` into cache.
 
     Issues one ``llvm.prefetch`` (read, high locality) per 64-byte line of the row, up to
@@ -83,6 +86,11 @@ def prefetch_row(typingctx, arr, row):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+# Jitted code calls the intrinsic as ``prefetch_row(arr, row)``: numba supplies the typing
+# context when it compiles the call. Typed as that call for mypy (the object is the same).
+prefetch_row = cast("Callable[[np.ndarray, int], None]", _prefetch_row)
 
 
 @njit(nogil=True, cache=True)

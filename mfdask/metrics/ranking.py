@@ -446,7 +446,7 @@ class RankingSums:
     auc_users: int = 0
     implicit_auc: float = 0.0
     implicit_auc_users: int = 0
-    recommended: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
+    recommended: np.ndarray = field(default=None, repr=False)  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
         if self.recommended is None:

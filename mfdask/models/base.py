@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -34,6 +34,9 @@ from mfdask.data import schema
 from mfdask.data.dataset import Dataset, atomic_directory, open_dataset, write_json_atomic
 from mfdask.data.training import TrainingData, as_training_data
 from mfdask.recommend import chunk_rows, top_k_of_scores
+
+if TYPE_CHECKING:
+    from mfdask.evaluate import RankingEvaluator
 
 MODEL_FILE = "model.json"
 USER_FACTORS_FILE = "user_factors.parquet"
@@ -148,6 +151,36 @@ class FactorModel:
     implicit: ClassVar[bool] = True
     """True when the model learns from positives only (ALS, BPR, WARP)."""
 
+    # Declarations only (no class attributes): each subclass's ``__init__`` stores its
+    # parameters, ``fit``/``load`` the learned state; the shared code below reads them.
+    # Parameters of every model:
+    factors: int
+    regularization: float
+    random_state: int | None
+    n_threads: int | None
+    n_blocks: int | None
+    show_progress: bool
+    early_stopping_rounds: int | None
+    checkpoint_dir: str | None
+    checkpoint_every: int
+    # Parameters of the implicit (ranking) models, ALS, BPR and WARP:
+    positive_threshold: float
+    validation_k: int
+    validation_metric: str
+    # Learned state:
+    user_factors_: np.ndarray
+    item_factors_: np.ndarray
+    user_ids_: pd.Index
+    item_ids_: pd.Index
+    items_: pd.DataFrame | None
+    seen_items_: sp.csr_matrix | None
+    fingerprint_: str
+    history_: list[dict[str, Any]]
+    metrics_: dict[str, Any]
+    # During a fit: the placed validation ratings, and what a partial_fit updates.
+    _validator: RankingEvaluator | None
+    _update_of: dict[str, Any]
+
     # ------------------------------------------------------------------ parameters
     @classmethod
     def _param_names(cls) -> list[str]:
@@ -215,8 +248,8 @@ class FactorModel:
         self.item_ids_ = data.item_ids
         self.items_ = data.items
         self.fingerprint_ = data.fingerprint
-        self.history_: list[dict[str, Any]] = []
-        self.metrics_: dict[str, Any] = {}
+        self.history_ = []
+        self.metrics_ = {}
         started = time.perf_counter()
         try:
             self._fit(data, validation, callback)
@@ -531,13 +564,14 @@ class FactorModel:
         if candidates is not None:
             ivec = ivec[candidates]
         step = chunk_rows(ivec.shape[0])
+        seen = getattr(self, "seen_items_", None)
         out_u, out_i, out_s = [], [], []
         for start in range(0, len(users), step):
             chunk = users[start : start + step]
             scores = uvec[chunk] @ ivec.T
             exclude = None
-            if filter_seen and getattr(self, "seen_items_", None) is not None:
-                exclude = self.seen_items_[chunk]
+            if filter_seen and seen is not None:
+                exclude = seen[chunk]
                 if candidates is not None:
                     exclude = exclude[:, candidates]
             idx, val = top_k_of_scores(np.asarray(scores, dtype=np.float32), n, exclude)
@@ -716,8 +750,9 @@ class FactorModel:
                 self.item_factors_,
                 self._extra_item_columns(),
             )
-            if getattr(self, "seen_items_", None) is not None:
-                sp.save_npz(tmp / SEEN_FILE, self.seen_items_.tocsr(), compressed=False)
+            seen = getattr(self, "seen_items_", None)
+            if seen is not None:
+                sp.save_npz(tmp / SEEN_FILE, seen.tocsr(), compressed=False)
             if self.items_ is not None:
                 self.items_.to_parquet(tmp / ITEMS_META_FILE, index=False)
             write_json_atomic(

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 import pandas as pd
@@ -395,6 +395,12 @@ def _fit_epochs(model: FactorModel) -> list[dict[str, Any]]:
     return records
 
 
+class _FixedRate(Protocol):
+    """An SGD model without a per-epoch schedule method (SVD): one base rate."""
+
+    learning_rate: float
+
+
 def _sgd_rates(model: FactorModel, epochs: int | None) -> np.ndarray:
     """Per-epoch learning rates of the fit (from ``history_``, else the schedule)."""
     records = _fit_epochs(model)
@@ -404,7 +410,8 @@ def _sgd_rates(model: FactorModel, epochs: int | None) -> np.ndarray:
         if hasattr(model, "epoch_learning_rate"):
             rates = [model.epoch_learning_rate(e) for e in range(n)]
         else:
-            lr, decay = float(model.learning_rate), float(getattr(model, "lr_decay", 1.0))
+            lr = float(cast(_FixedRate, model).learning_rate)
+            decay = float(getattr(model, "lr_decay", 1.0))
             schedule = getattr(model, "lr_schedule", "constant")
             rates = [lr * (decay**e if schedule == "decay" else 1.0) for e in range(n)]
     if epochs is not None:
@@ -440,7 +447,7 @@ def fold_in_spec(model: FactorModel, epochs: int | None = None) -> FoldIn:
     from mfdask.models.warp import WARP
 
     model._check_fitted()
-    meta = {
+    meta: dict[str, Any] = {
         "model_name": type(model).__name__,
         "threshold": float(model.positive_threshold) if model.implicit else None,
     }

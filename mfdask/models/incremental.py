@@ -122,15 +122,15 @@ def _overlay(fresh: Any, fitted: dict[str, np.ndarray]) -> Any:
         out = np.array(fresh, dtype=np.float32, copy=True)
         out[:n, :k] = factors
         return out
-    out = {name: np.array(a, copy=True) for name, a in fresh.items()}
-    f = out["factors"]
+    state = {name: np.array(a, copy=True) for name, a in fresh.items()}
+    f = state["factors"]
     f[:n, :k] = factors
     bias = fitted.get("bias")
-    if bias is not None and "bias" in out:
-        out["bias"][:n] = bias
+    if bias is not None and "bias" in state:
+        state["bias"][:n] = bias
     elif bias is not None and f.shape[1] > k:
         f[:n, k] = bias
-    return out
+    return state
 
 
 def _start_hook(model: FactorModel) -> str:

@@ -50,6 +50,17 @@ class PairwiseModel(FactorModel):
     implicit: ClassVar[bool] = True
     progress_stats: ClassVar[tuple[str, ...]] = ("objective", "auc")
 
+    # Parameters both subclasses store (declarations only; see FactorModel):
+    epochs: int
+    learning_rate: float
+    learning_rate_decay: float
+    item_regularization: float | None
+    negative_regularization: float | None
+    use_bias: bool
+    init_scale: float
+    # Learned:
+    item_bias_: np.ndarray | None
+
     # ------------------------------------------------------------------ parameters
     def _validate_params(self) -> None:
         _check_positive_int("factors", self.factors)
