@@ -184,9 +184,8 @@ def ann_params(n_items: int, **options: Any) -> AnnParams:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"ANN option {name} must be a positive integer, got {value!r}")
-    params = replace(
-        AnnParams(), **{k: (v if k == "index" else int(v)) for k, v in options.items()}
-    )
+    given: dict[str, Any] = {k: (v if k == "index" else int(v)) for k, v in options.items()}
+    params = replace(AnnParams(), **given)
     if index == "ivf":
         nlist = params.nlist or default_nlist(n_items)
         nlist = min(nlist, max(n_items, 1))
