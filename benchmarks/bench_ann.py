@@ -53,8 +53,10 @@ def _lists(path: Path, model, n: int = 10) -> np.ndarray:
 
 def recall_against(exact: np.ndarray, approx: np.ndarray) -> float:
     """Mean over rows of |approx ∩ exact| / |exact| (rows with an empty exact list skipped)."""
-    ex = np.where(exact >= 0, exact, -1)
-    ap = np.where(approx >= 0, approx, -2)  # padding never matches padding
+    # Padding gets a distinct negative value per slot and side, so it never matches.
+    slots = np.arange(exact.shape[1])
+    ex = np.where(exact >= 0, exact, -1 - slots)
+    ap = np.where(approx >= 0, approx, -1 - exact.shape[1] - np.arange(approx.shape[1]))
     # Row-wise membership through a sort: both lists hold distinct items.
     both = np.concatenate([ex, ap], axis=1)
     both.sort(axis=1)
