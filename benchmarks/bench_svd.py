@@ -32,8 +32,8 @@ from benchmarks.common import print_table, require_movielens, write_results
 from mfdask import SVD
 from mfdask.engine.cluster import ClusterSpec, start_local
 from mfdask.engine.dsgd import DSGD
+from mfdask.engine.pipeline import EpochPipeline
 from mfdask.kernels.sgd import svd_sgd
-from mfdask.models.fitloop import EpochPipeline
 from mfdask.models.svd import SVDStep
 
 FACTORS = 64

@@ -264,7 +264,7 @@ class _FakeEngine:
 
 
 def test_the_pipeline_fuses_short_epochs_up_to_a_checkpoint_and_keeps_one_group_ahead():
-    from mfdask.models.fitloop import EpochPipeline
+    from mfdask.engine.pipeline import EpochPipeline
 
     engine = _FakeEngine()
     n_epochs, checkpoint_after = 20, 10
@@ -282,7 +282,7 @@ def test_the_pipeline_fuses_short_epochs_up_to_a_checkpoint_and_keeps_one_group_
 
 
 def test_a_pipeline_without_fusion_submits_one_epoch_ahead_and_stop_undoes_it():
-    from mfdask.models.fitloop import EpochPipeline
+    from mfdask.engine.pipeline import EpochPipeline
 
     engine = _FakeEngine()
     pipeline = EpochPipeline(engine, engine.submit, lambda e: e < 5)

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any, ClassVar
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from mfdask.data import schema
 from mfdask.data.training import TrainingData
 from mfdask.engine.als import BlockALS, SolveSpec
-from mfdask.engine.cluster import session
+from mfdask.engine.trainer import FitResult, IterationReport, Objective, State
 from mfdask.models.base import (
     EpochCallback,
     FactorModel,
     _check_positive_int,
     _check_validation_metric,
 )
-from mfdask.models.fitloop import BestIteration
 
 CONFIDENCE_OFFSETS = {"paper": 1.0, "implicit": 0.0}
 REGULARIZATION_SCALINGS = ("none", "count")
@@ -217,118 +214,90 @@ class ALS(FactorModel):
             n_threads=self.n_threads,
         )
 
-    def _initial_factors(self, data: TrainingData) -> tuple[np.ndarray, np.ndarray]:
-        """``N(0, 0.01²)`` factors, users then items, one row per global index."""
-        rng = np.random.default_rng(self.random_state)
+    def _initial_factors(
+        self, data: TrainingData, rng: np.random.Generator | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``N(0, 0.01²)`` factors, users then items, one row per global index.
+
+        ``rng`` defaults to one seeded by ``random_state``.
+        """
+        if rng is None:
+            rng = np.random.default_rng(self.random_state)
         users = (rng.standard_normal((data.n_users, self.factors)) * 0.01).astype(np.float32)
         items = (rng.standard_normal((data.n_items, self.factors)) * 0.01).astype(np.float32)
         return users, items
 
     def _fit(self, data: TrainingData, validation: Any, callback: EpochCallback | None) -> None:
-        with session() as client:
-            run = BlockALS(
-                client,
-                data.ratings,
-                data.n_users,
-                data.n_items,
-                self._spec(),
-                positive_threshold=float(self.positive_threshold),
-                binary=self.preference == "binary",
-                n_blocks=self._resumable_blocks(),
-            )
-            try:
-                if run.n_positives == 0:
-                    raise ValueError(
-                        f"no rating is >= positive_threshold={self.positive_threshold} in "
-                        f"{data.source}: lower positive_threshold for this rating scale"
-                    )
-                self.seen_items_ = run.seen
-                start = self._checkpoints.begin(self._fit_identity(data, run.digest, run.n_blocks))
-                self._iterate(client, run, data, validation, callback, start)
-            finally:
-                run.close()
-        self.metrics_["n_positives"] = run.n_positives
+        objective = _ALSObjective(self, data, validation)
+        self._run_trainer(objective, self.iterations, "iteration", callback)
 
-    def _iterate(
-        self,
-        client: Any,
-        run: BlockALS,
-        data: TrainingData,
-        validation: Any,
-        callback: EpochCallback | None,
-        start: Any,
-    ) -> None:
-        """Iterate with checkpoints; the best iteration is kept with early stopping.
 
-        Checkpoint state: factors, the best iteration's factors and score, the history.
-        ALS draws nothing at random after the start, so a resumed or recovered fit
-        computes exactly the floats of an uninterrupted one.
-        """
-        best = BestIteration(higher_is_better=True, patience=self.early_stopping_rounds)
-        progress = tqdm(total=self.iterations, disable=not self.show_progress, unit="it")
+class _ALSObjective(Objective):
+    """The ALS fit for :class:`mfdask.engine.trainer.Trainer`.
 
-        def step(iteration: int) -> bool:
-            started = time.perf_counter()
-            run.iterate()  # users against items, then items against users
-            run.wait()
-            record: dict[str, Any] = {
-                "iteration": iteration + 1,
-                "seconds": time.perf_counter() - started,
-            }
-            if self.calculate_training_loss:
-                record["loss"] = run.loss()
-                progress.set_postfix(loss=f"{record['loss']:.5f}")
-            if validation is not None:
-                self.user_factors_, self.item_factors_ = run.factors()
-                score = self._validation_score(validation)
-                record[self.validation_metric] = score
-                best.offer(score, iteration, lambda: (self.user_factors_, self.item_factors_))
-            keep_going = self._record_epoch(record, callback)
-            if best.exhausted(iteration):
-                keep_going = False
-            progress.update(1)
-            return keep_going
+    Checkpoint state: factors, the best iteration's factors and score, the history. ALS
+    draws nothing at random after the start, so a resumed or recovered fit computes
+    exactly the floats of an uninterrupted one.
+    """
 
-        def capture() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-            users, items = run.factors()
-            arrays = {"user_factors": users, "item_factors": items}
-            if best:
-                arrays.update(best_user_factors=best.state[0], best_item_factors=best.state[1])
-            return arrays, {"history": self.history_, "best": best.summary()}
+    name = "ALS"
+    progress_keys = ("loss",)
+    finite_keys = ("loss",)
+    looks_ahead = False
 
-        def reseed(arrays: dict[str, np.ndarray]) -> None:
-            run.initialize(arrays["user_factors"], arrays["item_factors"])
-
-        def restore(point: Any) -> None:
-            if point is None:
-                best.clear()
-                self.history_ = []
-                run.initialize(*self._initial_factors(data))
-            else:
-                self.history_ = list(point.state["history"])
-                arrays = point.arrays
-                best.load(
-                    point.state.get("best"),
-                    (arrays.get("best_user_factors"), arrays.get("best_item_factors")),
-                )
-                reseed(arrays)
-            progress.n = len(self.history_)
-            progress.refresh()
-
-        final = self._run_iterations(
-            client,
-            self.iterations,
-            start,
-            progress=progress,
-            step=step,
-            capture=capture,
-            restore=restore,
-            reseed=reseed,
-            rebuild=run.rebuild,
+    def __init__(self, model: ALS, data: TrainingData, validation: Any) -> None:
+        self.model, self.data, self.validation = model, data, validation
+        self.validation_key = None if validation is None else model.validation_metric
+        self.advice = (
+            f"raise regularization (now {model.regularization}) or lower alpha (now {model.alpha})"
         )
-        self.user_factors_ = final.arrays["user_factors"]
-        self.item_factors_ = final.arrays["item_factors"]
-        if best and self.early_stopping_rounds is not None:
-            self.metrics_["best_iteration"] = best.iteration + 1
-            self.metrics_[self.validation_metric] = best.score
-            self.user_factors_, self.item_factors_ = best.state
+
+    def build(self, client: Any) -> BlockALS:
+        m, data = self.model, self.data
+        return BlockALS(
+            client,
+            data.ratings,
+            data.n_users,
+            data.n_items,
+            m._spec(),
+            positive_threshold=float(m.positive_threshold),
+            binary=m.preference == "binary",
+            n_blocks=m._resumable_blocks(),
+        )
+
+    def begin(self, engine: BlockALS) -> dict[str, Any]:
+        m, data = self.model, self.data
+        self.engine = engine
+        if engine.n_positives == 0:
+            raise ValueError(
+                f"no rating is >= positive_threshold={m.positive_threshold} in "
+                f"{data.source}: lower positive_threshold for this rating scale"
+            )
+        m.seen_items_ = engine.seen
+        return m._fit_identity(data, engine.digest, engine.n_blocks)
+
+    def initial_state(self, rng: np.random.Generator) -> tuple[State, State]:
+        users, items = self.model._initial_factors(self.data, rng)
+        return {"factors": users}, {"factors": items}
+
+    def sampling_seed(self, rng: np.random.Generator) -> int:
+        return 0  # nothing is drawn after the start
+
+    def record(self, iteration: int, report: IterationReport) -> dict[str, Any]:
+        record: dict[str, Any] = {"iteration": iteration + 1, "seconds": report.seconds}
+        if self.model.calculate_training_loss:
+            record["loss"] = self.engine.loss()
+        return record
+
+    def validate(self, iteration: int, current: Any) -> float:
+        user, item = current()
+        self.model.user_factors_, self.model.item_factors_ = user["factors"], item["factors"]
+        return self.model._validation_score(self.validation)
+
+    def finish(self, result: FitResult) -> None:
+        m = self.model
+        m.user_factors_, m.item_factors_ = result.user["factors"], result.item["factors"]
+        if result.early_stopping:
+            m.metrics_["best_iteration"] = result.best_iteration + 1
+            m.metrics_[m.validation_metric] = result.best_score
+        m.metrics_["n_positives"] = self.engine.n_positives

@@ -8,8 +8,12 @@ A fitted model is two factor matrices and the id maps that give their rows meani
 - ``seen_items_``: the training interactions as a ``(n_users, n_items)`` CSR, used to
   filter already-seen items out of recommendations.
 
-Subclasses implement :meth:`_fit` (hand the work to the engine) and may override
-:meth:`_score_vectors` when their score is more than a dot product (SVD adds biases).
+Subclasses implement :meth:`_fit`, which describes the model's loss as an
+:class:`~mfdask.engine.trainer.Objective` (initial state, block kernel, per-iteration
+record, validation score, what to keep) and hands it to :meth:`_run_trainer`: the
+:class:`~mfdask.engine.trainer.Trainer` owns the loop (checkpoints, recovery, early
+stopping, progress). They may override :meth:`_score_vectors` when their score is more
+than a dot product (SVD adds biases).
 ``__init__`` only stores its arguments; :meth:`fit` validates, starts from scratch and
 returns ``self`` (the scikit-learn convention).
 """
@@ -117,26 +121,6 @@ def _read_factors(path: Path, id_name: str) -> tuple[pd.Index, np.ndarray, dict[
         if name not in (id_name, "factors")
     }
     return ids, factors, extra
-
-
-def _progress_bar(show: bool, total: int) -> Any:
-    """A tqdm bar over epochs, or None (``MFDASK_NO_PROGRESS=1`` hides it too)."""
-    if not show:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="epoch", disable=os.environ.get("MFDASK_NO_PROGRESS") == "1")
-
-
-def flatten_state(prefix: str, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``{"factors": a}`` -> ``{"<prefix>.factors": a}``: engine state as checkpoint arrays."""
-    return {f"{prefix}.{name}": array for name, array in state.items()}
-
-
-def unflatten_state(prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The inverse of :func:`flatten_state` for one ``prefix``."""
-    head = f"{prefix}."
-    return {name[len(head) :]: a for name, a in arrays.items() if name.startswith(head)}
 
 
 class FactorModel:
@@ -347,27 +331,29 @@ class FactorModel:
                 return saved
         return None
 
-    def _run_iterations(
-        self, client: Any, n_iterations: int, start: Any, progress: Any = None, **hooks: Any
-    ) -> Any:
-        """Run the fit loop of :func:`mfdask.engine.resilience.run_fit`; record recoveries.
+    def _run_trainer(self, objective: Any, iterations: int, unit: str, callback: Any) -> Any:
+        """Fit through :class:`mfdask.engine.trainer.Trainer`: the loop every model shares.
 
-        ``progress`` (a tqdm bar or None) is closed however the loop ends.
+        ``objective`` describes the model's loss (:class:`~mfdask.engine.trainer.Objective`);
+        the records go to ``history_`` as they come. Returns the
+        :class:`~mfdask.engine.trainer.FitResult` (after ``objective.finish`` kept it).
         """
-        from mfdask.engine.resilience import run_fit
+        from mfdask.engine.trainer import Trainer, TrainSettings
 
-        if start is not None:
-            self.metrics_["resumed_from"] = start.iteration
-        try:
-            final, recoveries = run_fit(
-                client, n_iterations, checkpoints=self._checkpoints, start=start, **hooks
-            )
-        finally:
-            if progress is not None:
-                progress.close()
-        if recoveries:
-            self.metrics_["recoveries"] = recoveries
-        return final
+        settings = TrainSettings(
+            iterations=int(iterations),
+            random_state=getattr(self, "random_state", None),
+            early_stopping_rounds=getattr(self, "early_stopping_rounds", None),
+            show_progress=bool(getattr(self, "show_progress", False)),
+            unit=unit,
+        )
+        trainer = Trainer(settings, self._checkpoints, callback=callback, history=self.history_)
+        result = trainer.fit(objective)
+        if result.resumed_from is not None:
+            self.metrics_["resumed_from"] = result.resumed_from
+        if result.recoveries:
+            self.metrics_["recoveries"] = result.recoveries
+        return result
 
     def _fit(self, data: TrainingData, validation: Any, callback: EpochCallback | None) -> None:
         raise NotImplementedError

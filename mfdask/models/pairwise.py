@@ -3,30 +3,27 @@
 Both learn from positives only (``rating >= positive_threshold``) by stepping on
 (user, positive, negative) triples whose negative is drawn from the item block the
 worker holds (see :mod:`mfdask.engine.dsgd` and :mod:`mfdask.kernels.sampling`). This
-module holds the fit loop around the engine: initial factors, the learning-rate
-schedule, per-epoch records (objective, sampled AUC, throughput), validation with early
-stopping, the optional item-bias column, and saving it.
+module holds what they share around the engine: initial factors, the learning-rate
+schedule, the objective the :class:`~mfdask.engine.trainer.Trainer` runs (per-epoch
+records, validation), the optional item-bias column, and saving it.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any, ClassVar
 
 import numpy as np
 
 from mfdask.data.implicit import check_threshold
 from mfdask.data.training import TrainingData
-from mfdask.engine.cluster import session
-from mfdask.engine.dsgd import DSGD, EpochReport, PendingEpoch
+from mfdask.engine.dsgd import DSGD, EpochReport
+from mfdask.engine.trainer import FitResult, Objective, State
 from mfdask.models.base import (
     EpochCallback,
     FactorModel,
     _check_positive_int,
     _check_validation_metric,
-    _progress_bar,
 )
-from mfdask.models.fitloop import BestIteration, DSGDCheckpointing, EpochPipeline
 
 BIAS_COLUMN = "bias"
 """Name of the item-bias column in ``item_factors.parquet``."""
@@ -95,14 +92,17 @@ class PairwiseModel(FactorModel):
         return float(self.learning_rate) / (1.0 + float(self.learning_rate_decay) * epoch)
 
     # ------------------------------------------------------------------ fitting
-    def _initial_state(self, data: TrainingData) -> tuple[dict, dict]:
+    def _initial_state(
+        self, data: TrainingData, rng: np.random.Generator | None = None
+    ) -> tuple[dict, dict]:
         """``N(0, (init_scale / √k)²)`` factors by global row; the bias column 1 / 0.
 
         Drawn on the client row by row of the full matrices, so the start does not
         depend on how rows are blocked. The scale keeps initial scores ``p·q`` of order
-        ``init_scale²`` whatever ``k``.
+        ``init_scale²`` whatever ``k``. ``rng`` defaults to one seeded by ``random_state``.
         """
-        rng = np.random.default_rng(self.random_state)
+        if rng is None:
+            rng = np.random.default_rng(self.random_state)
         k = int(self.factors)
         extra = 1 if self.use_bias else 0
         std = float(self.init_scale) / np.sqrt(k)
@@ -120,147 +120,9 @@ class PairwiseModel(FactorModel):
     def _epoch_record(self, report: EpochReport, learning_rate: float) -> dict[str, Any]:
         raise NotImplementedError
 
-    def _seed(self) -> int:
-        if self.random_state is None:
-            return int(np.random.SeedSequence().generate_state(1)[0])
-        return int(self.random_state)
-
     def _fit(self, data: TrainingData, validation: Any, callback: EpochCallback | None) -> None:
-        threshold = check_threshold(self.positive_threshold)
-        with session() as client:
-            # All ratings go to the engine: those below the threshold are skipped by the
-            # kernels but stay in the users' rows, so they are never drawn as negatives
-            # and are filtered from recommendations like every seen item.
-            engine = DSGD(
-                client,
-                data.ratings,
-                data.n_users,
-                data.n_items,
-                n_blocks=self._resumable_blocks(),
-                n_threads=self.n_threads,
-            )
-            try:
-                self.seen_items_ = engine.seen_items()
-                start = self._checkpoints.begin(
-                    self._fit_identity(data, engine.digest(), engine.n_blocks)
-                )
-                self._train(client, engine, data, validation, callback, threshold, start)
-            finally:
-                engine.close()
-
-    def _train(
-        self,
-        client: Any,
-        engine: DSGD,
-        data: TrainingData,
-        validation: Any,
-        callback: EpochCallback | None,
-        threshold: float,
-        start: Any,
-    ) -> None:
-        """Epochs with checkpoints, validation and early stopping.
-
-        Checkpoint state: factors, the best epoch's factors and score, the seed and the
-        history (the learning rate is a function of the epoch). Every random stream is
-        derived from ``(seed, epoch, block)``, so with one thread per cell a resumed or
-        recovered fit equals an uninterrupted one bitwise.
-        """
-        best = BestIteration(higher_is_better=True, patience=self.early_stopping_rounds)
-        state = DSGDCheckpointing(engine, best)
-        ctx = {"seed": self._seed()}
-        self._threshold = threshold
-        bar = _progress_bar(bool(self.show_progress), int(self.epochs))
-        n_epochs = int(self.epochs)
-
-        def submit(epochs: range) -> list[PendingEpoch]:
-            kernels = [self._make_kernel(e, self.epoch_learning_rate(e)) for e in epochs]
-            return engine.submit_epochs(kernels, epochs.start, ctx["seed"])
-
-        def may_look_ahead(epoch: int) -> bool:
-            # The learning rate is a function of the epoch alone, so without validation
-            # the next epoch can be submitted before this one is collected; not across a
-            # checkpoint, which must capture this epoch's state.
-            return validation is None and epoch < n_epochs and not self._checkpoints.due(epoch)
-
-        epochs = EpochPipeline(
-            engine,
-            submit,
-            may_look_ahead,
-            fuse=callback is None,
-        )
-
-        def step(epoch: int) -> bool:
-            rate = self.epoch_learning_rate(epoch)
-            report = epochs.run(epoch)
-            record = self._epoch_record(report, rate)
-            if record["positives"] == 0:
-                raise ValueError(
-                    f"no rating is >= positive_threshold={self.positive_threshold}: "
-                    "lower positive_threshold for this rating scale"
-                )
-            if not np.isfinite(record["objective"]):
-                raise FloatingPointError(
-                    f"{type(self).__name__} diverged in epoch {report.epoch + 1} "
-                    f"(objective {record['objective']}): lower learning_rate "
-                    f"({self.learning_rate}) or raise regularization"
-                )
-            keep_going = True
-            if validation is not None:
-                self._set_factors(*engine.gather_state())
-                score = self._validation_score(validation)
-                record[self.validation_metric] = score
-                state.offer(score, epoch)
-                keep_going = not best.exhausted(epoch)
-            if not self._record_epoch(record, callback):
-                keep_going = False
-            if bar is not None:
-                bar.update(1)
-                shown = {k: f"{record[k]:.4f}" for k in self.progress_stats if k in record}
-                bar.set_postfix(shown)
-            if not keep_going:
-                epochs.stop()
-            return keep_going
-
-        def capture() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-            extra = {"seed": ctx["seed"], "history": self.history_, "best": best.summary()}
-            return state.capture(), extra
-
-        def restore(point: Any) -> None:
-            epochs.forget()
-            if point is None:
-                best.clear()
-                engine.set_state(*self._initial_state(data))
-                self.history_ = []
-            else:
-                ctx["seed"] = int(point.state["seed"])
-                self.history_ = list(point.state["history"])
-                state.restore(point.arrays, point.state.get("best"))
-            if bar is not None:
-                bar.n = len(self.history_)
-                bar.refresh()
-
-        started = time.perf_counter()
-        final = self._run_iterations(
-            client,
-            n_epochs,
-            start,
-            progress=bar,
-            step=step,
-            capture=capture,
-            restore=restore,
-            reseed=state.reseed,
-            rebuild=engine.rebuild,
-        )
-        self.metrics_["train_seconds"] = time.perf_counter() - started
-        if best and self.early_stopping_rounds is not None:
-            self.metrics_["best_epoch"] = best.iteration + 1
-            self.metrics_[self.validation_metric] = best.score
-        self._set_factors(*state.final(final.arrays))
-        if self.history_:
-            last = self.history_[-1]
-            self.metrics_.update(
-                objective=last["objective"], auc=last["auc"], n_positives=last["positives"]
-            )
+        objective = PairwiseObjective(self, data, validation)
+        self._run_trainer(objective, self.epochs, "epoch", callback)
 
     def _set_factors(self, user: dict[str, np.ndarray], item: dict[str, np.ndarray]) -> None:
         k = int(self.factors)
@@ -292,3 +154,82 @@ class PairwiseModel(FactorModel):
         state: dict[str, Any],
     ) -> None:
         self.item_bias_ = item_extra.get(BIAS_COLUMN)
+
+
+class PairwiseObjective(Objective):
+    """A BPR or WARP fit for :class:`mfdask.engine.trainer.Trainer`.
+
+    Checkpoint state: factors (and WARP's Adagrad sums), the best epoch's, the seed and
+    the history (the learning rate is a function of the epoch, so epochs may be
+    submitted ahead). Every random stream is derived from ``(seed, epoch, block)``, so
+    with one thread per cell a resumed or recovered fit equals an uninterrupted one
+    bitwise.
+    """
+
+    progress_keys = ("objective", "auc")
+    finite_keys = ("objective",)
+
+    def __init__(self, model: PairwiseModel, data: TrainingData, validation: Any) -> None:
+        self.model, self.data, self.validation = model, data, validation
+        self.name = type(model).__name__
+        self.validation_key = None if validation is None else model.validation_metric
+        self.advice = (
+            f"lower learning_rate (now {model.learning_rate}) or raise regularization "
+            f"(now {model.regularization})"
+        )
+
+    def build(self, client: Any) -> DSGD:
+        m, data = self.model, self.data
+        m._threshold = check_threshold(m.positive_threshold)
+        # All ratings go to the engine: those below the threshold are skipped by the
+        # kernels but stay in the users' rows, so they are never drawn as negatives and
+        # are filtered from recommendations like every seen item.
+        return DSGD(
+            client,
+            data.ratings,
+            data.n_users,
+            data.n_items,
+            n_blocks=m._resumable_blocks(),
+            n_threads=m.n_threads,
+        )
+
+    def begin(self, engine: DSGD) -> dict[str, Any]:
+        self.model.seen_items_ = engine.seen_items()
+        return self.model._fit_identity(self.data, engine.digest(), engine.n_blocks)
+
+    def initial_state(self, rng: np.random.Generator) -> tuple[State, State]:
+        return self.model._initial_state(self.data, rng)
+
+    def sampling_seed(self, rng: np.random.Generator) -> int:
+        seed = self.model.random_state
+        return int(seed) if seed is not None else int(rng.integers(2**62))
+
+    def kernel(self, iteration: int) -> Any:
+        return self.model._make_kernel(iteration, self.model.epoch_learning_rate(iteration))
+
+    def record(self, iteration: int, report: EpochReport) -> dict[str, Any]:
+        m = self.model
+        record = m._epoch_record(report, m.epoch_learning_rate(iteration))
+        if record["positives"] == 0:
+            raise ValueError(
+                f"no rating is >= positive_threshold={m.positive_threshold}: "
+                "lower positive_threshold for this rating scale"
+            )
+        return record
+
+    def validate(self, iteration: int, current: Any) -> float:
+        self.model._set_factors(*current())
+        return self.model._validation_score(self.validation)
+
+    def finish(self, result: FitResult) -> None:
+        m = self.model
+        m.metrics_["train_seconds"] = result.seconds
+        if result.early_stopping:
+            m.metrics_["best_epoch"] = result.best_iteration + 1
+            m.metrics_[m.validation_metric] = result.best_score
+        m._set_factors(result.user, result.item)
+        if m.history_:
+            last = m.history_[-1]
+            m.metrics_.update(
+                objective=last["objective"], auc=last["auc"], n_positives=last["positives"]
+            )

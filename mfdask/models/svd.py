@@ -20,20 +20,17 @@ from mfdask.data.training import (
     count_ratings,
     map_ratings,
 )
-from mfdask.engine.cluster import session
-from mfdask.engine.dsgd import DSGD, Cell, PendingEpoch, UserShard
+from mfdask.engine.dsgd import DSGD, Cell, EpochReport, UserShard
+from mfdask.engine.trainer import FitResult, Objective, State
 from mfdask.kernels.sgd import svd_predict, svd_sgd, svd_squared_error
 from mfdask.models.base import (
     EpochCallback,
     FactorModel,
     ModelFileError,
     _check_positive_int,
-    _progress_bar,
 )
-from mfdask.models.fitloop import BestIteration, DSGDCheckpointing, EpochPipeline
 
 LR_SCHEDULES = ("constant", "decay", "bold_driver")
-_SHOWN = ("train_rmse", "validation_rmse")
 UNKNOWN_POLICIES = ("error", "baseline")
 
 
@@ -91,6 +88,101 @@ class SVDStep:
             self.max_rating,
         )
         return np.array([sse, cell.nnz], dtype=np.float64)
+
+
+class _SVDObjective(Objective):
+    """The SVD fit for :class:`mfdask.engine.trainer.Trainer`.
+
+    Checkpoint state: factors and biases, the best epoch's, the learning rates and epoch
+    losses (the bold driver's memory), the sampling seed and the history. Every random
+    stream is derived from ``(seed, epoch, block)``, so with one thread per cell a
+    resumed or recovered fit equals an uninterrupted one bitwise.
+    """
+
+    name = "SVD"
+    higher_is_better = False
+    progress_keys = ("train_rmse", "validation_rmse")
+    finite_keys = ("train_rmse",)
+
+    def __init__(self, model: SVD, data: TrainingData, validation: Any) -> None:
+        self.model, self.data, self.validation = model, data, validation
+        self.validation_key = None if validation is None else "validation_rmse"
+        # With a schedule fixed in advance the next epoch may be submitted before this
+        # one is collected; the bold driver needs this epoch's loss first.
+        self.looks_ahead = model.lr_schedule != "bold_driver"
+        self.shuffle_strata = bool(model.shuffle_strata)
+        self.advice = (
+            f"lower learning_rate (now {model.learning_rate}) or raise regularization "
+            f"(now {model.regularization})"
+        )
+        self.rates: list[float] = []
+        self.losses: list[float] = []
+
+    def build(self, client: Any) -> DSGD:
+        m, data = self.model, self.data
+        return DSGD(
+            client,
+            data.ratings,
+            data.n_users,
+            data.n_items,
+            n_blocks=m._resumable_blocks(),
+            n_threads=m.n_threads,
+        )
+
+    def begin(self, engine: DSGD) -> dict[str, Any]:
+        m, data = self.model, self.data
+        self.engine = engine
+        summary = engine.value_summary()
+        if summary["count"] == 0:
+            raise InputError(f"no ratings to train on in {data.source}")
+        m.global_mean_ = summary["mean"]
+        m.rating_range_ = (summary["min"], summary["max"])
+        m.seen_items_ = engine.seen_items()
+        identity = m._fit_identity(data, engine.digest(), engine.n_blocks)
+        self.holdout = None
+        if self.validation is not None:
+            self.holdout = m._place_validation(engine, self.validation)
+        return identity
+
+    def initial_state(self, rng: np.random.Generator) -> tuple[State, State]:
+        return self.model._initial_state(self.data, rng)
+
+    def kernel(self, iteration: int) -> SVDStep:
+        return self.model._step(self.model._rate(iteration, self.losses, self.rates))
+
+    def record(self, iteration: int, report: EpochReport) -> dict[str, Any]:
+        rate = self.model._rate(iteration, self.losses, self.rates)  # what kernel() used
+        self.rates.append(rate)
+        self.losses.append(report.stats["sse"] / max(report.stats["n"], 1))
+        return {
+            "epoch": iteration + 1,
+            "learning_rate": self.rates[iteration],
+            "train_rmse": math.sqrt(self.losses[-1]),
+        }
+
+    def validate(self, iteration: int, current: Any) -> float:
+        scored = self.engine.evaluate(self.model._step(self.rates[iteration]), self.holdout)
+        return math.sqrt(scored["sse"] / max(scored["n"], 1))
+
+    def state(self) -> dict[str, Any]:
+        return {"rates": self.rates, "losses": self.losses}
+
+    def load_state(self, state: dict[str, Any] | None) -> None:
+        self.rates[:] = [] if state is None else state["rates"]
+        self.losses[:] = [] if state is None else state["losses"]
+
+    def finish(self, result: FitResult) -> None:
+        m = self.model
+        if result.early_stopping:
+            m.metrics_["best_epoch"] = result.best_iteration + 1
+            m.metrics_["validation_rmse"] = result.best_score
+        elif result.best_score is not None:
+            m.metrics_["validation_rmse"] = m.history_[-1]["validation_rmse"]
+        m.user_factors_, m.user_bias_ = result.user["factors"], result.user["bias"]
+        m.item_factors_, m.item_bias_ = result.item["factors"], result.item["bias"]
+        m.metrics_["train_rmse"] = m.history_[-1]["train_rmse"]
+        m.metrics_["epochs_run"] = len(m.history_)
+        m.metrics_["n_ratings"] = self.engine.nnz
 
 
 def _remap_partition(
@@ -306,156 +398,7 @@ class SVD(FactorModel):
         return user, item
 
     def _fit(self, data: TrainingData, validation: Any, callback: EpochCallback | None) -> None:
-        with session() as client:
-            engine = DSGD(
-                client,
-                data.ratings,
-                data.n_users,
-                data.n_items,
-                n_blocks=self._resumable_blocks(),
-                n_threads=self.n_threads,
-            )
-            try:
-                self._train(client, engine, data, validation, callback)
-            finally:
-                engine.close()
-
-    def _train(
-        self,
-        client: Any,
-        engine: DSGD,
-        data: TrainingData,
-        validation: Any,
-        callback: EpochCallback | None,
-    ) -> None:
-        """Epochs with checkpoints, validation and early stopping.
-
-        Checkpoint state: factors and biases, the best epoch's, the learning rates and
-        epoch losses (the bold driver's memory), the sampling seed and the history. Every
-        random stream is derived from ``(seed, epoch, block)``, so with one thread per
-        cell a resumed or recovered fit equals an uninterrupted one bitwise.
-        """
-        summary = engine.value_summary()
-        if summary["count"] == 0:
-            raise InputError(f"no ratings to train on in {data.source}")
-        self.global_mean_ = summary["mean"]
-        self.rating_range_ = (summary["min"], summary["max"])
-        self.seen_items_ = engine.seen_items()
-        start = self._checkpoints.begin(self._fit_identity(data, engine.digest(), engine.n_blocks))
-        # One entropy per fit: a restart from scratch (a worker lost before the first
-        # checkpoint) draws the same start even with random_state=None.
-        entropy = (
-            self.random_state if self.random_state is not None else np.random.SeedSequence().entropy
-        )
-        holdout = self._place_validation(engine, validation) if validation is not None else None
-        rates: list[float] = []
-        losses: list[float] = []
-        best = BestIteration(higher_is_better=False, patience=self.early_stopping_rounds)
-        state = DSGDCheckpointing(engine, best)
-        ctx: dict[str, int] = {}
-        bar = _progress_bar(self.show_progress, self.epochs)
-
-        def submit(epochs: range) -> list[PendingEpoch]:
-            steps = [self._step(self._rate(e, losses, rates)) for e in epochs]
-            return engine.submit_epochs(steps, epochs.start, ctx["seed"], self.shuffle_strata)
-
-        def may_look_ahead(epoch: int) -> bool:
-            # Without validation and with a schedule fixed in advance, the next epoch is
-            # submitted before this one is collected (not across a checkpoint).
-            return (
-                holdout is None
-                and self.lr_schedule != "bold_driver"
-                and epoch < self.epochs
-                and not self._checkpoints.due(epoch)
-            )
-
-        epochs = EpochPipeline(
-            engine,
-            submit,
-            may_look_ahead,
-            fuse=callback is None,
-        )
-
-        def step(epoch: int) -> bool:
-            rate = self._rate(epoch, losses, rates)  # what submit(epoch) uses
-            report = epochs.run(epoch)
-            rates.append(rate)
-            losses.append(report.stats["sse"] / max(report.stats["n"], 1))
-            record: dict[str, Any] = {
-                "epoch": epoch + 1,
-                "learning_rate": rates[epoch],
-                "train_rmse": math.sqrt(losses[-1]),
-            }
-            stop = False
-            if holdout is not None:
-                scored = engine.evaluate(self._step(rates[epoch]), holdout)
-                rmse = math.sqrt(scored["sse"] / max(scored["n"], 1))
-                record["validation_rmse"] = rmse
-                state.offer(rmse, epoch)
-                stop = best.exhausted(epoch)
-            record["seconds"] = report.seconds
-            if not self._record_epoch(record, callback):
-                stop = True
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix({k: f"{record[k]:.4f}" for k in _SHOWN if k in record})
-            if stop:
-                epochs.stop()
-            return not stop
-
-        def capture() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-            extra = {
-                "seed": ctx["seed"],
-                "rates": rates,
-                "losses": losses,
-                "history": self.history_,
-                "best": best.summary(),
-            }
-            return state.capture(), extra
-
-        def restore(point: Any) -> None:
-            epochs.forget()
-            if point is None:
-                best.clear()
-                rng = np.random.default_rng(entropy)
-                engine.set_state(*self._initial_state(data, rng))
-                ctx["seed"] = int(rng.integers(2**62))
-                rates[:], losses[:], self.history_ = [], [], []
-            else:
-                ctx["seed"] = int(point.state["seed"])
-                rates[:], losses[:] = point.state["rates"], point.state["losses"]
-                self.history_ = list(point.state["history"])
-                state.restore(point.arrays, point.state.get("best"))
-            if bar is not None:
-                bar.n = len(self.history_)
-                bar.refresh()
-
-        final = self._run_iterations(
-            client,
-            self.epochs,
-            start,
-            progress=bar,
-            step=step,
-            capture=capture,
-            restore=restore,
-            reseed=state.reseed,
-            rebuild=engine.rebuild,
-        )
-        user, item = state.final(final.arrays)
-        if best and self.early_stopping_rounds is not None:
-            self.metrics_["best_epoch"] = best.iteration + 1
-            self.metrics_["validation_rmse"] = best.score
-        elif best:
-            self.metrics_["validation_rmse"] = self.history_[-1]["validation_rmse"]
-        self.user_factors_, self.user_bias_ = user["factors"], user["bias"]
-        self.item_factors_, self.item_bias_ = item["factors"], item["bias"]
-        self.metrics_["train_rmse"] = self.history_[-1]["train_rmse"]
-        self.metrics_["epochs_run"] = len(self.history_)
-        self.metrics_["n_ratings"] = engine.nnz
-        if not np.isfinite(self.user_factors_).all() or not np.isfinite(self.item_factors_).all():
-            raise FloatingPointError(
-                "SVD diverged (non-finite factors): lower learning_rate or raise regularization"
-            )
+        self._run_trainer(_SVDObjective(self, data, validation), self.epochs, "epoch", callback)
 
     def _rate(self, epoch: int, losses: list[float], rates: list[float]) -> float:
         """The factor learning rate of ``epoch`` under ``lr_schedule``.
@@ -499,7 +442,7 @@ class SVD(FactorModel):
                 f"{total - placed} of {total} validation ratings have a user or item absent "
                 "from the training data and are left out of validation_rmse",
                 MfdaskWarning,
-                stacklevel=4,
+                stacklevel=8,
             )
         if placed == 0:
             raise InputError("no validation rating has a user and an item seen in training")

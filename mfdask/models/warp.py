@@ -245,13 +245,15 @@ class WARP(PairwiseModel):
                 f"k-OS needs kos_k <= kos_n, got kos_k={self.kos_k}, kos_n={self.kos_n}"
             )
 
-    def _initial_state(self, data: TrainingData) -> tuple[dict, dict]:
+    def _initial_state(
+        self, data: TrainingData, rng: np.random.Generator | None = None
+    ) -> tuple[dict, dict]:
         """The pairwise start (:meth:`PairwiseModel._initial_state`), plus Adagrad's sums.
 
         With ``optimizer="adagrad"`` both sides carry ``sq_grad``, shaped like their
         factors and initialised to 1, which the engine moves and checkpoints with them.
         """
-        user, item = super()._initial_state(data)
+        user, item = super()._initial_state(data, rng)
         if self.optimizer == "adagrad":
             user[SQ_GRAD] = np.ones_like(user["factors"])
             item[SQ_GRAD] = np.ones_like(item["factors"])
