@@ -340,7 +340,7 @@ class _ALSDriver:
     def __init__(self, engine: BlockALS) -> None:
         self.engine = engine
         self.seed = 0
-        self._gathered: tuple[tuple[str, ...], tuple[State, State]] | None = None
+        self._gathered: tuple[tuple[Any, ...], tuple[State, State]] | None = None
 
     def run(self, iteration: int) -> IterationReport:
         started = time.perf_counter()
@@ -361,10 +361,11 @@ class _ALSDriver:
         if snapshot is not None:
             return snapshot
         keys = tuple(f.key for f in self.engine.user_factors + self.engine.item_factors)
-        if self._gathered is None or self._gathered[0] != keys:
+        gathered = self._gathered
+        if gathered is None or gathered[0] != keys:
             users, items = self.engine.factors()
-            self._gathered = (keys, ({"factors": users}, {"factors": items}))
-        return self._gathered[1]
+            gathered = self._gathered = (keys, ({"factors": users}, {"factors": items}))
+        return gathered[1]
 
     def snapshot(self) -> Any:
         return self.gather_state()
@@ -514,7 +515,7 @@ class Trainer:
                         f"{objective.advice}"
                     )
             keep_going = True
-            if validates:
+            if objective.validation_key is not None:
                 score = objective.validate(iteration, driver.gather_state)
                 record[objective.validation_key] = score
                 best.offer(score, iteration)

@@ -298,6 +298,6 @@ class _ALSObjective(Objective):
         m = self.model
         m.user_factors_, m.item_factors_ = result.user["factors"], result.item["factors"]
         if result.early_stopping:
-            m.metrics_["best_iteration"] = result.best_iteration + 1
+            m.metrics_["best_iteration"] = (result.best_iteration or 0) + 1
             m.metrics_[m.validation_metric] = result.best_score
         m.metrics_["n_positives"] = self.engine.n_positives

@@ -45,6 +45,7 @@ class PairwiseModel(FactorModel):
     """
 
     implicit: ClassVar[bool] = True
+    _threshold: float
     progress_stats: ClassVar[tuple[str, ...]] = ("objective", "auc")
 
     # Parameters both subclasses store (declarations only; see FactorModel):
@@ -225,7 +226,7 @@ class PairwiseObjective(Objective):
         m = self.model
         m.metrics_["train_seconds"] = result.seconds
         if result.early_stopping:
-            m.metrics_["best_epoch"] = result.best_iteration + 1
+            m.metrics_["best_epoch"] = (result.best_iteration or 0) + 1
             m.metrics_[m.validation_metric] = result.best_score
         m._set_factors(result.user, result.item)
         if m.history_:

@@ -174,7 +174,7 @@ class _SVDObjective(Objective):
     def finish(self, result: FitResult) -> None:
         m = self.model
         if result.early_stopping:
-            m.metrics_["best_epoch"] = result.best_iteration + 1
+            m.metrics_["best_epoch"] = (result.best_iteration or 0) + 1
             m.metrics_["validation_rmse"] = result.best_score
         elif result.best_score is not None:
             m.metrics_["validation_rmse"] = m.history_[-1]["validation_rmse"]
