@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import dask.dataframe as dd
@@ -9,8 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mfdask import BPR
-from mfdask.data.training import InputError, LocalRatings, as_training_data, count_ratings
+from mfdask import ALS, BPR, SVD
+from mfdask.data.dataset import Dataset, write_dataset
+from mfdask.data.training import (
+    InputError,
+    LocalRatings,
+    as_training_data,
+    count_ratings,
+    value_report,
+)
 from mfdask.engine.dsgd import DSGD
 
 
@@ -70,3 +78,112 @@ def test_client_side_ratings_are_scattered_again_when_the_engine_rebuilds(client
     summary = engine.value_summary()
     assert summary["count"] == len(frame)
     assert summary["mean"] == pytest.approx(frame.rating.mean())
+
+
+def _with(frame: pd.DataFrame, row: int, column: str, value: object) -> pd.DataFrame:
+    out = frame.copy()
+    if column not in out:
+        out[column] = 1.0
+    out[column] = out[column].astype(object if isinstance(value, str) else float)
+    out.loc[row, column] = value
+    return out
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "problem"),
+    [
+        ("rating", np.nan, "rating is missing (NaN/None)"),
+        ("rating", np.inf, "rating is inf, not a finite number"),
+        ("rating", -np.inf, "rating is -inf, not a finite number"),
+        ("rating", "lots", "rating 'lots' is not a number"),
+        ("weight", np.inf, "weight is inf, not a finite number"),
+        ("weight", np.nan, "weight is missing (NaN/None)"),
+    ],
+)
+def test_a_non_finite_value_is_refused_naming_the_row(client, column, value, problem):
+    frame = _with(_ratings(200), 37, column, value)
+    user, item = int(frame.user_id[37]), int(frame.item_id[37])
+    ids = rf"\(user_id={user}, item_id={item}\): {re.escape(problem)}"
+    with pytest.raises(InputError, match=rf"^the training DataFrame, row 37 {ids}") as exc:
+        as_training_data(frame)
+    assert "(1 of 200 rows have a value that is not finite)" in str(exc.value)
+    # a Dask frame is checked partition by partition on the workers, rows named in theirs
+    lazy = dd.from_pandas(frame, npartitions=4, sort=False)
+    with pytest.raises(
+        InputError, match=rf"^the training Dask DataFrame, partition 0, row 37 {ids}"
+    ):
+        as_training_data(lazy)
+    prefix = _ratings(100, seed=1).assign(**{c: 1.0 for c in frame.columns if c == "weight"})
+    shifted = pd.concat([prefix, frame], ignore_index=True)
+    with pytest.raises(InputError, match=rf"Dask DataFrame, partition 1, row 37 {ids}"):
+        as_training_data(dd.from_pandas(shifted, npartitions=3, sort=False))
+
+
+def test_the_dask_check_is_one_small_report_per_partition():
+    lazy = dd.from_pandas(_ratings(300), npartitions=5)
+    report = value_report(lazy, "user_id", "item_id")
+    assert isinstance(report, dd.DataFrame) and report.npartitions == 5
+    got = report.compute()
+    assert got["rows"].tolist() == [len(p) for p in lazy.partitions] and not got["bad_rows"].any()
+    assert got["partition"].tolist() == list(range(5))
+
+
+@pytest.mark.parametrize("kind", ["pandas", "dask", "dask-filtered"])
+def test_an_empty_input_says_it_is_empty(client, kind):
+    frame = _ratings(50)
+    given = {
+        "pandas": frame.iloc[:0],
+        "dask": dd.from_pandas(frame.iloc[:0], npartitions=1),
+        "dask-filtered": (lambda d: d[d.rating > 10])(dd.from_pandas(frame, npartitions=3)),
+    }[kind]
+    with pytest.raises(InputError, match=r"is empty: it has no ratings \(0 rows\)"):
+        as_training_data(given)
+    for model in (ALS(factors=2, iterations=1), BPR(factors=2, epochs=1)):
+        with pytest.raises(InputError, match="is empty") as exc:
+            model.fit(given)
+        assert "positive_threshold" not in str(exc.value)
+
+
+def _dataset(frame: pd.DataFrame, dest) -> Dataset:
+    users = pd.DataFrame({"user_id": np.arange(frame.user_idx.max() + 1) + 500})
+    users["user_idx"] = np.arange(len(users))
+    items = pd.DataFrame({"item_id": [f"i{k}" for k in range(frame.item_idx.max() + 1)]})
+    items["item_idx"] = np.arange(len(items))
+    return write_dataset(dd.from_pandas(frame, npartitions=3, sort=False), users, items, dest)
+
+
+def test_a_dataset_with_a_non_finite_rating_is_refused_by_original_ids(client, tmp_path):
+    raw = _ratings(300, n_users=40, n_items=30)
+    frame = pd.DataFrame(
+        {
+            "user_idx": (raw.user_id - 10_000).astype("int32"),
+            "item_idx": raw.item_id.astype("int32"),
+            "rating": raw.rating.astype("float32"),
+            "timestamp": np.arange(len(raw), dtype="int64"),
+        }
+    )
+    good = _dataset(frame, tmp_path / "good")
+    assert as_training_data(good).n_users == good.n_users
+    frame.loc[123, "rating"] = np.inf
+    bad = _dataset(frame, tmp_path / "bad")
+    user, item = int(frame.user_idx[123]) + 500, f"i{int(frame.item_idx[123])}"
+    with pytest.raises(InputError, match=rf"\(user_id={user}, item_id='{item}'\): rating is inf"):
+        as_training_data(str(bad.path))
+    empty = Dataset(good.path, {**good.manifest, "rows": 0})
+    with pytest.raises(InputError, match="is empty"):
+        as_training_data(empty)
+
+
+def test_an_infinite_rating_is_bad_input_not_divergence(client):
+    frame = _with(_ratings(300), 5, "rating", np.inf)
+    with pytest.raises(InputError, match="rating is inf") as exc:
+        SVD(factors=2, epochs=1).fit(frame)
+    assert "diverged" not in str(exc.value)
+
+
+def test_no_positives_is_still_said_when_there_are_ratings(client):
+    frame = _ratings(100)
+    frame["rating"] = 1.0
+    for model in (ALS(factors=2, iterations=1), BPR(factors=2, epochs=1)):
+        with pytest.raises(ValueError, match=r"positive_threshold=4\.0"):
+            model.fit(frame)

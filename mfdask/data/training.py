@@ -114,6 +114,7 @@ def _from_dataset(ds: Dataset) -> TrainingData:
     users = ds.users().sort_values(schema.USER_IDX)
     items = ds.items().sort_values(schema.ITEM_IDX)
     ratings = ds.ratings([schema.USER_IDX, schema.ITEM_IDX, schema.RATING])
+    _check_dataset(ds, ratings, users, items)
     return TrainingData(
         ratings=ratings,
         user_ids=pd.Index(users[schema.USER_ID].to_numpy(), name=schema.USER_ID),
@@ -125,21 +126,41 @@ def _from_dataset(ds: Dataset) -> TrainingData:
     )
 
 
+def _check_dataset(ds: Dataset, ratings: dd.DataFrame, users: pd.DataFrame, items: pd.DataFrame):
+    """Refuse an empty dataset or one with a non-finite rating, before any other work.
+
+    The check runs on the workers, partition by partition; only one small report per
+    partition comes back.
+    """
+    source = f"training dataset {ds.path}"
+    if int(ds.manifest.get("rows", 1)) == 0:
+        check_values(_REPORT_META, source)  # raises: empty
+    report = value_report(ratings, schema.USER_IDX, schema.ITEM_IDX).compute()
+    user_ids = users.set_index(schema.USER_IDX)[schema.USER_ID]
+    item_ids = items.set_index(schema.ITEM_IDX)[schema.ITEM_ID]
+    check_values(report, source, ids=(user_ids, item_ids))
+
+
 def _plain(value: object) -> object:
     """A NumPy scalar as the Python value it holds (for messages), anything else as is."""
     return value.item() if isinstance(value, np.generic) else value
 
 
 def _index_partition(part: pd.DataFrame, user_ids: pd.Index, item_ids: pd.Index) -> pd.DataFrame:
-    """Map one partition's original ids to dense indices (module level: picklable)."""
+    """Map one partition's original ids to dense indices (module level: picklable).
+
+    The values were checked by :func:`check_values` before: a row that is still not
+    finite here (a source that changed between the two reads) is refused all the same.
+    """
     u = user_ids.get_indexer(part[schema.USER_ID])
     i = item_ids.get_indexer(part[schema.ITEM_ID])
     rating = pd.to_numeric(part[schema.RATING], errors="coerce").to_numpy(dtype="float64")
-    if np.isnan(rating).any():
-        row = int(np.flatnonzero(np.isnan(rating))[0])
+    if not np.isfinite(rating).all():
+        row = int(np.flatnonzero(~np.isfinite(rating))[0])
         user, item = (_plain(part[col].iloc[row]) for col in (schema.USER_ID, schema.ITEM_ID))
         raise InputError(
-            f"rating is missing or not a number for user_id={user!r}, item_id={item!r}"
+            f"{_describe_value(part[schema.RATING].iloc[row], schema.RATING)} for "
+            f"user_id={user!r}, item_id={item!r}"
         )
     return pd.DataFrame(
         {
@@ -147,6 +168,143 @@ def _index_partition(part: pd.DataFrame, user_ids: pd.Index, item_ids: pd.Index)
             schema.ITEM_IDX: i.astype("int32"),
             schema.RATING: rating.astype("float32"),
         }
+    )
+
+
+# ---------------------------------------------------------------------- value checks
+VALUE_COLUMNS = (schema.RATING, "weight")
+"""Columns whose every value must be a finite number (``weight`` where the input has one)."""
+
+_REPORT_META = pd.DataFrame(
+    {
+        "partition": pd.Series([], dtype="int64"),
+        "rows": pd.Series([], dtype="int64"),
+        "bad_rows": pd.Series([], dtype="int64"),
+        "position": pd.Series([], dtype="int64"),
+        "user": pd.Series([], dtype="object"),
+        "item": pd.Series([], dtype="object"),
+        "problem": pd.Series([], dtype="object"),
+    }
+)
+
+
+def _describe_value(value: object, column: str) -> str:
+    """What is wrong with a value that is not a finite number, as a message fragment."""
+    value = _plain(value)
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+        return f"{column} is missing (NaN/None)"
+    if isinstance(value, (int, float)):
+        return f"{column} is {value!r}, not a finite number"
+    number = pd.to_numeric(pd.Series([value]), errors="coerce").iloc[0]
+    if pd.isna(number):
+        return f"{column} {value!r} is not a number"
+    return f"{column} is {value!r}, not a finite number"
+
+
+def _value_report(
+    part: pd.DataFrame, user_col: str | None, item_col: str | None, partition: int
+) -> pd.DataFrame:
+    """One row: how many rows ``part`` has, how many hold a non-finite value, the first.
+
+    ``user_col`` / ``item_col`` name the id columns quoted for the first bad row (None:
+    the ids are looked up afterwards).
+    """
+    bad = np.zeros(len(part), dtype=bool)
+    columns = [c for c in VALUE_COLUMNS if c in part.columns]
+    finite = {}
+    for col in columns:
+        values = pd.to_numeric(part[col], errors="coerce").to_numpy(dtype="float64")
+        finite[col] = np.isfinite(values)
+        bad |= ~finite[col]
+    report = {"partition": partition, "rows": len(part), "bad_rows": int(bad.sum())}
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        col = next(c for c in columns if not finite[c][row])
+        report.update(
+            position=row,
+            user="" if user_col is None else repr(_plain(part[user_col].iloc[row])),
+            item="" if item_col is None else repr(_plain(part[item_col].iloc[row])),
+            problem=_describe_value(part[col].iloc[row], col),
+        )
+    else:
+        report.update(position=-1, user="", item="", problem="")
+    return pd.DataFrame({k: [v] for k, v in report.items()}).astype(_REPORT_META.dtypes)
+
+
+def _partition_report(
+    part: pd.DataFrame,
+    user_col: str | None,
+    item_col: str | None,
+    partition_info: dict | None = None,
+) -> pd.DataFrame:
+    number = -1 if partition_info is None else int(partition_info["number"])
+    return _value_report(part, user_col, item_col, number)
+
+
+def value_report(frame: pd.DataFrame | dd.DataFrame, user_col: str, item_col: str) -> Any:
+    """Rows and non-finite values of ``frame``, one report row per partition.
+
+    A Dask frame's report is lazy (one small task per partition, run on the workers next
+    to the data, so it can share a pass over the data with other computations); a pandas
+    frame's is computed here.
+    """
+    columns = [user_col, item_col] + [c for c in VALUE_COLUMNS if c in frame.columns]
+    if isinstance(frame, dd.DataFrame):
+        return frame[columns].map_partitions(
+            _partition_report, user_col, item_col, meta=_REPORT_META
+        )
+    return _value_report(frame[columns], user_col, item_col, -1)
+
+
+def check_values(
+    report: pd.DataFrame,
+    source: str,
+    index: pd.Index | None = None,
+    ids: tuple[pd.Index, pd.Index] | None = None,
+) -> int:
+    """Raise :class:`InputError` for an empty input or its first non-finite value.
+
+    Parameters
+    ----------
+    report : pandas.DataFrame
+        :func:`value_report`'s rows, computed.
+    source : str
+        What the data is, for the message ("the training DataFrame").
+    index : pandas.Index, optional
+        A pandas frame's row labels, to name the row by its label.
+    ids : (user_ids, item_ids), optional
+        Original ids by dense index, when the report names dense indices (a dataset).
+
+    Returns
+    -------
+    int
+        The number of rows.
+    """
+    rows = int(report["rows"].sum())
+    if rows == 0:
+        raise InputError(
+            f"{source} is empty: it has no ratings (0 rows); "
+            "check the path, filter or split that produced it"
+        )
+    bad = report[report["bad_rows"] > 0]
+    if bad.empty:
+        return rows
+    first = bad.sort_values("partition").iloc[0]
+    position = int(first["position"])
+    if index is not None:
+        where = f"row {_plain(index[position])!r}"
+    elif int(first["partition"]) >= 0:
+        where = f"partition {int(first['partition'])}, row {position}"
+    else:
+        where = f"row {position}"
+    user, item = first["user"], first["item"]
+    if ids is not None:
+        user, item = repr(_plain(ids[0][int(user)])), repr(_plain(ids[1][int(item)]))
+    n_bad = int(report["bad_rows"].sum())
+    raise InputError(
+        f"{source}, {where} (user_id={user}, item_id={item}): "
+        f"{first['problem']}; ratings and weights must be finite numbers: fix or drop "
+        f"the row ({n_bad} of {rows} rows have a value that is not finite)"
     )
 
 
@@ -171,8 +329,13 @@ def _from_frame(frame: pd.DataFrame | dd.DataFrame) -> TrainingData:
         # The distinct ids are small (users + items), unlike the ratings: fine on the client.
         user_unique = cols[schema.USER_ID].drop_duplicates(split_out=1)
         item_unique = cols[schema.ITEM_ID].drop_duplicates(split_out=1)
-        user_unique, item_unique = dd.compute(user_unique, item_unique)
+        # The check of the values shares the pass: one small report per partition.
+        report = value_report(frame, schema.USER_ID, schema.ITEM_ID)
+        user_unique, item_unique, report = dd.compute(user_unique, item_unique, report)
+        check_values(report, "the training Dask DataFrame")
     else:  # already on the client
+        report = value_report(frame, schema.USER_ID, schema.ITEM_ID)
+        check_values(report, "the training DataFrame", index=frame.index)
         user_unique = frame[schema.USER_ID].drop_duplicates()
         item_unique = frame[schema.ITEM_ID].drop_duplicates()
     for name, values in ((schema.USER_ID, user_unique), (schema.ITEM_ID, item_unique)):
