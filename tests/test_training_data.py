@@ -152,7 +152,7 @@ def _dataset(frame: pd.DataFrame, dest) -> Dataset:
     return write_dataset(dd.from_pandas(frame, npartitions=3, sort=False), users, items, dest)
 
 
-def test_a_dataset_with_a_non_finite_rating_is_refused_by_original_ids(client, tmp_path):
+def test_a_dataset_with_a_non_finite_rating_is_refused_as_it_is_read(client, tmp_path):
     raw = _ratings(300, n_users=40, n_items=30)
     frame = pd.DataFrame(
         {
@@ -166,9 +166,10 @@ def test_a_dataset_with_a_non_finite_rating_is_refused_by_original_ids(client, t
     assert as_training_data(good).n_users == good.n_users
     frame.loc[123, "rating"] = np.inf
     bad = _dataset(frame, tmp_path / "bad")
-    user, item = int(frame.user_idx[123]) + 500, f"i{int(frame.item_idx[123])}"
-    with pytest.raises(InputError, match=rf"\(user_id={user}, item_id='{item}'\): rating is inf"):
-        as_training_data(str(bad.path))
+    user, item = int(frame.user_idx[123]), int(frame.item_idx[123])
+    data = as_training_data(str(bad.path))  # checked as the workers read it
+    with pytest.raises(InputError, match=rf"\(user_idx={user}, item_idx={item}\): rating is inf"):
+        count_ratings(data.ratings)
     empty = Dataset(good.path, {**good.manifest, "rows": 0})
     with pytest.raises(InputError, match="is empty"):
         as_training_data(empty)

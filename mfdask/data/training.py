@@ -114,7 +114,7 @@ def _from_dataset(ds: Dataset) -> TrainingData:
     users = ds.users().sort_values(schema.USER_IDX)
     items = ds.items().sort_values(schema.ITEM_IDX)
     ratings = ds.ratings([schema.USER_IDX, schema.ITEM_IDX, schema.RATING])
-    _check_dataset(ds, ratings, users, items)
+    ratings = _check_dataset(ds, ratings)
     return TrainingData(
         ratings=ratings,
         user_ids=pd.Index(users[schema.USER_ID].to_numpy(), name=schema.USER_ID),
@@ -126,19 +126,33 @@ def _from_dataset(ds: Dataset) -> TrainingData:
     )
 
 
-def _check_dataset(ds: Dataset, ratings: dd.DataFrame, users: pd.DataFrame, items: pd.DataFrame):
-    """Refuse an empty dataset or one with a non-finite rating, before any other work.
+def _check_dataset(ds: Dataset, ratings: dd.DataFrame) -> dd.DataFrame:
+    """Refuse an empty dataset at once; check every rating as the workers read it.
 
-    The check runs on the workers, partition by partition; only one small report per
-    partition comes back.
+    An ingested dataset was validated row by row when it was written, so its values are
+    not read twice: each partition is checked on the worker that reads it for placement
+    (fused with the read), and a non-finite rating (a file changed since) stops the fit
+    there, naming the row by its dense indices.
     """
     source = f"training dataset {ds.path}"
     if int(ds.manifest.get("rows", 1)) == 0:
         check_values(_REPORT_META, source)  # raises: empty
-    report = value_report(ratings, schema.USER_IDX, schema.ITEM_IDX).compute()
-    user_ids = users.set_index(schema.USER_IDX)[schema.USER_ID]
-    item_ids = items.set_index(schema.ITEM_IDX)[schema.ITEM_ID]
-    check_values(report, source, ids=(user_ids, item_ids))
+    return ratings.map_partitions(_checked_partition, source, meta=ratings._meta)
+
+
+def _checked_partition(part: pd.DataFrame, source: str, partition_info=None) -> pd.DataFrame:
+    report = _value_report(part, schema.USER_IDX, schema.ITEM_IDX, -1)
+    if int(report["bad_rows"].iloc[0]):
+        number = -1 if partition_info is None else int(partition_info["number"])
+        report["partition"] = number
+        try:
+            check_values(report, source)
+        except InputError as exc:
+            raise InputError(
+                str(exc).replace("user_id=", "user_idx=").replace("item_id=", "item_idx=")
+                + " (the dataset was validated when it was written: was a file changed?)"
+            ) from None
+    return part
 
 
 def _plain(value: object) -> object:
