@@ -20,8 +20,20 @@ def grad_scratch(item_factors: np.ndarray) -> np.ndarray:
 def test_rank_with_one_block_is_lightfms():
     for n_items, tries in ((3706, 1), (3706, 7), (100, 99), (10, 10)):
         assert kw.warp_rank(tries, n_items, n_items) == np.floor((n_items - 1) / tries)
-    assert kw.warp_weight(1, 3706, 3706) == pytest.approx(np.log(3705))
-    assert kw.warp_weight(50, 10, 10) == 0.0  # ln max(1, 0)
+    assert kw.warp_weight(1, 3706, 3706, 10.0) == pytest.approx(np.log(3705))
+    assert kw.warp_weight(50, 10, 10, 10.0) == 0.0  # ln max(1, 0)
+
+
+def test_rank_weight_is_clipped_as_lightfms():
+    # LightFM clips ln(rank) at MAX_LOSS = 10: only ranks above e^10 (about 22,026) bind.
+    assert kw.MAX_RANK_WEIGHT == 10.0
+    assert kw.warp_weight(1, 22_000, 22_000, 10.0) == pytest.approx(np.log(21_999))
+    assert kw.warp_weight(1, 100_000, 100_000, 10.0) == 10.0
+    assert kw.warp_weight(1, 100_000, 100_000, np.inf) == pytest.approx(np.log(99_999))
+    assert kw.warp_weight(10, 100_000, 100_000, 10.0) == pytest.approx(np.log(9_999))
+    # from a block: the rescaled rank is clipped, not the block's
+    assert kw.warp_weight(1, 25_000, 100_000, 10.0) == 10.0
+    assert kw.warp_weight(1, 25_000, 100_000, 4.0) == 4.0
 
 
 def test_rank_from_a_block_is_scaled_to_the_catalogue():
@@ -153,15 +165,29 @@ def _one_user_cell(score_gap: float):
     return k, P, Q, cell
 
 
-def _run(cell, P, Q, n_items, max_sampled=5, lr=0.1, sq_grad=None):
+def _run(cell, P, Q, n_items, max_sampled=5, lr=0.1, sq_grad=None, max_weight=10.0):
     stats = np.zeros(kw.N_STATS)
     GP, GQ = sq_grad if sq_grad is not None else (np.zeros((0, 0), np.float32),) * 2
     kw.warp_sgd(
         cell["users"], cell["items"], cell["values"], 4.0, 0, 1, 5, cell["indptr"],
         cell["indices"], P, Q, GP, GQ, sq_grad is not None, 0, 2, 3, n_items, P.shape[1], lr,
-        0.0, 0.0, 0.0, max_sampled, 1, 0, stats,
+        0.0, 0.0, 0.0, max_sampled, 1, 0, stats, max_weight,
     )  # fmt: skip
     return stats
+
+
+def test_a_first_draw_violator_in_a_large_catalogue_steps_with_the_clipped_weight():
+    n_items = 300_000  # rank 2 in the block of 3, 200,000 in the catalogue: ln = 12.2
+    runs = {}
+    for max_weight in (10.0, np.inf):
+        _, P, Q, cell = _one_user_cell(score_gap=0.5)
+        p, qi = P[0].copy(), Q[0].copy()
+        stats = _run(cell, P, Q, n_items, max_weight=max_weight)
+        runs[max_weight] = stats[kw.STAT_LOSS], Q[0] - qi, p
+    unclipped = np.log(2 * n_items / 3)
+    assert runs[10.0][0] == pytest.approx(10.0 * 0.5, rel=1e-6)
+    assert runs[np.inf][0] == pytest.approx(unclipped * 0.5, rel=1e-6)
+    np.testing.assert_allclose(runs[10.0][1], 0.1 * 10.0 * runs[10.0][2], rtol=1e-5)
 
 
 def test_violation_on_the_first_draw_uses_the_pre_step_values_and_the_scaled_rank():
@@ -233,6 +259,8 @@ def test_warp_learns_planted_preferences(client, kos_n, optimizer, learning_rate
     "params, message",
     [
         ({"max_sampled": 0}, "max_sampled"),
+        ({"max_rank_weight": 0}, "max_rank_weight"),
+        ({"max_rank_weight": "10"}, "max_rank_weight"),
         ({"kos_n": -1}, "kos_n"),
         ({"kos_n": 3, "kos_k": 4}, "kos_k"),
         ({"optimizer": "adam"}, "optimizer"),

@@ -36,6 +36,7 @@ from mfdask.kernels.sampling import (
     splitmix64,
 )
 from mfdask.kernels.sgd_common import shuffle_in_place
+from mfdask.kernels.warp import MAX_RANK_WEIGHT
 
 _TWO_POW_53 = float(2**53)
 
@@ -239,6 +240,7 @@ def warp_fold_in(
     init_scale: float,
     seeds: np.ndarray,
     user_factors: np.ndarray,
+    max_weight: float = MAX_RANK_WEIGHT,
 ) -> None:
     """WARP user factors of every CSR row by SGD or Adagrad on ``p_u``, items fixed.
 
@@ -246,7 +248,8 @@ def warp_fold_in(
     fresh random order; for each, items are drawn uniformly from the whole catalogue
     until one not in the row violates the margin (``x_uj > x_ui - 1``) or
     ``max_sampled`` draws are spent; a violator at draw ``N`` weighs
-    ``L = ln max(1, ⌊(n_items - 1) / N⌋)`` (:mod:`mfdask.kernels.warp`, one block) and
+    ``L = min(max_weight, ln max(1, ⌊(n_items - 1) / N⌋))`` (:mod:`mfdask.kernels.warp`,
+    one block) and
     the user moves along ``g = λ_u p_u - L (q_i - q_j)``: by ``-rates[e] g`` (SGD), or with
     Adagrad by ``-rates[e] g / √G`` with ``G`` the row's running sum of ``g²`` per
     coordinate, starting at 1 as in training. k-OS is not used here: every positive of
@@ -282,7 +285,9 @@ def warp_fold_in(
                         x_uj += p[f] * item_factors[j, f]
                     if x_uj <= x_ui - 1.0 or contains_sorted(indices, lo, hi, j):
                         continue
-                    w = np.float32(np.log(max(1.0, np.floor((n_items - 1) / tries))))
+                    w = np.float32(
+                        min(max_weight, np.log(max(1.0, np.floor((n_items - 1) / tries))))
+                    )
                     for f in range(user_dims):
                         g = ru * p[f] - w * (item_factors[i, f] - item_factors[j, f])
                         if adagrad:

@@ -14,7 +14,8 @@ Recommendations with the k-Order Statistic Loss", RecSys 2013. As in LightFM:
    draws until a violator is geometric with mean ``(n_items - 1) / rank``).
 3. Descend ``L(rank) · (1 - x_ui + x_uj) + ½(λ_u‖p_u‖² + λ_i‖q_i‖² + λ_j‖q_j‖²)`` with
    ``L(r) = ln r`` (the ``Σ_{k≤r} 1/k`` of WSABIE's eq. 3, up to a constant; LightFM's
-   choice, floored at ``ln 1 = 0``). Gradients, all at the values from *before* the step:
+   choice, floored at ``ln 1 = 0`` and, as in LightFM, clipped at ``max_weight``,
+   default 10: :func:`warp_weight`). Gradients, all at the values from *before* the step:
 
        ∂/∂p_u = -L (q_i - q_j) + λ_u p_u
        ∂/∂q_i = -L p_u + λ_i q_i
@@ -84,10 +85,20 @@ def warp_rank(tries: int, n_block_items: int, n_items: int) -> float:
     return in_block * (n_items / n_block_items)
 
 
+MAX_RANK_WEIGHT = 10.0
+"""LightFM's clip of the rank weight (``MAX_LOSS`` in ``_lightfm_fast.pyx``)."""
+
+
 @njit(nogil=True, cache=True, fastmath=_FASTMATH, inline="always")
-def warp_weight(tries: int, n_block_items: int, n_items: int) -> float:
-    """``L(rank) = ln max(1, rank)`` for :func:`warp_rank`."""
-    return np.log(max(1.0, warp_rank(tries, n_block_items, n_items)))
+def warp_weight(tries: int, n_block_items: int, n_items: int, max_weight: float) -> float:
+    """``L(rank) = min(max_weight, ln max(1, rank))`` for :func:`warp_rank`.
+
+    The clip is LightFM's (``MAX_LOSS = 10`` "for numerical stability"): ``ln rank``
+    exceeds 10 only for ranks above ``e^10 ≈ 22,026``, so it matters for catalogues
+    larger than that, where a positive whose first draw violates would otherwise step
+    with a weight up to ``ln(n_items - 1)``.
+    """
+    return min(max_weight, np.log(max(1.0, warp_rank(tries, n_block_items, n_items))))
 
 
 @njit(nogil=True, cache=True, fastmath=_FASTMATH, inline="always")
@@ -268,6 +279,7 @@ def warp_sgd(
     kos_k: int,
     kos_n: int,
     stats: np.ndarray,
+    max_weight: float = MAX_RANK_WEIGHT,
 ) -> None:
     """One WARP pass, in a random order and in place, over the positives among ratings ``lo:hi``.
 
@@ -275,9 +287,10 @@ def warp_sgd(
     ``item_sq_grad`` (Adagrad's sums, shaped like the factors; read only when
     ``adagrad``, else any array), ``adagrad`` (:func:`warp_update_adagrad` rather than
     :func:`warp_update`), ``n_items`` (the whole
-    catalogue, for :func:`warp_rank`), ``max_sampled`` (draws per positive) and
-    ``kos_k``/``kos_n`` (k-OS; ``kos_n = 0`` for plain WARP). ``stats`` is
-    ``(N_STATS,) float64`` (see the ``STAT_*`` constants).
+    catalogue, for :func:`warp_rank`), ``max_sampled`` (draws per positive),
+    ``kos_k``/``kos_n`` (k-OS; ``kos_n = 0`` for plain WARP) and ``max_weight`` (the
+    clip of the rank weight, :func:`warp_weight`). ``stats`` is ``(N_STATS,) float64``
+    (see the ``STAT_*`` constants).
     """
     if n_block_items <= 0:
         return  # no item in the held block: nothing to rank against
@@ -336,7 +349,7 @@ def warp_sgd(
                     if x_ui > x_uj:
                         correct += 1
             if violates:
-                weight = warp_weight(tries, n_block_items, n_items)
+                weight = warp_weight(tries, n_block_items, n_items, max_weight)
                 loss += weight * (1.0 - x_ui + x_uj)
                 if adagrad:
                     penalty += warp_update_adagrad(

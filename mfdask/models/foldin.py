@@ -55,6 +55,7 @@ from mfdask.data.hashing import hash_keys
 from mfdask.data.training import InputError
 from mfdask.kernels.als import solve_rows_cholesky
 from mfdask.kernels.foldin import bpr_fold_in, svd_fold_in, warp_fold_in
+from mfdask.kernels.warp import MAX_RANK_WEIGHT
 from mfdask.recommend import DEFAULT_CHUNK_CELLS, chunk_rows, top_k_of_scores
 
 if TYPE_CHECKING:
@@ -365,7 +366,7 @@ class FoldIn:
             warp_fold_in(
                 hist.indptr, hist.indices, values, 0.5, y, s["user_dims"], rates,
                 s["regularization"], s["max_sampled"], s["adagrad"], s["init_scale"],
-                seeds, out,
+                seeds, out, s.get("max_rank_weight", MAX_RANK_WEIGHT),
             )  # fmt: skip
         return out, None
 
@@ -507,7 +508,9 @@ def fold_in_spec(model: FactorModel, epochs: int | None = None) -> FoldIn:
         }
         if isinstance(model, WARP):
             settings.update(
-                max_sampled=int(model.max_sampled), adagrad=model.optimizer == "adagrad"
+                max_sampled=int(model.max_sampled),
+                adagrad=model.optimizer == "adagrad",
+                max_rank_weight=float(getattr(model, "max_rank_weight", MAX_RANK_WEIGHT)),
             )
             return FoldIn("warp", item_ids, ivec, settings, **meta)
         return FoldIn("bpr", item_ids, ivec, settings, **meta)

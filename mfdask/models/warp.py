@@ -42,6 +42,7 @@ class WARPBlockKernel:
     kos_k: int
     kos_n: int
     adagrad: bool
+    max_rank_weight: float = kernels.MAX_RANK_WEIGHT
 
     stat_names: ClassVar[tuple[str, ...]] = ("positives", "loss", "penalty", "correct", "sampled")
 
@@ -75,6 +76,7 @@ class WARPBlockKernel:
             self.kos_k,
             self.kos_n,
             stats,
+            self.max_rank_weight,
         )
         return stats
 
@@ -147,6 +149,11 @@ class WARP(PairwiseModel):
         Passes over the positives.
     max_sampled : int
         Negatives drawn per positive before giving up on finding a violator.
+    max_rank_weight : float
+        Clip of the rank weight ``ln(rank)``, LightFM's ``MAX_LOSS`` (10): it only
+        binds for estimated ranks above ``e^10 ≈ 22,026``, i.e. catalogues above about
+        22k items, where a positive beaten at the first draw would otherwise step with
+        ``ln(n_items - 1)``. ``float("inf")`` turns the clip off.
     kos_k, kos_n : int
         k-OS WARP: step on the ``kos_k``-th best of ``kos_n`` positives drawn from the
         user's positives in the held block; ``kos_n = 0`` is plain WARP.
@@ -190,6 +197,7 @@ class WARP(PairwiseModel):
         negative_regularization: float | None = None,
         epochs: int = 10,
         max_sampled: int = 20,
+        max_rank_weight: float = kernels.MAX_RANK_WEIGHT,
         kos_k: int = 5,
         kos_n: int = 0,
         optimizer: str = "adagrad",
@@ -214,6 +222,7 @@ class WARP(PairwiseModel):
         self.negative_regularization = negative_regularization
         self.epochs = epochs
         self.max_sampled = max_sampled
+        self.max_rank_weight = max_rank_weight
         self.kos_k = kos_k
         self.kos_n = kos_n
         self.optimizer = optimizer
@@ -233,6 +242,9 @@ class WARP(PairwiseModel):
     def _validate_params(self) -> None:
         super()._validate_params()
         _check_positive_int("max_sampled", self.max_sampled)
+        weight = self.max_rank_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+            raise ValueError(f"max_rank_weight must be a number > 0 (inf: no clip), got {weight!r}")
         _check_positive_int("kos_k", self.kos_k)
         if isinstance(self.kos_n, bool) or not isinstance(self.kos_n, (int, np.integer)):
             raise ValueError(f"kos_n must be an integer >= 0, got {self.kos_n!r}")
@@ -272,6 +284,7 @@ class WARP(PairwiseModel):
             kos_k=int(self.kos_k),
             kos_n=int(self.kos_n),
             adagrad=self.optimizer == "adagrad",
+            max_rank_weight=float(self.max_rank_weight),
         )
 
     def _epoch_record(self, report: EpochReport, learning_rate: float) -> dict[str, Any]:
