@@ -230,7 +230,11 @@ def _value_report(
         values = pd.to_numeric(part[col], errors="coerce").to_numpy(dtype="float64")
         finite[col] = np.isfinite(values)
         bad |= ~finite[col]
-    report = {"partition": partition, "rows": len(part), "bad_rows": int(bad.sum())}
+    report: dict[str, object] = {
+        "partition": partition,
+        "rows": len(part),
+        "bad_rows": int(bad.sum()),
+    }
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         col = next(c for c in columns if not finite[c][row])
