@@ -53,6 +53,7 @@ from mfdask.data.training import InputError
 from mfdask.engine.blocks import RowBlock, persist_partitions, place_row_blocks
 from mfdask.engine.cluster import current_client, session, worker_addresses
 from mfdask.engine.resilience import ClusterFailure, gather
+from mfdask.engine.state import FactorBlocks, SeenBlocks
 from mfdask.metrics.ranking import RankingSums, auc, ranking_sums
 from mfdask.metrics.rating import RatingSums, rating_sums
 from mfdask.recommend import chunk_rows, top_k_of_scores
@@ -156,6 +157,11 @@ def _local_csr(exclude: Any, n_rows: int, n_cols: int) -> sp.csr_matrix | None:
             (np.ones(exclude.nnz, dtype=np.int8), exclude.indices, exclude.indptr),
             shape=(n_rows, n_cols),
         )
+    if isinstance(exclude, tuple):  # a SeenBlocks block: (block, n_blocks, indptr, indices)
+        _, _, indptr, indices = exclude
+        return sp.csr_matrix(
+            (np.ones(len(indices), dtype=np.int8), indices, indptr), shape=(n_rows, n_cols)
+        )
     return sp.csr_matrix(exclude)
 
 
@@ -227,6 +233,10 @@ def _rank_block(
         recs, _ = top_k_of_scores(scores, job.k, ex_c)
         sums = sums + ranking_sums(recs, rel_c, k=job.k, auc_values=auc_c)
     return sums, counts
+
+
+def _all_finite(factors: np.ndarray, block: int) -> bool:
+    return bool(np.isfinite(factors).all())
 
 
 def _rating_partition(part: pd.DataFrame, model: FactorModel) -> RatingSums:
@@ -362,7 +372,10 @@ def _check_k(k: Any) -> int:
     return int(k)
 
 
-def _n_blocks(requested: int | None, n_workers: int, n_users: int) -> int:
+def _n_blocks(requested: int | None, n_workers: int, n_users: int, model: Any = None) -> int:
+    held = getattr(model, "__dict__", {}).get("_user_factors")
+    if requested is None and isinstance(held, FactorBlocks):
+        return held.n_blocks  # rank each user block where its factors are
     if requested is not None:
         if isinstance(requested, bool) or int(requested) != requested or requested < 1:
             raise ValueError(f"n_blocks must be a positive integer, got {requested!r}")
@@ -407,17 +420,21 @@ def _place_ranking(
         exclude = place_row_blocks(client, train_p.parts, n_blocks, n_users, n_items)
     else:
         seen = getattr(model, "seen_items_", None)
-        if seen is None:
+        if isinstance(seen, SeenBlocks) and seen.n_blocks == n_blocks:
+            exclude = list(seen.blocks)  # each block's seen items, where they are
+            seen = None
+        elif seen is None:
             raise ValueError(
                 f"this {type(model).__name__} has no record of its training items "
                 "(seen_items_), so seen items cannot be filtered: pass train= (--train) "
                 "or filter_seen=False (--no-filter-seen)"
             )
-        seen = sp.csr_matrix(seen)
-        exclude = [
-            client.scatter(seen[b::n_blocks], workers=[workers[b % len(workers)]], hash=False)
-            for b in range(n_blocks)
-        ]
+        if seen is not None:
+            seen = seen.tocsr() if isinstance(seen, SeenBlocks) else sp.csr_matrix(seen)
+            exclude = [
+                client.scatter(seen[b::n_blocks], workers=[workers[b % len(workers)]], hash=False)
+                for b in range(n_blocks)
+            ]
     return _PlacedRanking(
         blocks=blocks,
         exclude=exclude,
@@ -440,8 +457,17 @@ def _score_ranking(
 ) -> dict[str, float]:
     """Rank every placed user block with the model's current factors; the means."""
     n_items = model.n_items
-    uvec, ivec = model._score_vectors()
-    for name, v in (("user", uvec), ("item", ivec)):
+    held = model.__dict__.get("_user_factors")
+    blocks = held if isinstance(held, FactorBlocks) and held.n_blocks == placed.n_blocks else None
+    if blocks is not None:  # each block ranked on the worker holding its factors
+        uvec, ivec = None, model._item_vectors()
+        checked = [("item", ivec)]
+        if not all(gather(client, blocks.map_blocks(_all_finite), [])):
+            checked.append(("user", np.array([np.nan])))
+    else:
+        uvec, ivec = model._score_vectors()
+        checked = [("user", uvec), ("item", ivec)]
+    for name, v in checked:
         if not np.isfinite(v).all():
             raise ValueError(
                 f"{type(model).__name__} has non-finite {name} factors: the fit diverged; "
@@ -454,10 +480,16 @@ def _score_ranking(
     job = _RankJob(k=k, positive_threshold=positive_threshold, chunk_cells=int(chunk_cells))
     futures = []
     for b in range(n_blocks):
-        target = workers[b % len(workers)]
-        uvec_f = client.scatter(
-            np.ascontiguousarray(uvec[b::n_blocks], dtype=np.float32), workers=[target], hash=False
-        )
+        if blocks is not None:
+            target, uvec_f = blocks.where[b], blocks.blocks[b]
+        else:
+            assert uvec is not None
+            target = workers[b % len(workers)]
+            uvec_f = client.scatter(
+                np.ascontiguousarray(uvec[b::n_blocks], dtype=np.float32),
+                workers=[target],
+                hash=False,
+            )
         futures.append(
             client.submit(
                 _rank_block,
@@ -574,7 +606,7 @@ class RankingEvaluator:
     def _place(self, model: FactorModel) -> _PlacedRanking:
         self._placed = None
         client = self.client
-        blocks = _n_blocks(self.n_blocks, len(worker_addresses(client)), model.n_users)
+        blocks = _n_blocks(self.n_blocks, len(worker_addresses(client)), model.n_users, model)
         need_rating = self.positive_threshold is not None
         test_p = _prepare(client, model, self.test, "test", need_rating)
         _report_skipped(test_p, "test", model)
@@ -691,7 +723,7 @@ def evaluate(
     started = time.perf_counter()
     out: dict[str, float] = {}
     with session() as client:
-        blocks = _n_blocks(n_blocks, len(worker_addresses(client)), model.n_users)
+        blocks = _n_blocks(n_blocks, len(worker_addresses(client)), model.n_users, model)
         need_rating = bool(rating) or positive_threshold is not None
         test_p = _prepare(client, model, test, "test", need_rating)
         _report_skipped(test_p, "test", model)

@@ -238,3 +238,90 @@ def test_validation_metric_and_early_stopping(client, clustered):
     assert model.metrics_["ndcg"] == pytest.approx(max(scores))
     assert len(scores) == 8 or len(scores) - 1 - best == 2
     assert max(scores) > 0.2, "planted clusters make held-out positives easy to rank"
+
+
+def test_route_block_renumbers_into_the_compact_source():
+    """The docstring's example: R = 2, columns {1, 2, 4, 5} of one destination row."""
+    from mfdask.engine.als import route_block
+    from mfdask.engine.blocks import RowBlock
+
+    block = RowBlock(
+        block=0,
+        n_blocks=2,
+        n_rows=2,
+        n_cols=6,
+        indptr=np.array([0, 4]),
+        indices=np.array([1, 2, 4, 5], np.int32),
+        data=np.ones(4, np.float32),
+    )
+    routed, needed = route_block(block, 2)
+    assert [list(r) for r in needed] == [[1, 2], [0, 2]]
+    assert list(routed.indices) == [2, 0, 1, 3]
+    full = np.arange(6, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)
+    compact = np.concatenate([full[s::2][rows] for s, rows in enumerate(needed)])
+    np.testing.assert_array_equal(compact[routed.indices], full[block.indices])
+
+
+@pytest.mark.parametrize("n_blocks", [1, 3])
+@pytest.mark.parametrize("solver", ["cg", "cholesky"])
+def test_routed_half_steps_give_the_broadcast_floats(client, clustered, n_blocks, solver):
+    """Routing the source rows (forced on small data) computes exactly what broadcasting
+    does: the same rows meet the same ratings in the same order."""
+    import dask
+
+    frame, _ = clustered
+    params = {"factors": 6, "iterations": 4, "solver": solver, "n_blocks": n_blocks}
+    fits = {}
+    for routing in ("broadcast", "route"):
+        with dask.config.set({"mfdask.als.routing": routing}):
+            fits[routing] = ALS(random_state=0, **params).fit(dd.from_pandas(frame, 4))
+    a, b = fits["broadcast"], fits["route"]
+    np.testing.assert_array_equal(a.user_factors_, b.user_factors_)
+    np.testing.assert_array_equal(a.item_factors_, b.item_factors_)
+    assert [h["loss"] for h in a.history_] == [h["loss"] for h in b.history_]
+
+
+def test_auto_routing_routes_only_the_large_side(client, clustered):
+    frame, _ = clustered
+    dense = pd.DataFrame(
+        {
+            "user_idx": (frame.user_id - 10).astype("int32"),
+            "item_idx": (frame.item_id - 100).astype("int32"),
+            "rating": frame.rating,
+        }
+    )
+    # 240 users x 8 factors x 4 bytes = 7,680 bytes; 120 items = 3,840 bytes.
+    run = BlockALS(
+        client,
+        dd.from_pandas(dense, npartitions=2),
+        240,
+        120,
+        SolveSpec(),
+        positive_threshold=4.0,
+        binary=True,
+        n_blocks=2,
+        route_above_bytes=5_000,
+    )
+    run.initialize(np.zeros((240, 8), np.float32), np.full((120, 8), 0.1, np.float32))
+    assert run.routed == (False, True)  # the item half's source (users) is routed
+    run.iterate()
+    assert np.isfinite(run.loss())
+    run.close()
+    with pytest.raises(ValueError, match="routing must be one of"):
+        BlockALS(client, dense, 240, 120, SolveSpec(), 4.0, True, routing="sometimes")
+
+
+def test_traffic_counts_the_routed_rows_between_workers(client, clustered):
+    import dask
+
+    frame, _ = clustered
+    with dask.config.set({"mfdask.als.routing": "route"}):
+        model = ALS(factors=4, iterations=1, n_blocks=2, random_state=0).fit(frame)
+    t = model.metrics_["traffic"]
+    # Every user with a positive is needed by the item blocks holding its positives.
+    positives = frame[frame.rating >= 4]
+    per_block = positives.assign(block=(positives.item_id - 100) % 2)
+    expected = per_block.groupby("block").user_id.nunique().sum()
+    assert t["item_half"]["routed"] and t["item_half"]["rows"] == expected
+    assert 0 < t["item_half"]["rows_between_workers"] < expected
+    assert t["item_half"]["bytes_between_workers"] == t["item_half"]["rows_between_workers"] * 16

@@ -28,6 +28,7 @@ from mfdask.data.split import split_dataset
 from mfdask.data.synth import synthesize
 from mfdask.engine.checkpoint import CheckpointStore
 from mfdask.engine.resilience import SchedulerLostError
+from mfdask.engine.state import StateLostError
 from mfdask.evaluate import evaluate_ranking, evaluate_rating
 from tests.processes import process_cluster
 
@@ -210,3 +211,29 @@ def test_train_job_killed_scheduler_then_resume(tmp_path, split):
             clean = ALS(factors=8, iterations=60, random_state=0).fit(str(train))
     assert f"resumed after iteration {done}" in resumed.stdout
     np.testing.assert_array_equal(load_model(output).item_factors_, clean.item_factors_)
+
+
+def test_distributed_als_state_survives_a_killed_worker(tmp_path, split):
+    """Factors kept on the workers: the lost worker's blocks come back from the in-memory
+    checkpoint's replicas and the ratings read again; the same model as a clean fit."""
+    import dask
+
+    train, _ = split
+    with process_cluster(tmp_path / "logs", n_workers=2) as cluster:
+        with Client(cluster.address), dask.config.set({"mfdask.state.keep": "workers"}):
+            clean = MODELS["als"]().fit(str(train))
+            assert clean.distributed
+            clean_users, clean_items = clean.user_factors_, clean.item_factors_
+            hit = MODELS["als"]().fit(str(train), callback=kill_after(cluster, 3))
+            assert hit.distributed
+            hit_users, hit_items = hit.user_factors_, hit.item_factors_
+            assert len(hit.recommend(hit.user_ids_[:3], n=5)) == 15
+            # The clean model's blocks on the killed worker are gone, and it says so.
+            with pytest.raises(StateLostError, match="lost"):
+                clean.recommend(clean.user_ids_[:4], n=5)
+    recoveries = hit.metrics_["recoveries"]
+    assert len(recoveries) == 1 and recoveries[0]["restarted_from"] == 2, recoveries
+    assert recoveries[0]["workers"] == 1
+    # Float-level agreement (a few entries differ by ~3e-6 after the recovery).
+    np.testing.assert_allclose(hit_users, clean_users, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(hit_items, clean_items, rtol=0, atol=1e-5)

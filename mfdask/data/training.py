@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import dask
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
@@ -160,14 +161,30 @@ def _plain(value: object) -> object:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def dense_index(ids: pd.Index, values: pd.Series) -> np.ndarray:
+    """Positions of ``values`` in the sorted unique ``ids`` (-1 where absent).
+
+    A binary search for numeric ids: no hash table of every id is built per partition,
+    which for ten million users costs more time and memory than the partition itself.
+    """
+    if ids.dtype.kind in "iuf" and values.dtype.kind in "iuf":
+        sorted_ids = ids.to_numpy()
+        v = values.to_numpy()
+        pos = np.searchsorted(sorted_ids, v)
+        found = pos < len(sorted_ids)
+        found[found] = sorted_ids[pos[found]] == v[found]
+        return np.where(found, pos, -1)
+    return ids.get_indexer(values)
+
+
 def _index_partition(part: pd.DataFrame, user_ids: pd.Index, item_ids: pd.Index) -> pd.DataFrame:
     """Map one partition's original ids to dense indices (module level: picklable).
 
     The values were checked by :func:`check_values` before: a row that is still not
     finite here (a source that changed between the two reads) is refused all the same.
     """
-    u = user_ids.get_indexer(part[schema.USER_ID])
-    i = item_ids.get_indexer(part[schema.ITEM_ID])
+    u = dense_index(user_ids, part[schema.USER_ID])
+    i = dense_index(item_ids, part[schema.ITEM_ID])
     rating = pd.to_numeric(part[schema.RATING], errors="coerce").to_numpy(dtype="float64")
     if not np.isfinite(rating).all():
         row = int(np.flatnonzero(~np.isfinite(rating))[0])
@@ -362,7 +379,14 @@ def _from_frame(frame: pd.DataFrame | dd.DataFrame) -> TrainingData:
     user_ids = pd.Index(np.sort(user_unique.to_numpy()), name=schema.USER_ID)
     item_ids = pd.Index(np.sort(item_unique.to_numpy()), name=schema.ITEM_ID)
     if isinstance(frame, dd.DataFrame):
-        ratings = frame.map_partitions(_index_partition, user_ids, item_ids, meta=RATINGS_META)
+        # The id maps enter the graph once, as keys every partition's task depends on
+        # (sent to each worker once), not as literals copied into every task.
+        ratings = frame.map_partitions(
+            _index_partition,
+            dask.delayed(user_ids, pure=True),
+            dask.delayed(item_ids, pure=True),
+            meta=RATINGS_META,
+        )
     else:
         ratings = LocalRatings(_index_partition(frame, user_ids, item_ids))
     return TrainingData(

@@ -8,25 +8,30 @@ block is compacted on its worker to the positives (rating >= threshold) with the
 ``r`` the confidence uses. After that, ratings never move again.
 
 One half-iteration (``src`` -> ``dst``; the user half has src = items, the item half
-src = users; one routine serves both)::
+src = users; one routine serves both). The Gram matrix ``YᵀY`` is a tree reduction of
+per-block partials either way; the source rows reach the destination blocks in one of two
+ways, chosen per half by the size of the source side (:func:`routing_for`)::
 
-    src factor blocks --(per block)--> partial Gram src_b^T src_b
-            |                                   |
-            +------> assemble: full src matrix, Gram = sum of partials  (one task)
-                                   |
-                   sent once to each worker holding dst blocks
-                                   |
-    dst rating block b + previous dst factors b --solve--> new dst factors b  (on b's worker)
+    broadcast (small src)                      routed (large src: Spark's out-blocks)
 
-The source factors are small next to the ratings (ML-1M: 3,706 x 64 float32 is 0.9 MB),
-so every destination block receives the whole source matrix, which Dask transfers once
-per worker. Spark instead sends each block only the rows it needs (its "out-blocks").
-That saves little at the block counts a factor-sized cluster uses: on ML-1M's positives a
-residue user block refers to 97 % of the items with 2 blocks, 92 % with 4, 76 % with 16
-and 54 % with 64 (item blocks: 100 %, 100 %, 90 %, 61 % of the users), so a routing plan
-would cut the traffic by under a tenth below 16 blocks while adding a gather task per
-block. Broadcasting is what is implemented; routing pays off only with many dozens of
-blocks. Old factor futures are released as soon as the next ones exist.
+    src factor blocks --> assemble the full    src block s --take the rows dst block d
+      src matrix (one task) --> sent once        rates (planned once per fit)--> dst d
+      to each worker holding dst blocks                      (R x R small slices)
+                        |                                          |
+    dst rating block d + previous dst factors d --solve--> new dst factors d (on d's worker)
+
+Broadcasting sends every destination the whole source (ML-1M: 3,706 x 64 float32 is
+0.9 MB), which Dask transfers once per worker; on ML-1M's positives a residue user block
+refers to 97 % of the items with 2 blocks, 92 % with 4, 76 % with 16 and 54 % with 64, so
+routing would save little there. But a side of ten million users is 2.4 GiB at 64
+factors: assembling it in one task and copying it to every worker is what bounded the
+cluster by one process's memory. Routing plans, once per placement, which local rows of
+each source block every destination block references (:func:`route_block`); each
+iteration every source block sends each destination only those rows, and the
+destination's ratings are renumbered to index the concatenation of its slices, source
+block by source block. No task then holds a whole side's factors. The floats are the same
+either way: the same rows meet the same ratings in the same order, and both paths sum the
+same partial Grams with :func:`sum_grams`.
 
 Inside a worker, a block's rows are cut into ranges of about equal work, one per thread;
 the numba kernels release the GIL, so the ranges run in parallel.
@@ -35,26 +40,31 @@ the numba kernels release the GIL, so the ranges run in parallel.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
+from typing import Any
 
+import dask
 import dask.dataframe as dd
 import numpy as np
+import scipy.sparse as sp
 from distributed import Client, Future, get_worker
 
 from mfdask.data.training import LocalRatings
 from mfdask.engine.blocks import (
     RowBlock,
     assemble_seen,
+    block_pattern,
     block_workers,
     persist_partitions,
     place_row_blocks,
 )
-from mfdask.engine.checkpoint import block_digest, combine_digests
+from mfdask.engine.checkpoint import BlockFiles, block_digest, combine_digests
 from mfdask.engine.cluster import worker_addresses
 from mfdask.engine.resilience import collect, gather
+from mfdask.engine.state import FactorBlocks, SeenBlocks
 from mfdask.kernels.als import objective_rows, penalty_rows, solve_rows_cg, solve_rows_cholesky
 
 
@@ -143,13 +153,82 @@ def partial_gram(factors: np.ndarray) -> np.ndarray:
     return f.T @ f
 
 
-def assemble_source(n_rows: int, blocks: list[np.ndarray], grams: list[np.ndarray]) -> Source:
-    """Interleave residue factor blocks into the full matrix; sum the partial Grams."""
+GRAM_FAN_IN = 8
+"""Partial Grams summed per task in the tree reduction (:meth:`BlockALS._gram`)."""
+
+
+def sum_grams(*grams: np.ndarray) -> np.ndarray:
+    """The sum of partial Grams, in the order given (both source paths use it)."""
+    return np.sum(grams, axis=0)
+
+
+def assemble_source(n_rows: int, blocks: list[np.ndarray], gram: np.ndarray) -> Source:
+    """Interleave residue factor blocks into the full source matrix (the broadcast path)."""
     n_blocks = len(blocks)
     full = np.empty((n_rows, blocks[0].shape[1]), dtype=np.float32)
     for b, f in enumerate(blocks):
         full[b::n_blocks] = f
-    return Source(factors=full, gram=np.sum(grams, axis=0))
+    return Source(factors=full, gram=gram)
+
+
+def route_block(block: RowBlock, n_src_blocks: int) -> tuple[RowBlock, list[np.ndarray]]:
+    """Plan the routed source of one destination block (runs on its worker, once).
+
+    Returns the block with its column indices renumbered into the *compact source*, and
+    for each source block ``s`` the ascending local rows of ``s`` that the block refers
+    to. The compact source is those rows' factors concatenated source block by source
+    block, so a global column ``g`` (block ``g % R``, local row ``g // R``) becomes its
+    position in that concatenation. With ``R = 2`` and columns ``{1, 2, 4, 5}``::
+
+        source block 0 needs local rows [1, 2] (columns 2, 4)   -> compact 0, 1
+        source block 1 needs local rows [0, 2] (columns 1, 5)   -> compact 2, 3
+
+    The order of entries within each row is unchanged, so a solve over the renumbered
+    block visits the same values in the same order as over the original one.
+    """
+    r = int(n_src_blocks)
+    per_block = -(-block.n_cols // r)  # local rows of the largest source block
+    cols = block.indices.astype(np.int64)
+    keys = (cols % r) * per_block + cols // r  # ascending in (source block, local row)
+    needed = np.unique(keys)
+    compact = np.searchsorted(needed, keys).astype(np.int32)
+    bounds = np.searchsorted(needed, np.arange(r + 1, dtype=np.int64) * per_block)
+    rows = [needed[bounds[s] : bounds[s + 1]] - s * per_block for s in range(r)]
+    return replace(block, indices=compact), rows
+
+
+def needed_rows(plan: tuple[RowBlock, list[np.ndarray]], src_block: int) -> np.ndarray:
+    """The rows source block ``src_block`` sends the planned destination each iteration."""
+    return plan[1][src_block]
+
+
+def routed_rating_block(plan: tuple[RowBlock, list[np.ndarray]]) -> RowBlock:
+    return plan[0]
+
+
+def take_rows(factors: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The factors of ``rows`` of one source block (runs where the block is)."""
+    return factors[rows]
+
+
+def routed_source(gram: np.ndarray, *slices: np.ndarray) -> Source:
+    """A destination's compact source: its slices of every source block, in block order."""
+    return Source(factors=np.concatenate(slices), gram=gram)
+
+
+ROUTINGS = ("auto", "route", "broadcast")
+
+ROUTE_ABOVE_BYTES = 64 * 2**20
+"""With ``routing="auto"``, a source side of more float32 bytes than this is routed."""
+
+
+def routing_for(mode: str, n_src_rows: int, k: int, above_bytes: int) -> bool:
+    """Whether a half-step routes its source (True) or broadcasts it (False)."""
+    if mode not in ROUTINGS:
+        raise ValueError(f"ALS routing must be one of {list(ROUTINGS)}, got {mode!r}")
+    if mode == "auto":
+        return n_src_rows * k * 4 > above_bytes
+    return mode == "route"
 
 
 @lru_cache(maxsize=4)
@@ -250,6 +329,54 @@ def _take_rows(full: np.ndarray, block: int, n_blocks: int) -> np.ndarray:
 # ---------------------------------------------------------------------- the driver
 
 
+@dataclass
+class HalfStep:
+    """The fixed wiring of one half-iteration (``src`` -> ``dst``), set once per placement.
+
+    Attributes
+    ----------
+    dst_blocks : list of Future
+        The destination's rating blocks (renumbered into the compact source when routed).
+    dst_where, src_where : list of str
+        The worker of each destination and source block.
+    n_src : int
+        Rows of the source side.
+    needed : list of list of Future, or None
+        ``needed[d][s]``: the local rows of source block ``s`` that destination block
+        ``d`` refers to, held on ``s``'s worker; None when the source is broadcast.
+    """
+
+    dst_blocks: list[Future]
+    dst_where: list[str]
+    src_where: list[str]
+    n_src: int
+    needed: list[list[Future]] | None = None
+    rows_sent: int = 0
+    rows_crossing: int = 0
+
+    @property
+    def routed(self) -> bool:
+        return self.needed is not None
+
+    def traffic(self, k: int) -> dict[str, Any]:
+        """Factor rows and bytes a half-step moves to its destinations per iteration.
+
+        Routed: the planned rows (all, and those crossing between workers); broadcast:
+        the whole source to each worker holding destination blocks but its own.
+        """
+        if self.routed:
+            rows, crossing = self.rows_sent, self.rows_crossing
+        else:
+            rows = self.n_src * len(set(self.dst_where))
+            crossing = self.n_src * max(0, len(set(self.dst_where)) - 1)
+        return {
+            "routed": self.routed,
+            "rows": int(rows),
+            "rows_between_workers": int(crossing),
+            "bytes_between_workers": int(crossing) * k * 4,
+        }
+
+
 class BlockALS:
     """Alternating least squares over row blocks pinned to workers.
 
@@ -267,10 +394,25 @@ class BlockALS:
         ``r = 1`` for every positive (else ``r`` is the rating).
     n_blocks : int, optional
         Blocks per side; default one per worker.
+    routing : {"auto", "route", "broadcast"}, optional
+        How a half-step's source rows reach the destination blocks (see the module
+        docstring): ``"auto"`` routes a source side larger than ``route_above_bytes``
+        and broadcasts a smaller one. Default: Dask config ``mfdask.als.routing``, else
+        ``"auto"``.
+    route_above_bytes : int, optional
+        Default: Dask config ``mfdask.als.route-above-bytes``, else
+        :data:`ROUTE_ABOVE_BYTES` (64 MiB, 262,144 rows at 64 factors).
+    keep_on_workers : (bool, bool)
+        Whether :meth:`factors` leaves the (user, item) side as
+        :class:`~mfdask.engine.state.FactorBlocks` on the workers instead of gathering it.
+    seen_on_workers : bool
+        Keep the record of seen items as blocks on the workers
+        (:class:`~mfdask.engine.state.SeenBlocks`, aligned with the user blocks) instead
+        of assembling it on the client.
 
     Attributes
     ----------
-    seen : scipy.sparse.csr_matrix
+    seen : scipy.sparse.csr_matrix or SeenBlocks
         ``(n_users, n_items)`` bool, every rated item (positive or not).
     n_positives : int
     digest : str
@@ -291,11 +433,24 @@ class BlockALS:
         positive_threshold: float,
         binary: bool,
         n_blocks: int | None = None,
+        routing: str | None = None,
+        route_above_bytes: int | None = None,
+        seen_on_workers: bool = False,
+        keep_on_workers: tuple[bool, bool] = (False, False),
     ) -> None:
         self.client = client
+        self.seen_on_workers = bool(seen_on_workers)
+        self.keep_on_workers = (bool(keep_on_workers[0]), bool(keep_on_workers[1]))
         self.n_users = n_users
         self.n_items = n_items
         self.spec = spec
+        self.routing = str(routing or dask.config.get("mfdask.als.routing", "auto"))
+        routing_for(self.routing, 0, 0, 0)  # refuse an unknown mode before any work
+        self.route_above_bytes = int(
+            route_above_bytes
+            if route_above_bytes is not None
+            else dask.config.get("mfdask.als.route-above-bytes", ROUTE_ABOVE_BYTES)
+        )
         self._ratings = ratings
         self._positive = (float(positive_threshold), bool(binary))
         self.n_blocks = int(n_blocks or len(worker_addresses(client)))
@@ -311,13 +466,13 @@ class BlockALS:
         )
         self.user_factors: list[Future] = []
         self.item_factors: list[Future] = []
-        self._item_source: Future | None = None
 
     def _place(self, first: bool = False) -> None:
         """Shuffle the ratings into blocks on the current workers and compact them.
 
         The first time, also record the seen items and the content digest of the ratings
-        (for checkpoints); :meth:`rebuild` calls it again after a worker was lost.
+        (for checkpoints); :meth:`rebuild` calls it again after a worker was lost. The
+        half-steps are wired (and routes planned) by the next :meth:`initialize`.
         """
         client = self.client
         parts = persist_partitions(client, self._ratings)
@@ -326,8 +481,20 @@ class BlockALS:
             client, parts, self.n_blocks, self.n_items, self.n_users, transpose=True
         )
         del parts
+        if self.seen_on_workers:  # again after a rebuild: the lost worker's blocks went too
+            where = block_workers(client, user_full)
+            self.seen: sp.csr_matrix | SeenBlocks = SeenBlocks(
+                [
+                    client.submit(block_pattern, b, workers=[w], pure=False)
+                    for b, w in zip(user_full, where, strict=True)
+                ],
+                where,
+                self.n_users,
+                self.n_items,
+            )
         if first:
-            self.seen = assemble_seen(client, user_full, self.n_users, self.n_items)
+            if not self.seen_on_workers:
+                self.seen = assemble_seen(client, user_full, self.n_users, self.n_items)
             self.digest = combine_digests(
                 gather(
                     client,
@@ -341,6 +508,9 @@ class BlockALS:
         self._user_where = block_workers(client, self.user_blocks)
         self._item_where = block_workers(client, self.item_blocks)
         self._watched = self._user_where + self._item_where
+        self._user_half: HalfStep | None = None  # src = items
+        self._item_half: HalfStep | None = None  # src = users
+        self._user_sources: list[Future] | None = None
 
     def rebuild(self) -> None:
         """Place the ratings again on the workers there are now (after losing one).
@@ -369,56 +539,190 @@ class BlockALS:
         collect(self.client, out, where)
         return out
 
+    def _pinned(self, func: Callable[..., Any], *args: Any, where: str) -> Future:
+        """``func(*args)`` as a task pinned to worker ``where``."""
+        return self.client.submit(
+            func, *args, workers=[where], allow_other_workers=False, pure=False
+        )
+
+    def _wire(
+        self,
+        dst_blocks: list[Future],
+        dst_where: list[str],
+        src_where: list[str],
+        n_src: int,
+        k: int,
+    ) -> HalfStep:
+        """A half-step's wiring; plans the routes (one pass over the ratings) when routed."""
+        half = HalfStep(dst_blocks, dst_where, src_where, n_src)
+        if not routing_for(self.routing, n_src, k, self.route_above_bytes):
+            return half
+        plans = [
+            self._pinned(route_block, b, self.n_blocks, where=w)
+            for b, w in zip(dst_blocks, dst_where, strict=True)
+        ]
+        half.dst_blocks = [
+            self._pinned(routed_rating_block, p, where=w)
+            for p, w in zip(plans, dst_where, strict=True)
+        ]
+        half.needed = [
+            [self._pinned(needed_rows, p, s, where=w) for s, w in enumerate(src_where)]
+            for p in plans
+        ]
+        collect(
+            self.client, half.dst_blocks + [f for row in half.needed for f in row], self._watched
+        )
+        sizes = gather(
+            self.client,
+            [self.client.submit(len, f, pure=False) for row in half.needed for f in row],
+            self._watched,
+        )
+        r = self.n_blocks
+        half.rows_sent = sum(sizes)
+        half.rows_crossing = sum(
+            n
+            for (d, s), n in zip(itertools.product(range(r), range(r)), sizes, strict=True)
+            if dst_where[d] != src_where[s]
+        )
+        return half
+
     def _scatter_rows(self, full: np.ndarray, where: list[str | None]) -> list[Future]:
         return [
             self.client.scatter(_take_rows(full, b, self.n_blocks), workers=[w], hash=False)
             for b, w in enumerate(where)
         ]
 
-    def initialize(self, user_factors: np.ndarray, item_factors: np.ndarray) -> None:
-        """Start from the given factors (drawn by the caller by global row index)."""
-        self.user_factors = self._scatter_rows(
-            np.asarray(user_factors, np.float32), self._user_where
-        )
-        self.item_factors = self._scatter_rows(
-            np.asarray(item_factors, np.float32), self._item_where
-        )
-        self._item_source = None
+    def initialize(self, user_factors: Any, item_factors: Any) -> None:
+        """Start from the given factors, drawn by global row index.
+
+        Each side is a matrix on the client (scattered block by block),
+        :class:`~mfdask.engine.state.FactorBlocks` with this run's block count (used where
+        they are) or checkpoint :class:`~mfdask.engine.checkpoint.BlockFiles` (read by the
+        workers). The first call after a placement wires the two half-steps
+        (:class:`HalfStep`), planning the routes of a routed side.
+        """
+        k = self.k = int(item_factors.shape[1])
+        if self._user_half is None or self._item_half is None:
+            self._user_half = self._wire(
+                self.user_blocks, self._user_where, self._item_where, self.n_items, k
+            )
+            self._item_half = self._wire(
+                self.item_blocks, self._item_where, self._user_where, self.n_users, k
+            )
+            self.user_blocks = self._user_half.dst_blocks
+            self.item_blocks = self._item_half.dst_blocks
+        self.user_factors = self._blocks_of(user_factors, self._user_where)
+        self.item_factors = self._blocks_of(item_factors, self._item_where)
+        self._user_sources = None
+
+    def _blocks_of(self, factors: Any, where: list[str]) -> list[Future]:
+        if isinstance(factors, BlockFiles):  # from a checkpoint directory: workers read it
+            factors = factors.load(self.client, where)
+        if isinstance(factors, FactorBlocks):
+            if factors.n_blocks != self.n_blocks:
+                raise ValueError(
+                    f"factor blocks of {factors.n_blocks} blocks given to a run of "
+                    f"{self.n_blocks} blocks"
+                )
+            return list(factors.blocks)
+        return self._scatter_rows(np.asarray(factors, np.float32), where)
+
+    def state(self, users_on_workers: bool, items_on_workers: bool) -> tuple[Any, Any]:
+        """The current ``(user, item)`` factors: :class:`FactorBlocks` where asked, else
+        matrices gathered to the client."""
+        k = self.k
+        out: list[Any] = []
+        for on_workers, blocks, where, n in (
+            (users_on_workers, self.user_factors, self._user_where, self.n_users),
+            (items_on_workers, self.item_factors, self._item_where, self.n_items),
+        ):
+            if on_workers:
+                out.append(FactorBlocks(list(blocks), list(where), n, k))
+            else:
+                out.append(_interleave(gather(self.client, blocks, self._watched), n))
+        return out[0], out[1]
 
     @property
     def rating_block_keys(self) -> list[Hashable]:
         """Keys of the compacted rating blocks (for checking that they never move)."""
         return [f.key for f in self.user_blocks + self.item_blocks]
 
-    # -- iterations ---------------------------------------------------------------
-    def _source(self, factor_blocks: list[Future], n_rows: int) -> Future:
-        grams = [self.client.submit(partial_gram, f, pure=False) for f in factor_blocks]
-        return self.client.submit(assemble_source, n_rows, factor_blocks, grams, pure=False)
+    @property
+    def user_where(self) -> list[str]:
+        """The worker of each user block (where user factor blocks are placed)."""
+        return list(self._user_where)
 
-    def _half(
-        self,
-        dst_blocks: list[Future],
-        source: Future,
-        previous: list[Future],
-        where: list[str | None],
-    ) -> list[Future]:
-        """One half-iteration: solve every destination block against ``source``."""
-        return [
-            self.client.submit(solve_block, block, source, prev, self.spec, workers=[w], pure=False)
-            for block, prev, w in zip(dst_blocks, previous, where, strict=True)
+    @property
+    def item_where(self) -> list[str]:
+        return list(self._item_where)
+
+    def traffic(self) -> dict[str, dict[str, Any]]:
+        """Per half-step (``user_half``: src = items; ``item_half``: src = users), the factor
+        rows moved per iteration (:meth:`HalfStep.traffic`); for the cost model."""
+        user_half, item_half = self._halves()
+        return {"user_half": user_half.traffic(self.k), "item_half": item_half.traffic(self.k)}
+
+    @property
+    def routed(self) -> tuple[bool, bool]:
+        """Whether the (user half, item half) route their source rather than broadcast it."""
+        return (
+            self._user_half is not None and self._user_half.routed,
+            self._item_half is not None and self._item_half.routed,
+        )
+
+    # -- iterations ---------------------------------------------------------------
+    def _gram(self, factor_blocks: list[Future], where: list[str]) -> Future:
+        """``srcᵀsrc`` as a tree reduction of per-block partials (fan-in GRAM_FAN_IN)."""
+        level = [
+            self._pinned(partial_gram, f, where=w)
+            for f, w in zip(factor_blocks, where, strict=True)
         ]
+        while len(level) > 1:
+            level = [
+                self.client.submit(sum_grams, *level[i : i + GRAM_FAN_IN], pure=False)
+                for i in range(0, len(level), GRAM_FAN_IN)
+            ]
+        return level[0]
+
+    def _sources(self, half: HalfStep, factor_blocks: list[Future]) -> list[Future]:
+        """What each destination block of ``half`` solves against, from the source factors."""
+        gram = self._gram(factor_blocks, half.src_where)
+        if half.needed is None:
+            source = self.client.submit(
+                assemble_source, half.n_src, factor_blocks, gram, pure=False
+            )
+            return [source] * len(half.dst_blocks)
+        sources = []
+        for needed, w_dst in zip(half.needed, half.dst_where, strict=True):
+            slices = [
+                self._pinned(take_rows, f, rows, where=w_src)
+                for f, rows, w_src in zip(factor_blocks, needed, half.src_where, strict=True)
+            ]
+            sources.append(self._pinned(routed_source, gram, *slices, where=w_dst))
+        return sources
+
+    def _solve(self, half: HalfStep, sources: list[Future], previous: list[Future]) -> list[Future]:
+        """Solve every destination block of ``half`` against its source."""
+        return [
+            self._pinned(solve_block, block, source, prev, self.spec, where=w)
+            for block, source, prev, w in zip(
+                half.dst_blocks, sources, previous, half.dst_where, strict=True
+            )
+        ]
+
+    def _halves(self) -> tuple[HalfStep, HalfStep]:
+        if self._user_half is None or self._item_half is None:
+            raise RuntimeError("BlockALS.initialize must be called before iterating")
+        return self._user_half, self._item_half
 
     def iterate(self) -> None:
         """One full iteration: users against items, then items against users."""
-        item_source = self._item_source or self._source(self.item_factors, self.n_items)
-        self.user_factors = self._half(
-            self.user_blocks, item_source, self.user_factors, self._user_where
-        )
-        user_source = self._source(self.user_factors, self.n_users)
-        self.item_factors = self._half(
-            self.item_blocks, user_source, self.item_factors, self._item_where
-        )
-        self._item_source = self._source(self.item_factors, self.n_items)
+        user_half, item_half = self._halves()
+        user_sources = self._user_sources or self._sources(user_half, self.item_factors)
+        self.user_factors = self._solve(user_half, user_sources, self.user_factors)
+        item_sources = self._sources(item_half, self.user_factors)
+        self.item_factors = self._solve(item_half, item_sources, self.item_factors)
+        self._user_sources = self._sources(user_half, self.item_factors)
 
     def loss(self) -> float:
         """The objective of the current factors, divided by the number of positives.
@@ -426,18 +730,22 @@ class BlockALS:
         Computed block by block over the user blocks (weighted squared error and user L2)
         and item blocks (item L2); only one float per block comes back.
         """
-        item_source = self._item_source or self._source(self.item_factors, self.n_items)
-        self._item_source = item_source
-        where_u, where_i = self._user_where, self._item_where
+        user_half, _ = self._halves()
+        if self._user_sources is None:
+            self._user_sources = self._sources(user_half, self.item_factors)
         parts = [
-            self.client.submit(
-                block_objective, b, item_source, f, self.spec, workers=[w], pure=False
+            self._pinned(block_objective, b, source, f, self.spec, where=w)
+            for b, source, f, w in zip(
+                self.user_blocks,
+                self._user_sources,
+                self.user_factors,
+                self._user_where,
+                strict=True,
             )
-            for b, f, w in zip(self.user_blocks, self.user_factors, where_u, strict=True)
         ]
         penalties = [
-            self.client.submit(block_penalty, b, f, self.spec, workers=[w], pure=False)
-            for b, f, w in zip(self.item_blocks, self.item_factors, where_i, strict=True)
+            self._pinned(block_penalty, b, f, self.spec, where=w)
+            for b, f, w in zip(self.item_blocks, self.item_factors, self._item_where, strict=True)
         ]
         errors = gather(self.client, parts, self._watched)
         pens = gather(self.client, penalties, self._watched)
@@ -448,8 +756,11 @@ class BlockALS:
         """Block until the current factors exist (for timing)."""
         collect(self.client, self.user_factors + self.item_factors, self._watched)
 
-    def factors(self) -> tuple[np.ndarray, np.ndarray]:
-        """The current ``(user_factors, item_factors)`` gathered to the client."""
+    def factors(self) -> tuple[Any, Any]:
+        """The current ``(user, item)`` factors: gathered to the client, except a side
+        kept on the workers (``keep_on_workers``), which stays as FactorBlocks."""
+        if any(self.keep_on_workers):
+            return self.state(*self.keep_on_workers)
         users = gather(self.client, self.user_factors, self._watched)
         items = gather(self.client, self.item_factors, self._watched)
         return _interleave(users, self.n_users), _interleave(items, self.n_items)
@@ -458,7 +769,8 @@ class BlockALS:
         """Release every future this fit holds."""
         self.user_blocks = self.item_blocks = []
         self.user_factors = self.item_factors = []
-        self._item_source = None
+        self._user_half = self._item_half = None
+        self._user_sources = None
 
 
 def _interleave(blocks: list[np.ndarray], n_rows: int) -> np.ndarray:

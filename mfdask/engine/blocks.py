@@ -243,7 +243,8 @@ def block_workers(client: Client, blocks: list[Future]) -> list[str | None]:
     return [sorted(where[f.key])[0] if where.get(f.key) else None for f in blocks]
 
 
-def _block_pattern(block: RowBlock) -> tuple[int, int, np.ndarray, np.ndarray]:
+def block_pattern(block: RowBlock) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """``(block, n_blocks, indptr, indices)``: the sparsity pattern of a block, no values."""
     return block.block, block.n_blocks, block.indptr, block.indices
 
 
@@ -256,7 +257,7 @@ def assemble_seen(client: Client, blocks: list[Future], n_rows: int, n_cols: int
     """
     import scipy.sparse as sp
 
-    patterns = client.gather([client.submit(_block_pattern, b, pure=False) for b in blocks])
+    patterns = client.gather([client.submit(block_pattern, b, pure=False) for b in blocks])
     counts = np.zeros(n_rows, dtype=np.int64)
     for block, n_blocks, indptr, _ in patterns:
         counts[block::n_blocks] = np.diff(indptr)

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from mfdask.data.dataset import atomic_directory, write_json_atomic
+from mfdask.engine.state import FactorBlocks
 
 LATEST_FILE = "LATEST"
 STATE_FILE = "state.json"
@@ -40,11 +41,34 @@ class CheckpointError(RuntimeError):
 
 @dataclass
 class Checkpoint:
-    """One saved point of a fit."""
+    """One saved point of a fit.
+
+    ``arrays`` hold matrices on the client, :class:`~mfdask.engine.state.FactorBlocks`
+    (a large side kept on the workers, in memory), or :class:`BlockFiles` (such a side
+    read back from a checkpoint directory: the engine loads it onto its workers).
+    """
 
     iteration: int
-    arrays: dict[str, np.ndarray]
+    arrays: dict[str, Any]
     state: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class BlockFiles:
+    """A distributed matrix saved block by block by the workers (``*.block-B-of-R.npy``)."""
+
+    directory: Path
+    files: list[str]
+    n_rows: int
+    k: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n_rows, self.k)
+
+    def load(self, client: Any, where: list[str]) -> FactorBlocks:
+        """The blocks, each loaded by the worker it is placed on."""
+        return FactorBlocks.read_npy(client, self.directory, self.files, self.n_rows, self.k, where)
 
 
 class CheckpointStore:
@@ -71,12 +95,22 @@ class CheckpointStore:
         """Write a checkpoint for the end of ``iteration`` atomically and prune old ones."""
         self.directory.mkdir(parents=True, exist_ok=True)
         target = self.directory / self._name(iteration)
+        blocks: dict[str, dict[str, Any]] = {}
         with atomic_directory(target, overwrite=True) as tmp:
             for name, array in arrays.items():
-                np.save(tmp / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
+                if isinstance(array, FactorBlocks):  # each worker writes its own block
+                    files = array.write_npy(tmp, name)
+                    blocks[name] = {"files": files, "n_rows": array.n_rows, "k": array.k}
+                else:
+                    np.save(tmp / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
             write_json_atomic(
                 tmp / STATE_FILE,
-                {"iteration": iteration, "arrays": sorted(arrays), "state": state},
+                {
+                    "iteration": iteration,
+                    "arrays": sorted(set(arrays) - set(blocks)),
+                    "blocks": blocks,
+                    "state": state,
+                },
             )
         write_json_atomic(self.directory / LATEST_FILE, {"checkpoint": target.name})
         self._prune()
@@ -110,9 +144,14 @@ class CheckpointStore:
         path = Path(path)
         try:
             meta = json.loads((path / STATE_FILE).read_text())
-            arrays = {
+            arrays: dict[str, Any] = {
                 name: np.load(path / f"{name}.npy", allow_pickle=False) for name in meta["arrays"]
             }
+            for name, spec in meta.get("blocks", {}).items():
+                missing = [f for f in spec["files"] if not (path / f).is_file()]
+                if missing:
+                    raise OSError(f"block files {missing} are missing")
+                arrays[name] = BlockFiles(path, list(spec["files"]), spec["n_rows"], spec["k"])
         except (KeyError, json.JSONDecodeError, OSError, ValueError) as exc:
             raise CheckpointError(f"checkpoint {path} is incomplete or corrupt: {exc!r}") from exc
         return Checkpoint(iteration=int(meta["iteration"]), arrays=arrays, state=meta["state"])
@@ -235,9 +274,16 @@ class FitCheckpoints:
     ) -> Checkpoint:
         """Keep a checkpoint in memory and, with a directory, write it atomically."""
         state = json.loads(json.dumps({**state, "identity": self.identity}))
-        arrays = {name: np.asarray(a) for name, a in arrays.items()}
+        arrays = {
+            name: a if isinstance(a, (FactorBlocks, BlockFiles)) else np.asarray(a)
+            for name, a in arrays.items()
+        }
         if self.store is not None:
             self.store.save(iteration, arrays, state)
+        elif not state.get("finished"):
+            for a in arrays.values():
+                if isinstance(a, FactorBlocks):
+                    a.replicate()  # the only copy of this point: survive one lost worker
         self.last = Checkpoint(iteration=iteration, arrays=arrays, state=state)
         return self.last
 

@@ -95,12 +95,28 @@ def start_local(spec: ClusterSpec) -> Client:
     return Client(cluster, set_as_default=True)
 
 
+_TRANSIENT: set[int] = set()
+"""Clients of a ``LocalCluster`` that :func:`session` started, unasked, for one call."""
+
+
+def is_transient(client: Client) -> bool:
+    """Whether ``client``'s cluster ends with the call that started it.
+
+    True inside ``session()`` called without a spec and without a default client (a fit
+    or ``recommend_all`` with no cluster around it); a job's session (with a spec) lives
+    as long as the job. State kept on a transient cluster would vanish with it, so fits
+    on it gather their factors to the client.
+    """
+    return id(client) in _TRANSIENT
+
+
 @contextmanager
 def session(spec: ClusterSpec | None = None) -> Iterator[Client]:
     """Yield a client: the given scheduler, the caller's default client, or a new local one.
 
     A cluster started here is closed on exit; a client the caller made is left alone.
     """
+    implicit = spec is None
     spec = spec or ClusterSpec()
     if spec.scheduler:
         client = connect(spec.scheduler, spec.timeout)
@@ -114,10 +130,13 @@ def session(spec: ClusterSpec | None = None) -> Iterator[Client]:
         yield existing
         return
     client = start_local(spec)
+    if implicit:
+        _TRANSIENT.add(id(client))
     try:
         yield client
     finally:
         cluster = client.cluster
+        _TRANSIENT.discard(id(client))
         client.close()
         if cluster is not None:
             cluster.close()

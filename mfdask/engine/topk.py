@@ -57,6 +57,7 @@ from mfdask.data import schema
 from mfdask.data.dataset import Dataset, atomic_directory, open_dataset, write_json_atomic
 from mfdask.engine import ann
 from mfdask.engine.cluster import session, wait_for, worker_addresses
+from mfdask.engine.state import FactorBlocks, SeenBlocks
 from mfdask.recommend import DEFAULT_CHUNK_CELLS, chunk_rows, top_k_of_scores
 
 if TYPE_CHECKING:
@@ -221,6 +222,11 @@ def _score_block(
     n_cols = candidates.shape[0]
     if isinstance(exclude, _DatasetSeen):
         exclude = _seen_from_dataset(exclude, job, rows, n_cols)
+    elif isinstance(exclude, tuple):  # a SeenBlocks block: (block, n_blocks, indptr, indices)
+        _, _, indptr, indices = exclude
+        exclude = sp.csr_matrix(
+            (np.ones(len(indices), np.int8), indices, indptr), shape=(len(indptr) - 1, n_cols)
+        )
     k = min(job.n, n_cols)
     part_dir = out_dir / f"{job.key}_block={job.block}"
     part_dir.mkdir()
@@ -347,7 +353,7 @@ def _run_blocks(
     result_column: str,
     rows: np.ndarray,
     query_ids: np.ndarray,
-    query_vectors: np.ndarray | None,
+    query_vectors: np.ndarray | None,  # row j: the vector of rows[j]
     candidates: np.ndarray,
     candidate_ids: pd.Index,
     query_type: pa.DataType,
@@ -359,8 +365,15 @@ def _run_blocks(
     overwrite: bool,
     manifest_extra: dict[str, Any],
     ann_params: ann.AnnParams | None = None,
+    query_blocks: FactorBlocks | None = None,
+    seen_blocks: SeenBlocks | None = None,
 ) -> TopKOutput:
-    """Shared driver of :func:`recommend_all` and :func:`similar_items_all`."""
+    """Shared driver of :func:`recommend_all` and :func:`similar_items_all`.
+
+    With ``query_blocks`` (a user side held on the workers, every user queried) each
+    output block is one factor block, scored on the worker that holds it against its own
+    :class:`~mfdask.engine.state.SeenBlocks` block: only the ids travel.
+    """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     if isinstance(chunk_cells, bool) or int(chunk_cells) < 1:
@@ -369,7 +382,10 @@ def _run_blocks(
     started = time.perf_counter()
     with session() as client:
         workers = worker_addresses(client)
-        r = _n_blocks(len(rows), len(workers), block_multiple, n_blocks)
+        if query_blocks is not None:
+            r = query_blocks.n_blocks
+        else:
+            r = _n_blocks(len(rows), len(workers), block_multiple, n_blocks)
         candidates = np.ascontiguousarray(candidates, dtype=np.float32)
         cand_ids = candidate_ids.to_numpy()
         # Broadcast once: every block on every worker scores against all candidates.
@@ -400,17 +416,30 @@ def _run_blocks(
                         result_type=_arrow_type(candidate_ids),
                         ann=ann_params,
                     )
-                    target = workers[b % len(workers)]
-                    payload = [block_rows, query_ids[sel]]
-                    if query_vectors is not None:
-                        payload.append(np.ascontiguousarray(query_vectors[block_rows]))
-                    ex = exclude_for(block_rows)
-                    if sp.issparse(ex):
-                        payload.append(ex)
-                    scattered = client.scatter(payload, workers=[target], hash=False)
-                    rows_f, ids_f = scattered[0], scattered[1]
-                    qv_f = scattered[2] if query_vectors is not None else None
-                    ex_f = scattered[-1] if sp.issparse(ex) else ex
+                    qv_f: Any
+                    if query_blocks is not None:
+                        target = query_blocks.where[b]
+                        rows_f, ids_f = client.scatter(
+                            [block_rows, query_ids[sel]], workers=[target], hash=False
+                        )
+                        qv_f = query_blocks.blocks[b]
+                        ex_f = (
+                            seen_blocks.blocks[b]
+                            if seen_blocks is not None
+                            else exclude_for(block_rows)
+                        )
+                    else:
+                        target = workers[b % len(workers)]
+                        payload = [block_rows, query_ids[sel]]
+                        if query_vectors is not None:
+                            payload.append(np.ascontiguousarray(query_vectors[sel]))
+                        ex = exclude_for(block_rows)
+                        if sp.issparse(ex):
+                            payload.append(ex)
+                        scattered = client.scatter(payload, workers=[target], hash=False)
+                        rows_f, ids_f = scattered[0], scattered[1]
+                        qv_f = scattered[2] if query_vectors is not None else None
+                        ex_f = scattered[-1] if sp.issparse(ex) else ex
                     futures.append(
                         client.submit(
                             _score_block,
@@ -532,7 +561,18 @@ def recommend_all(
         rows = np.arange(model.n_users, dtype=np.int64)
     else:
         rows = np.unique(model.user_index(users))
-    uvec, ivec = model._score_vectors()
+    held = model.__dict__.get("_user_factors")
+    query_blocks = held if isinstance(held, FactorBlocks) and users is None else None
+    if query_blocks is not None and n_blocks is not None:
+        query_blocks = None  # other output blocks asked for: score from fetched rows
+    uvec: np.ndarray | None
+    if query_blocks is not None:
+        uvec, ivec = None, model._item_vectors()
+    elif isinstance(held, FactorBlocks):  # a subset of users: fetch just their rows
+        uvec, ivec = model._user_rows(rows), model._item_vectors()
+    else:
+        uvec, ivec = model._score_vectors()
+        uvec = uvec if users is None else uvec[rows]
     params = ann.resolve_method(method, int(ivec.shape[0]), ann_options)
     block_multiple = 1
     source = None
@@ -548,12 +588,17 @@ def recommend_all(
         src = _DatasetSeen(str(ds.ratings_path.resolve()), d)
         exclude_for = _Const(src)
         source = str(ds.path)
-    elif (seen := getattr(model, "seen_items_", None)) is not None:
-        seen_csr = seen.tocsr()
-        exclude_for = _RowsOf(seen_csr)
+    elif getattr(model, "seen_items_", None) is not None:
+        seen_held = model.seen_items_
+        exclude_for = _RowsOf(seen_held if isinstance(seen_held, SeenBlocks) else seen_held.tocsr())
         source = "model.seen_items_"
     else:
         exclude_for = _none
+    seen_blocks = None
+    if query_blocks is not None and filter_seen and isinstance(model.seen_items_, SeenBlocks):
+        seen_blocks = model.seen_items_
+        if seen_blocks.n_blocks != query_blocks.n_blocks:
+            seen_blocks = None
     return _run_blocks(
         model,
         path=Path(path),
@@ -563,7 +608,7 @@ def recommend_all(
         result_column=schema.ITEM_ID,
         rows=rows,
         query_ids=model.user_ids_.to_numpy()[rows],
-        query_vectors=np.asarray(uvec, dtype=np.float32),
+        query_vectors=None if uvec is None else np.asarray(uvec, dtype=np.float32),
         candidates=ivec,
         candidate_ids=model.item_ids_,
         query_type=_arrow_type(model.user_ids_),
@@ -576,9 +621,12 @@ def recommend_all(
         manifest_extra={
             "filter_seen": bool(filter_seen),
             "seen_source": source,
+            "from_worker_blocks": query_blocks is not None,
             **(metadata or {}),
         },
         ann_params=params,
+        query_blocks=query_blocks,
+        seen_blocks=seen_blocks,
     )
 
 

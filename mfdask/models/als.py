@@ -9,6 +9,8 @@ import numpy as np
 from mfdask.data import schema
 from mfdask.data.training import TrainingData
 from mfdask.engine.als import BlockALS, SolveSpec
+from mfdask.engine.checkpoint import BlockFiles
+from mfdask.engine.state import FactorBlocks, keeps_on_workers
 from mfdask.engine.trainer import FitResult, IterationReport, Objective, State
 from mfdask.models.base import (
     EpochCallback,
@@ -227,6 +229,9 @@ class ALS(FactorModel):
         items = (rng.standard_normal((data.n_items, self.factors)) * 0.01).astype(np.float32)
         return users, items
 
+    INIT_SCALE: ClassVar[float] = 0.01
+    """Standard deviation of the initial factors."""
+
     def _fit(self, data: TrainingData, validation: Any, callback: EpochCallback | None) -> None:
         objective = _ALSObjective(self, data, validation)
         self._run_trainer(objective, self.iterations, "iteration", callback)
@@ -254,6 +259,12 @@ class _ALSObjective(Objective):
 
     def build(self, client: Any) -> BlockALS:
         m, data = self.model, self.data
+        k = int(m.factors)
+        self.on_workers = (
+            keeps_on_workers(client, data.n_users * k * 4),
+            keeps_on_workers(client, data.n_items * k * 4),
+        )
+        self.client = client
         return BlockALS(
             client,
             data.ratings,
@@ -263,6 +274,8 @@ class _ALSObjective(Objective):
             positive_threshold=float(m.positive_threshold),
             binary=m.preference == "binary",
             n_blocks=m._resumable_blocks(),
+            seen_on_workers=self.on_workers[0],
+            keep_on_workers=self.on_workers,
         )
 
     def begin(self, engine: BlockALS) -> dict[str, Any]:
@@ -277,8 +290,32 @@ class _ALSObjective(Objective):
         return m._fit_identity(data, engine.digest, engine.n_blocks)
 
     def initial_state(self, rng: np.random.Generator) -> tuple[State, State]:
-        users, items = self.model._initial_factors(self.data, rng)
-        return {"factors": users}, {"factors": items}
+        """Client-side draws (:meth:`ALS._initial_factors`) unless a side stays on the
+        workers: that side is drawn there, block by block, by the counter-based generator
+        of :mod:`mfdask.kernels.init` (other floats from the same seed, equally
+        independent of the block layout). A warm start (``partial_fit`` wraps
+        ``_initial_factors`` on the instance) goes through the client."""
+        m, data = self.model, self.data
+        if not any(self.on_workers) or "_initial_factors" in m.__dict__:
+            users, items = m._initial_factors(data, rng)
+            return {"factors": users}, {"factors": items}
+        seed = int(rng.integers(0, 2**63))
+        sides: list[Any] = []
+        for side, (kept, n, where) in enumerate(
+            (
+                (self.on_workers[0], data.n_users, self.engine.user_where),
+                (self.on_workers[1], data.n_items, self.engine.item_where),
+            )
+        ):
+            if kept:
+                sides.append(
+                    FactorBlocks.normal(self.client, n, m.factors, m.INIT_SCALE, seed + side, where)
+                )
+            else:
+                side_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(side,)))
+                draw = side_rng.standard_normal((n, m.factors)) * m.INIT_SCALE
+                sides.append(draw.astype(np.float32))
+        return {"factors": sides[0]}, {"factors": sides[1]}
 
     def sampling_seed(self, rng: np.random.Generator) -> int:
         return 0  # nothing is drawn after the start
@@ -295,8 +332,15 @@ class _ALSObjective(Objective):
         return self.model._validation_score(self.validation)
 
     def finish(self, result: FitResult) -> None:
-        m = self.model
-        m.user_factors_, m.item_factors_ = result.user["factors"], result.item["factors"]
+        m, engine = self.model, self.engine
+        users, items = result.user["factors"], result.item["factors"]
+        if isinstance(users, BlockFiles):  # a resumed fit that had already finished
+            users = users.load(self.client, engine.user_where)
+        if isinstance(items, BlockFiles):
+            items = items.load(self.client, engine.item_where)
+        m.user_factors_, m.item_factors_ = users, items
+        m.seen_items_ = engine.seen  # placed again if a worker was lost
+        m.metrics_["traffic"] = engine.traffic()
         if result.early_stopping:
             m.metrics_["best_iteration"] = (result.best_iteration or 0) + 1
             m.metrics_[m.validation_metric] = result.best_score

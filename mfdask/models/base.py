@@ -37,6 +37,7 @@ import scipy.sparse as sp
 from mfdask.data import schema
 from mfdask.data.dataset import Dataset, atomic_directory, open_dataset, write_json_atomic
 from mfdask.data.training import TrainingData, as_training_data
+from mfdask.engine.state import FactorBlocks, SeenBlocks
 from mfdask.recommend import chunk_rows, top_k_of_scores
 
 if TYPE_CHECKING:
@@ -46,6 +47,8 @@ MODEL_FILE = "model.json"
 USER_FACTORS_FILE = "user_factors.parquet"
 ITEM_FACTORS_FILE = "item_factors.parquet"
 SEEN_FILE = "seen_items.npz"
+SEEN_DIR = "seen_items"
+"""A distributed model's seen items: ``seen_items/block=B/part-0.parquet`` (user_idx, item_idx)."""
 ITEMS_META_FILE = "items.parquet"
 
 EpochCallback = Callable[[dict[str, Any]], Any]
@@ -123,6 +126,10 @@ def _read_factors(path: Path, id_name: str) -> tuple[pd.Index, np.ndarray, dict[
     return ids, factors, extra
 
 
+def _as_matrix(held: Any) -> np.ndarray:
+    return held.to_numpy() if isinstance(held, FactorBlocks) else held
+
+
 class FactorModel:
     """Base of every mfdask model: recommend, similar items/users, save and load.
 
@@ -151,19 +158,77 @@ class FactorModel:
     positive_threshold: float
     validation_k: int
     validation_metric: str
-    # Learned state:
-    user_factors_: np.ndarray
-    item_factors_: np.ndarray
+    # Learned state (user_factors_, item_factors_ and seen_items_ are properties below):
     user_ids_: pd.Index
     item_ids_: pd.Index
     items_: pd.DataFrame | None
-    seen_items_: sp.csr_matrix | None
     fingerprint_: str
     history_: list[dict[str, Any]]
     metrics_: dict[str, Any]
     # During a fit: the placed validation ratings, and what a partial_fit updates.
     _validator: RankingEvaluator | None
     _update_of: dict[str, Any]
+
+    # ------------------------------------------------------------------ learned state
+    # A side's factors are a matrix on the client, or FactorBlocks on the workers when
+    # the side is large and the cluster outlives the fit (mfdask.engine.state). The
+    # attributes read as matrices either way; reading a distributed side gathers it
+    # (with a GatherWarning above the gather threshold), so the methods below ask for
+    # rows (_user_rows) or hand the blocks to the engine instead.
+    @property
+    def user_factors_(self) -> np.ndarray:
+        """``(n_users, factors) float32`` (gathered from the workers when held there)."""
+        return _as_matrix(self._state("_user_factors"))
+
+    @user_factors_.setter
+    def user_factors_(self, value: Any) -> None:
+        self.__dict__["_user_factors"] = value
+
+    @property
+    def item_factors_(self) -> np.ndarray:
+        """``(n_items, factors) float32`` (gathered from the workers when held there)."""
+        return _as_matrix(self._state("_item_factors"))
+
+    @item_factors_.setter
+    def item_factors_(self, value: Any) -> None:
+        self.__dict__["_item_factors"] = value
+
+    @property
+    def seen_items_(self) -> Any:
+        """``(n_users, n_items)`` bool CSR of the training items, or
+        :class:`~mfdask.engine.state.SeenBlocks` on the workers (rows by ``[rows]``,
+        whole by ``tocsr()``), or None when unknown."""
+        return self.__dict__.get("_seen_items")
+
+    @seen_items_.setter
+    def seen_items_(self, value: Any) -> None:
+        self.__dict__["_seen_items"] = value
+
+    def _state(self, name: str) -> Any:
+        try:
+            return self.__dict__[name]
+        except KeyError:
+            raise AttributeError(name.lstrip("_") + "_") from None
+
+    @property
+    def distributed(self) -> bool:
+        """Whether any of the model's factors live as blocks on the workers."""
+        return any(
+            isinstance(self.__dict__.get(n), FactorBlocks)
+            for n in ("_user_factors", "_item_factors")
+        )
+
+    def _user_rows(self, users: np.ndarray) -> np.ndarray:
+        """Score vectors of dense ``users`` only: from the blocks that hold them when the
+        user side is distributed (a plain dot-product model), else rows of
+        :meth:`_score_vectors`."""
+        held = self.__dict__.get("_user_factors")
+        if (
+            isinstance(held, FactorBlocks)
+            and type(self)._score_vectors is FactorModel._score_vectors
+        ):
+            return held.take(users)
+        return self._score_vectors()[0][users]
 
     # ------------------------------------------------------------------ parameters
     @classmethod
@@ -451,10 +516,21 @@ class FactorModel:
 
         The ranking score for implicit models; SVD overrides it with the clipped rating.
         """
-        uvec, ivec = self._score_vectors()
         users = np.asarray(users, dtype=np.int64)
         items = np.asarray(items, dtype=np.int64)
-        return np.einsum("ij,ij->i", uvec[users], ivec[items]).astype(np.float32)
+        if self.distributed:
+            uvec = self._user_rows(users)
+            ivec = self._item_vectors()[items]
+        else:
+            u_all, i_all = self._score_vectors()
+            uvec, ivec = u_all[users], i_all[items]
+        return np.einsum("ij,ij->i", uvec, ivec).astype(np.float32)
+
+    def _item_vectors(self) -> np.ndarray:
+        """The candidate side of the score (every item, biases folded in)."""
+        if self.distributed and type(self)._score_vectors is FactorModel._score_vectors:
+            return self.item_factors_
+        return self._score_vectors()[1]
 
     def recommend(
         self,
@@ -545,7 +621,7 @@ class FactorModel:
     def _recommend_indices(
         self, users: np.ndarray, n: int, filter_seen: bool, items: Sequence[Any] | None
     ) -> pd.DataFrame:
-        uvec, ivec = self._score_vectors()
+        ivec = self._item_vectors()
         candidates = None if items is None else np.unique(self.item_index(items))
         if candidates is not None:
             ivec = ivec[candidates]
@@ -554,7 +630,7 @@ class FactorModel:
         out_u, out_i, out_s = [], [], []
         for start in range(0, len(users), step):
             chunk = users[start : start + step]
-            scores = uvec[chunk] @ ivec.T
+            scores = self._user_rows(chunk) @ ivec.T
             exclude = None
             if filter_seen and seen is not None:
                 exclude = seen[chunk]
@@ -717,27 +793,46 @@ class FactorModel:
         history, package version), ``user_factors.parquet`` and ``item_factors.parquet``
         (original id, ``factors`` as a fixed-size list, biases where the model has them),
         ``seen_items.npz`` and ``items.parquet`` (titles) when known.
+
+        A side held on the workers is written by them, block by block, as a directory
+        ``user_factors/block=B/part-0.parquet`` (same columns; ``seen_items/`` likewise
+        with ``user_idx, item_idx``), so saving never gathers it; ``model.json``'s
+        ``layout`` names the block directories. The path must then be on storage the
+        workers share with the client.
         """
         from mfdask import __version__
 
         self._check_fitted()
+        layout: dict[str, Any] = {}
         with atomic_directory(path, overwrite=overwrite) as tmp:
-            _write_factors(
-                tmp / USER_FACTORS_FILE,
-                schema.USER_ID,
-                self.user_ids_,
-                self.user_factors_,
-                self._extra_user_columns(),
-            )
-            _write_factors(
-                tmp / ITEM_FACTORS_FILE,
-                schema.ITEM_ID,
-                self.item_ids_,
-                self.item_factors_,
-                self._extra_item_columns(),
-            )
-            seen = getattr(self, "seen_items_", None)
-            if seen is not None:
+            for side, file, id_name, ids, extra in (
+                (
+                    "_user_factors",
+                    USER_FACTORS_FILE,
+                    schema.USER_ID,
+                    self.user_ids_,
+                    self._extra_user_columns(),
+                ),
+                (
+                    "_item_factors",
+                    ITEM_FACTORS_FILE,
+                    schema.ITEM_ID,
+                    self.item_ids_,
+                    self._extra_item_columns(),
+                ),
+            ):
+                held = self._state(side)
+                if isinstance(held, FactorBlocks):  # each worker writes its own block
+                    name = file.removesuffix(".parquet")
+                    held.write_parquet(tmp / name, id_name, ids, extra)
+                    layout[name] = {"blocks": held.n_blocks}
+                else:
+                    _write_factors(tmp / file, id_name, ids, held, extra)
+            seen = self.seen_items_
+            if isinstance(seen, SeenBlocks):
+                seen.write_parquet(tmp / SEEN_DIR)
+                layout[SEEN_DIR] = {"blocks": seen.n_blocks}
+            elif seen is not None:
                 sp.save_npz(tmp / SEEN_FILE, seen.tocsr(), compressed=False)
             if self.items_ is not None:
                 self.items_.to_parquet(tmp / ITEMS_META_FILE, index=False)
@@ -749,7 +844,8 @@ class FactorModel:
                     "fingerprint": self.fingerprint_,
                     "n_users": self.n_users,
                     "n_items": self.n_items,
-                    "factors": int(self.item_factors_.shape[1]),
+                    "factors": int(self._state("_item_factors").shape[1]),
+                    "layout": layout,
                     "metrics": self.metrics_,
                     "history": self.history_,
                     "state": self._extra_state(),
@@ -769,13 +865,83 @@ class FactorModel:
             )
 
 
+def _read_side(
+    root: Path, file: str, id_name: str, layout: dict[str, Any], n_rows: int, k: int
+) -> tuple[pd.Index, np.ndarray | FactorBlocks, dict[str, np.ndarray]]:
+    """One side of a saved model: a single file, or block directories written by workers.
+
+    Blocks are loaded onto the workers of the caller's client when the side is larger
+    than the gather threshold (and there is a client); otherwise read into the client.
+    Only the ids (and per-row extras such as biases) are always read by the client.
+    """
+    name = file.removesuffix(".parquet")
+    if name not in layout:
+        return _read_factors(root / file, id_name)
+    directory = root / name
+    n_blocks = int(layout[name]["blocks"])
+    tables = [
+        pq.read_table(directory / f"block={b}" / "part-0.parquet", columns=None).drop_columns(
+            ["factors"]
+        )
+        for b in range(n_blocks)
+    ]
+    ids = np.empty(n_rows, dtype=tables[0].column(id_name).to_numpy().dtype)
+    extra: dict[str, np.ndarray] = {}
+    for b, t in enumerate(tables):
+        ids[b::n_blocks] = t.column(id_name).to_numpy()
+        for col in t.column_names:
+            if col != id_name:
+                extra.setdefault(col, np.empty(n_rows, np.float32))[b::n_blocks] = t.column(
+                    col
+                ).to_numpy()
+    index = pd.Index(ids, name=id_name)
+    client = _client_for_blocks(n_rows * k * 4)
+    if client is not None:
+        from mfdask.engine.cluster import worker_addresses
+
+        blocks = FactorBlocks.read_parquet(
+            client, directory, n_blocks, n_rows, k, worker_addresses(client)
+        )
+        return index, blocks, extra
+    full = np.empty((n_rows, k), dtype=np.float32)
+    for b in range(n_blocks):
+        full[b::n_blocks] = _read_factors(directory / f"block={b}" / "part-0.parquet", id_name)[1]
+    return index, full, extra
+
+
+def _client_for_blocks(nbytes: int) -> Any:
+    """The caller's client when a side of ``nbytes`` should be loaded onto its workers."""
+    from mfdask.engine.cluster import _current_client
+    from mfdask.engine.state import keeps_on_workers
+
+    client = _current_client()
+    return client if client is not None and keeps_on_workers(client, nbytes) else None
+
+
+def _read_seen_blocks(directory: Path, n_blocks: int, n_users: int, n_items: int) -> Any:
+    client = _client_for_blocks(n_users * 8)
+    if client is not None:
+        from mfdask.engine.cluster import worker_addresses
+
+        return SeenBlocks.read_parquet(
+            client, directory, n_blocks, n_users, n_items, worker_addresses(client)
+        )
+    table = pq.read_table(directory, columns=["user_idx", "item_idx"])
+    users = table.column("user_idx").to_numpy()
+    items = table.column("item_idx").to_numpy()
+    return sp.csr_matrix((np.ones(len(users), bool), (users, items)), shape=(n_users, n_items))
+
+
 def load_model(
     path: str | os.PathLike[str], dataset: Dataset | str | os.PathLike[str] | None = None
 ) -> FactorModel:
     """Load a model saved with :meth:`FactorModel.save`.
 
-    With ``dataset`` the model's id maps are checked against it first
-    (:class:`ModelMismatchError` if they differ).
+    A side saved block by block (a distributed model) is loaded onto the workers of the
+    caller's client when it is larger than the gather threshold
+    (:mod:`mfdask.engine.state`), into the client otherwise. With ``dataset`` the
+    model's id maps are checked against it first (:class:`ModelMismatchError` if they
+    differ).
     """
     from mfdask.models.registry import model_class
 
@@ -787,23 +953,30 @@ def load_model(
         meta = json.loads(meta_path.read_text())
         cls = model_class(meta["class"])
         model = cls(**meta["params"])
-        model.user_ids_, model.user_factors_, uextra = _read_factors(
-            p / USER_FACTORS_FILE, schema.USER_ID
+        layout = meta.get("layout", {})
+        k = int(meta.get("factors", 0))
+        model.user_ids_, model.user_factors_, uextra = _read_side(
+            p, USER_FACTORS_FILE, schema.USER_ID, layout, meta["n_users"], k
         )
-        model.item_ids_, model.item_factors_, iextra = _read_factors(
-            p / ITEM_FACTORS_FILE, schema.ITEM_ID
+        model.item_ids_, model.item_factors_, iextra = _read_side(
+            p, ITEM_FACTORS_FILE, schema.ITEM_ID, layout, meta["n_items"], k
         )
     except (KeyError, OSError, json.JSONDecodeError, pa.ArrowException) as exc:
         raise ModelFileError(f"saved model {p} is incomplete or corrupt: {exc!r}") from exc
     if (
-        model.user_factors_.shape[0] != meta["n_users"]
-        or model.item_factors_.shape[0] != meta["n_items"]
+        model._state("_user_factors").shape[0] != meta["n_users"]
+        or model._state("_item_factors").shape[0] != meta["n_items"]
     ):
         raise ModelFileError(
             f"saved model {p} is corrupt: factor rows do not match model.json's counts"
         )
     seen = p / SEEN_FILE
-    model.seen_items_ = sp.load_npz(seen).tocsr() if seen.exists() else None
+    if SEEN_DIR in layout:
+        model.seen_items_ = _read_seen_blocks(
+            p / SEEN_DIR, layout[SEEN_DIR]["blocks"], meta["n_users"], meta["n_items"]
+        )
+    else:
+        model.seen_items_ = sp.load_npz(seen).tocsr() if seen.exists() else None
     items = p / ITEMS_META_FILE
     model.items_ = pd.read_parquet(items) if items.exists() else None
     model.fingerprint_ = meta["fingerprint"]

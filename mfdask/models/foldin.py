@@ -649,7 +649,7 @@ def recommend_with_history(
     uvec = np.empty((len(wanted), d), np.float32)
     uvec[pos >= 0] = folded_vec[pos[pos >= 0]]
     if len(fitted):  # the user side is read only for listed users without a history
-        uvec[fitted] = model._score_vectors()[0][known]
+        uvec[fitted] = model._user_rows(known)  # only their rows, wherever they live
     exclude = None
     if filter_seen:
         # Row r of the exclusion: the history row of a folded user, else the training

@@ -1,0 +1,532 @@
+"""A fitted model's state where it was computed: factor and seen-item blocks on workers.
+
+A model of ten million users holds 2.4 GiB of user factors at 64 factors; gathering them
+(or the record of every user's seen items) into the client is what bounded a fit by one
+process's memory. So a side whose factors exceed :data:`GATHER_BELOW_BYTES` stays where
+the fit left it, as residue blocks on the workers (block ``b`` holds global rows ``g`` with
+``g % R == b``, the layout of :mod:`mfdask.engine.blocks`), the way Spark keeps factors as
+distributed DataFrames:
+
+- :class:`FactorBlocks` is one side's ``(n_rows, k)`` float32 matrix: ``take(rows)``
+  fetches the rows of a few ids (``recommend`` for a handful of users moves ``len(rows) *
+  k`` floats, not the matrix), ``to_numpy()`` gathers it when asked, ``write_parquet``
+  and ``write_npy`` have each worker write its own block (outputs, checkpoints), and
+  ``read_parquet`` / ``read_npy`` load blocks onto workers from shared storage;
+- :class:`SeenBlocks` is the ``(n_users, n_items)`` pattern of the training ratings,
+  block-aligned with the user factors, so that top-k on a worker filters seen items
+  without asking anyone.
+
+Whether a side stays on the workers is decided by :func:`keeps_on_workers`: only when
+the cluster outlives the fit (a client the caller made, not a ``LocalCluster`` started for
+the call) and the side is large, or when the Dask config ``mfdask.state.keep`` says
+``"workers"`` (``"client"`` always gathers). Blocks live as long as the client: save the
+model (:meth:`~mfdask.models.base.FactorModel.save`) before closing it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+from distributed import Client, Future
+
+from mfdask._warnings import MfdaskWarning
+from mfdask.engine.blocks import n_local_rows
+from mfdask.engine.cluster import is_transient
+from mfdask.kernels.init import hashed_normal_rows
+
+GATHER_BELOW_BYTES = 256 * 2**20
+"""A side at most this large (float32 bytes) is gathered to the client after a fit
+(Dask config ``mfdask.state.gather-below-bytes``); a larger one stays on the workers."""
+
+KEEP_MODES = ("auto", "workers", "client")
+
+
+class GatherWarning(MfdaskWarning):
+    """A large distributed matrix was gathered into the client's memory."""
+
+
+class StateLostError(RuntimeError):
+    """A model's blocks are gone with the cluster (or worker) that held them."""
+
+
+def gather_below_bytes() -> int:
+    return int(dask.config.get("mfdask.state.gather-below-bytes", GATHER_BELOW_BYTES))
+
+
+def keeps_on_workers(client: Client, nbytes: int) -> bool:
+    """Whether a fitted side of ``nbytes`` stays as blocks on the workers of ``client``."""
+    mode = str(dask.config.get("mfdask.state.keep", "auto"))
+    if mode not in KEEP_MODES:
+        raise ValueError(f"mfdask.state.keep must be one of {list(KEEP_MODES)}, got {mode!r}")
+    if mode == "client" or is_transient(client):
+        return False
+    return mode == "workers" or nbytes > gather_below_bytes()
+
+
+# ---------------------------------------------------------------------- worker tasks
+
+
+def draw_normal_block(
+    block: int, n_blocks: int, n_rows: int, k: int, seed: int, scale: float
+) -> np.ndarray:
+    """Block ``block``'s rows of ``scale * N(0, 1)`` factors keyed by global row (a task)."""
+    rows = np.arange(block, n_rows, n_blocks, dtype=np.int64)
+    out = np.empty((len(rows), k), dtype=np.float32)
+    hashed_normal_rows(rows, k, np.uint64(seed % 2**64), float(scale), out)
+    return out
+
+
+def take_local_rows(factors: np.ndarray, local: np.ndarray) -> np.ndarray:
+    return factors[local]
+
+
+def _save_npy(factors: np.ndarray, path: str) -> str:
+    np.save(path, np.ascontiguousarray(factors), allow_pickle=False)
+    return path
+
+
+def _load_npy(path: str) -> np.ndarray:
+    return np.load(path, allow_pickle=False)
+
+
+def _factor_table(
+    id_name: str, ids: np.ndarray, factors: np.ndarray, extra: dict[str, np.ndarray]
+) -> pa.Table:
+    k = factors.shape[1]
+    flat = pa.array(np.ascontiguousarray(factors, dtype=np.float32).ravel())
+    columns = {id_name: pa.array(ids), "factors": pa.FixedSizeListArray.from_arrays(flat, k)}
+    for name, values in extra.items():
+        columns[name] = pa.array(np.asarray(values, dtype=np.float32))
+    return pa.table(columns)
+
+
+def _write_factor_block(
+    factors: np.ndarray, ids: np.ndarray, id_name: str, path: str, extra: dict[str, np.ndarray]
+) -> int:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(_factor_table(id_name, ids, factors, extra), path)
+    return len(ids)
+
+
+def _read_factor_block(path: str) -> np.ndarray:
+    col = pq.read_table(path, columns=["factors"]).column("factors").combine_chunks()
+    k = col.type.list_size
+    return col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, k)
+
+
+# ---------------------------------------------------------------------- factor blocks
+
+
+@dataclass(eq=False)
+class FactorBlocks:
+    """One side's ``(n_rows, k) float32`` factors as residue blocks held on workers.
+
+    Attributes
+    ----------
+    blocks : list of Future
+        Block ``b``: ``(n_local_rows(n_rows, R, b), k) float32``, rows ``b, b + R, ...``.
+    where : list of str
+        The worker holding each block.
+    n_rows, k : int
+    """
+
+    blocks: list[Future]
+    where: list[str]
+    n_rows: int
+    k: int
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n_rows, self.k)
+
+    @property
+    def nbytes(self) -> int:
+        return self.n_rows * self.k * 4
+
+    @property
+    def client(self) -> Client:
+        client = self.blocks[0].client
+        if client.status not in ("running", "connecting"):
+            raise StateLostError(
+                "the Dask client holding this model's factor blocks is closed: save the "
+                "model (model.save(path)) before closing the client, then load_model(path)"
+            )
+        return client
+
+    def _pinned(self, func: Callable[..., Any], *args: Any, where: str) -> Future:
+        return self.client.submit(
+            func, *args, workers=[where], allow_other_workers=True, pure=False
+        )
+
+    def _gather(self, futures: list[Future]) -> list[Any]:
+        """Results of tasks on the blocks; :class:`StateLostError` when a block is gone.
+
+        A block whose only worker left cannot come back (its task is pinned there), so it
+        is an error at once rather than a wait for that worker.
+        """
+        from mfdask.engine.resilience import ClusterFailure, gather
+
+        client = self.client
+        holders = client.who_has(self.blocks)
+        lost = [
+            b
+            for b, f in enumerate(self.blocks)
+            if f.status in ("lost", "cancelled")
+            or (f.status == "finished" and not holders.get(f.key))
+        ]
+        if lost:
+            raise StateLostError(
+                f"factor block(s) {lost} of {self.n_blocks} are lost: the worker holding them "
+                "left the cluster; load the model from a saved copy or fit again"
+            )
+        watched = {w for f in self.blocks for w in holders.get(f.key, ())} or set(self.where)
+        try:
+            return gather(client, futures, watched)
+        except ClusterFailure as exc:
+            raise StateLostError(f"a worker holding this model's blocks was lost: {exc}") from exc
+
+    @classmethod
+    def normal(
+        cls, client: Client, n_rows: int, k: int, scale: float, seed: int, where: list[str]
+    ) -> FactorBlocks:
+        """``scale * N(0, 1)`` factors drawn on the workers by global row index.
+
+        The values depend on ``(seed, row, column)`` only (:mod:`mfdask.kernels.init`), so
+        on neither the block count nor the cluster.
+        """
+        r = len(where)
+        blocks = [
+            client.submit(
+                draw_normal_block,
+                b,
+                r,
+                n_rows,
+                k,
+                int(seed),
+                float(scale),
+                workers=[w],
+                allow_other_workers=False,
+                pure=False,
+            )
+            for b, w in enumerate(where)
+        ]
+        return cls(blocks, list(where), int(n_rows), int(k))
+
+    def to_numpy(self) -> np.ndarray:
+        """The whole matrix in the client's memory (warns above the gather threshold)."""
+        if self.nbytes > gather_below_bytes():
+            warnings.warn(
+                f"gathering a {self.n_rows:,} x {self.k} factor matrix "
+                f"({self.nbytes / 2**30:.2f} GiB) into the client; use recommend_all, "
+                "save or take(rows) to work on the blocks where they are",
+                GatherWarning,
+                stacklevel=3,
+            )
+        parts = self._gather(self.blocks)
+        full = np.empty(self.shape, dtype=np.float32)
+        for b, f in enumerate(parts):
+            full[b :: self.n_blocks] = f
+        return full
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self.to_numpy()
+        return out if dtype is None else out.astype(dtype)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """``(len(rows), k)`` factors of global ``rows`` (any order, repeats allowed).
+
+        Each block sends only the rows asked of it.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), self.k), dtype=np.float32)
+        if not len(rows):
+            return out
+        if rows.min() < 0 or rows.max() >= self.n_rows:
+            raise IndexError(f"row index out of range 0..{self.n_rows - 1}")
+        owner = rows % self.n_blocks
+        asked = [b for b in range(self.n_blocks) if (owner == b).any()]
+        futures = [
+            self._pinned(
+                take_local_rows,
+                self.blocks[b],
+                rows[owner == b] // self.n_blocks,
+                where=self.where[b],
+            )
+            for b in asked
+        ]
+        for b, part in zip(asked, self._gather(futures), strict=True):
+            out[owner == b] = part
+        return out
+
+    def map_blocks(self, func: Callable[..., Any], *args: Any) -> list[Future]:
+        """``func(block_b, b, *args)`` for every block, on its worker."""
+        return [
+            self._pinned(func, f, b, *args, where=w)
+            for b, (f, w) in enumerate(zip(self.blocks, self.where, strict=True))
+        ]
+
+    def write_npy(self, directory: Path, name: str) -> list[str]:
+        """Each worker writes its block as ``<name>.block-<b>-of-<R>.npy`` in ``directory``."""
+        files = [
+            str(directory / f"{name}.block-{b}-of-{self.n_blocks}.npy")
+            for b in range(self.n_blocks)
+        ]
+        futures = [
+            self._pinned(_save_npy, f, path, where=w)
+            for f, path, w in zip(self.blocks, files, self.where, strict=True)
+        ]
+        self._gather(futures)
+        return [Path(p).name for p in files]
+
+    @classmethod
+    def read_npy(
+        cls,
+        client: Client,
+        directory: Path,
+        files: list[str],
+        n_rows: int,
+        k: int,
+        where: list[str],
+    ) -> FactorBlocks:
+        """Blocks written by :meth:`write_npy`, each loaded by the worker it will live on."""
+        blocks = [
+            client.submit(
+                _load_npy, str(directory / name), workers=[w], allow_other_workers=False, pure=False
+            )
+            for name, w in zip(files, _cycle(where, len(files)), strict=True)
+        ]
+        return cls(blocks, _cycle(where, len(files)), int(n_rows), int(k))
+
+    def write_parquet(
+        self,
+        directory: Path,
+        id_name: str,
+        ids: pd.Index,
+        extra: dict[str, np.ndarray] | None = None,
+    ) -> int:
+        """Each worker writes ``directory/block=<b>/part-0.parquet`` (``id, factors``).
+
+        The same columns as a small model's single file (``factors`` a fixed-size list),
+        hive-partitioned by block, so pandas, Spark and DuckDB read the directory as one
+        table. ``extra`` per-row columns (biases) are cut by block on the client.
+        """
+        values = ids.to_numpy()
+        futures = []
+        for b, (f, w) in enumerate(zip(self.blocks, self.where, strict=True)):
+            block_extra = {
+                name: np.asarray(v)[b :: self.n_blocks] for name, v in (extra or {}).items()
+            }
+            path = str(directory / f"block={b}" / "part-0.parquet")
+            futures.append(
+                self._pinned(
+                    _write_factor_block,
+                    f,
+                    values[b :: self.n_blocks],
+                    id_name,
+                    path,
+                    block_extra,
+                    where=w,
+                )
+            )
+        return int(sum(self._gather(futures)))
+
+    @classmethod
+    def read_parquet(
+        cls, client: Client, directory: Path, n_blocks: int, n_rows: int, k: int, where: list[str]
+    ) -> FactorBlocks:
+        """Blocks written by :meth:`write_parquet`, each read by the worker it will live on."""
+        placed = _cycle(where, n_blocks)
+        blocks = [
+            client.submit(
+                _read_factor_block,
+                str(directory / f"block={b}" / "part-0.parquet"),
+                workers=[w],
+                allow_other_workers=False,
+                pure=False,
+            )
+            for b, w in enumerate(placed)
+        ]
+        return cls(blocks, placed, int(n_rows), int(k))
+
+    def replicate(self) -> None:
+        """Hold each block on two workers (when there are two), so one lost worker
+        leaves a copy of every block: an in-memory checkpoint's only safeguard."""
+        client = self.client
+        if len(client.nthreads()) > 1:
+            client.replicate(self.blocks, n=2)
+
+    def alive(self) -> bool:
+        """Whether every block still has a copy on some worker."""
+        try:
+            where = self.client.who_has(self.blocks)
+        except StateLostError:
+            return False
+        return all(where.get(f.key) for f in self.blocks)
+
+    def release(self) -> None:
+        self.blocks = []
+
+
+def _cycle(where: list[str], n: int) -> list[str]:
+    return [where[b % len(where)] for b in range(n)]
+
+
+# ---------------------------------------------------------------------- seen items
+
+
+def _pattern_rows(
+    pattern: tuple[int, int, np.ndarray, np.ndarray], local: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(lengths, indices)`` of the given local rows of one block's CSR pattern."""
+    _, _, indptr, indices = pattern
+    starts, stops = indptr[local], indptr[local + 1]
+    lengths = stops - starts
+    if not lengths.sum():
+        return lengths, np.empty(0, np.int32)
+    offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    return lengths, indices[np.arange(int(lengths.sum())) + offsets]
+
+
+def _write_seen_block(pattern: tuple[int, int, np.ndarray, np.ndarray], path: str) -> int:
+    block, n_blocks, indptr, indices = pattern
+    local = np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    table = pa.table(
+        {
+            "user_idx": pa.array((local * n_blocks + block).astype(np.int32)),
+            "item_idx": pa.array(indices.astype(np.int32)),
+        }
+    )
+    pq.write_table(table, path)
+    return len(indices)
+
+
+def _read_seen_block(
+    path: str, block: int, n_blocks: int, n_rows: int
+) -> tuple[int, int, np.ndarray, np.ndarray]:
+    table = pq.read_table(path)
+    users = table.column("user_idx").to_numpy().astype(np.int64)
+    items = table.column("item_idx").to_numpy().astype(np.int32)
+    local = users // n_blocks
+    order = np.lexsort((items, local))
+    counts = np.bincount(local, minlength=n_local_rows(n_rows, n_blocks, block))
+    indptr = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    return block, n_blocks, indptr, items[order]
+
+
+@dataclass(eq=False)
+class SeenBlocks:
+    """The training ratings' ``(n_rows, n_cols)`` pattern as residue row blocks on workers.
+
+    Block ``b`` is ``(b, R, indptr, indices)`` over local rows with global column
+    indices, block-aligned with the model's user :class:`FactorBlocks`.
+    """
+
+    blocks: list[Future]
+    where: list[str]
+    n_rows: int
+    n_cols: int
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n_rows, self.n_cols)
+
+    def _factors_like(self) -> FactorBlocks:
+        return FactorBlocks(self.blocks, self.where, self.n_rows, 0)
+
+    def take(self, rows: np.ndarray) -> sp.csr_matrix:
+        """``(len(rows), n_cols)`` bool CSR of the given global rows."""
+        rows = np.asarray(rows, dtype=np.int64)
+        like = self._factors_like()
+        owner = rows % self.n_blocks
+        asked = [b for b in range(self.n_blocks) if (owner == b).any()]
+        futures = [
+            like._pinned(
+                _pattern_rows,
+                self.blocks[b],
+                rows[owner == b] // self.n_blocks,
+                where=self.where[b],
+            )
+            for b in asked
+        ]
+        lengths = np.zeros(len(rows), dtype=np.int64)
+        pieces: dict[int, np.ndarray] = {}
+        for b, (lens, idx) in zip(asked, like._gather(futures), strict=True):
+            lengths[owner == b] = lens
+            pieces[b] = idx
+        indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        indices = np.empty(int(indptr[-1]), dtype=np.int32)
+        for b in asked:
+            sel = np.flatnonzero(owner == b)
+            lens = lengths[sel]
+            dest = np.repeat(indptr[sel], lens) + (
+                np.arange(int(lens.sum()))
+                - np.repeat(np.concatenate([[0], np.cumsum(lens)[:-1]]), lens)
+            )
+            indices[dest] = pieces[b]
+        data = np.ones(len(indices), dtype=bool)
+        return sp.csr_matrix((data, indices, indptr), shape=(len(rows), self.n_cols))
+
+    def tocsr(self) -> sp.csr_matrix:
+        """The whole pattern in the client's memory."""
+        return self.take(np.arange(self.n_rows, dtype=np.int64))
+
+    def __getitem__(self, rows: Any) -> sp.csr_matrix:
+        return self.take(np.asarray(rows))
+
+    def write_parquet(self, directory: Path) -> int:
+        """Each worker writes ``directory/block=<b>/part-0.parquet`` (``user_idx, item_idx``)."""
+        like = self._factors_like()
+        futures = [
+            like._pinned(
+                _write_seen_block, f, str(directory / f"block={b}" / "part-0.parquet"), where=w
+            )
+            for b, (f, w) in enumerate(zip(self.blocks, self.where, strict=True))
+        ]
+        return int(sum(like._gather(futures)))
+
+    @classmethod
+    def read_parquet(
+        cls,
+        client: Client,
+        directory: Path,
+        n_blocks: int,
+        n_rows: int,
+        n_cols: int,
+        where: list[str],
+    ) -> SeenBlocks:
+        placed = _cycle(where, n_blocks)
+        blocks = [
+            client.submit(
+                _read_seen_block,
+                str(directory / f"block={b}" / "part-0.parquet"),
+                b,
+                n_blocks,
+                n_rows,
+                workers=[w],
+                allow_other_workers=False,
+                pure=False,
+            )
+            for b, w in enumerate(placed)
+        ]
+        return cls(blocks, placed, int(n_rows), int(n_cols))
