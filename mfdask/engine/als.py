@@ -63,7 +63,7 @@ from mfdask.engine.blocks import (
 )
 from mfdask.engine.checkpoint import BlockFiles, block_digest, combine_digests
 from mfdask.engine.cluster import worker_addresses
-from mfdask.engine.resilience import collect, gather
+from mfdask.engine.resilience import WorkerLostError, collect, gather
 from mfdask.engine.state import FactorBlocks, SeenBlocks
 from mfdask.kernels.als import objective_rows, penalty_rows, solve_rows_cg, solve_rows_cholesky
 
@@ -482,7 +482,7 @@ class BlockALS:
         )
         del parts
         if self.seen_on_workers:  # again after a rebuild: the lost worker's blocks went too
-            where = block_workers(client, user_full)
+            where = _placed(block_workers(client, user_full))
             self.seen: sp.csr_matrix | SeenBlocks = SeenBlocks(
                 [
                     client.submit(block_pattern, b, workers=[w], pure=False)
@@ -505,8 +505,8 @@ class BlockALS:
         self.user_blocks = self._compact(user_full, *self._positive)
         self.item_blocks = self._compact(item_full, *self._positive)
         # Where each block lives, fixed until the next rebuild: tasks are pinned there.
-        self._user_where = block_workers(client, self.user_blocks)
-        self._item_where = block_workers(client, self.item_blocks)
+        self._user_where = _placed(block_workers(client, self.user_blocks))
+        self._item_where = _placed(block_workers(client, self.item_blocks))
         self._watched = self._user_where + self._item_where
         self._user_half: HalfStep | None = None  # src = items
         self._item_half: HalfStep | None = None  # src = users
@@ -586,7 +586,7 @@ class BlockALS:
         )
         return half
 
-    def _scatter_rows(self, full: np.ndarray, where: list[str | None]) -> list[Future]:
+    def _scatter_rows(self, full: np.ndarray, where: list[str]) -> list[Future]:
         return [
             self.client.scatter(_take_rows(full, b, self.n_blocks), workers=[w], hash=False)
             for b, w in enumerate(where)
@@ -771,6 +771,13 @@ class BlockALS:
         self.user_factors = self.item_factors = []
         self._user_half = self._item_half = None
         self._user_sources = None
+
+
+def _placed(where: list[str | None]) -> list[str]:
+    """Block workers, all known: a block without one is a worker lost during placement."""
+    if any(w is None for w in where):
+        raise WorkerLostError("a rating block lost its worker while being placed")
+    return [w for w in where if w is not None]
 
 
 def _interleave(blocks: list[np.ndarray], n_rows: int) -> np.ndarray:
