@@ -333,7 +333,8 @@ class _ALSObjective(Objective):
 
     def finish(self, result: FitResult) -> None:
         m, engine = self.model, self.engine
-        users, items = result.user["factors"], result.item["factors"]
+        users: Any = result.user["factors"]
+        items: Any = result.item["factors"]
         if isinstance(users, BlockFiles):  # a resumed fit that had already finished
             users = users.load(self.client, engine.user_where)
         if isinstance(items, BlockFiles):
