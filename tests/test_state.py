@@ -125,8 +125,9 @@ def test_recommend_all_scores_each_block_where_it_lives(distributed_fit, tmp_pat
     assert subset.manifest["from_worker_blocks"] is False and subset.rows == 50
 
 
-def test_save_writes_blocks_and_load_puts_them_back(distributed_fit, tmp_path):
-    model = distributed_fit
+def test_save_writes_blocks_and_load_puts_them_back(client, frame, tmp_path):
+    with on_workers():
+        model = ALS(factors=6, iterations=3, random_state=0, n_blocks=3).fit(frame)
     path = model.save(tmp_path / "m")
     meta = json.loads((path / "model.json").read_text())
     assert meta["layout"] == {
@@ -159,7 +160,7 @@ def test_checkpoints_are_written_block_by_block_and_resume(client, frame, tmp_pa
         full = ALS(checkpoint_dir=str(tmp_path / "ck"), checkpoint_every=2, **params).fit(frame)
         latest = json.loads((tmp_path / "ck" / "LATEST").read_text())["checkpoint"]
         files = sorted(p.name for p in (tmp_path / "ck" / latest).glob("*.npy"))
-        assert "user_factors.block-0-of-2.npy" in files
+        assert "user.factors.block-0-of-2.npy" in files
         again = ALS(checkpoint_dir=str(tmp_path / "ck"), checkpoint_every=2, **params)
         again.fit(frame, resume=True)
     np.testing.assert_array_equal(again.user_factors_, full.user_factors_)

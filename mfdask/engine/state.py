@@ -173,31 +173,18 @@ class FactorBlocks:
         )
 
     def _gather(self, futures: list[Future]) -> list[Any]:
-        """Results of tasks on the blocks; :class:`StateLostError` when a block is gone.
-
-        A block whose only worker left cannot come back (its task is pinned there), so it
-        is an error at once rather than a wait for that worker.
-        """
+        """Results of tasks on the blocks; :class:`StateLostError` when a worker holding
+        them is gone (its blocks cannot come back: their tasks are pinned there), rather
+        than a wait for that worker."""
         from mfdask.engine.resilience import ClusterFailure, gather
 
-        client = self.client
-        holders = client.who_has(self.blocks)
-        lost = [
-            b
-            for b, f in enumerate(self.blocks)
-            if f.status in ("lost", "cancelled")
-            or (f.status == "finished" and not holders.get(f.key))
-        ]
-        if lost:
-            raise StateLostError(
-                f"factor block(s) {lost} of {self.n_blocks} are lost: the worker holding them "
-                "left the cluster; load the model from a saved copy or fit again"
-            )
-        watched = {w for f in self.blocks for w in holders.get(f.key, ())} or set(self.where)
         try:
-            return gather(client, futures, watched)
+            return gather(self.client, futures, set(self.where))
         except ClusterFailure as exc:
-            raise StateLostError(f"a worker holding this model's blocks was lost: {exc}") from exc
+            raise StateLostError(
+                f"factor blocks of this model are lost ({exc}): the worker holding them left "
+                "the cluster; load the model from a saved copy or fit again"
+            ) from exc
 
     @classmethod
     def normal(

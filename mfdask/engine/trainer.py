@@ -581,6 +581,8 @@ class Trainer:
         user, item = best.final({_LEGACY_ARRAYS.get(k, k): a for k, a in final.arrays.items()})
         for side, state in (("user", user), ("item", item)):
             for name, array in state.items():
+                if not isinstance(array, np.ndarray):
+                    continue  # blocks kept on the workers: checked there as they were solved
                 if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
                     raise ModelFitError(
                         f"{objective.name} diverged: its {side} {name} are not all finite "

@@ -252,6 +252,7 @@ class _ALSObjective(Objective):
 
     def __init__(self, model: ALS, data: TrainingData, validation: Any) -> None:
         self.model, self.data, self.validation = model, data, validation
+        self.traffic: dict[str, Any] | None = None
         self.validation_key = None if validation is None else model.validation_metric
         self.advice = (
             f"raise regularization (now {model.regularization}) or lower alpha (now {model.alpha})"
@@ -322,6 +323,7 @@ class _ALSObjective(Objective):
 
     def record(self, iteration: int, report: IterationReport) -> dict[str, Any]:
         record: dict[str, Any] = {"iteration": iteration + 1, "seconds": report.seconds}
+        self.traffic = self.engine.traffic()  # the wiring of the half-steps just run
         if self.model.calculate_training_loss:
             record["loss"] = self.engine.loss()
         return record
@@ -341,7 +343,8 @@ class _ALSObjective(Objective):
             items = items.load(self.client, engine.item_where)
         m.user_factors_, m.item_factors_ = users, items
         m.seen_items_ = engine.seen  # placed again if a worker was lost
-        m.metrics_["traffic"] = engine.traffic()
+        if self.traffic is not None:
+            m.metrics_["traffic"] = self.traffic
         if result.early_stopping:
             m.metrics_["best_iteration"] = (result.best_iteration or 0) + 1
             m.metrics_[m.validation_metric] = result.best_score
