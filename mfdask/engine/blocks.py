@@ -272,3 +272,38 @@ def assemble_seen(client: Client, blocks: list[Future], n_rows: int, n_cols: int
         indices[starts + np.arange(len(bidx))] = bidx
     data = np.ones(len(indices), dtype=bool)
     return sp.csr_matrix((data, indices, indptr), shape=(n_rows, n_cols))
+
+
+def block_positive_counts(
+    block: RowBlock, threshold: float | None
+) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """``(block, n_blocks, row_counts, col_counts)``: entries ``>= threshold`` (all when
+    None) per local row and per global column of one block (runs on its worker)."""
+    if threshold is None:
+        keep = np.ones(block.nnz, dtype=bool)
+    else:
+        keep = block.data >= threshold
+    kept_before = np.concatenate([[0], np.cumsum(keep, dtype=np.int64)])
+    rows = np.diff(kept_before[block.indptr])
+    cols = np.bincount(block.indices[keep], minlength=block.n_cols).astype(np.int64)
+    return block.block, block.n_blocks, rows, cols
+
+
+def positive_counts(
+    client: Client, blocks: list[Future], n_rows: int, n_cols: int, threshold: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Positives (entries ``>= threshold``; all with None) per row and per column of the
+    row blocks ``blocks``: ``(n_rows,) int64`` and ``(n_cols,) int64``.
+
+    One small task per block; only the counts travel. The model keeps them as its
+    popularity summary (the fallback for users without a positive).
+    """
+    per_block = client.gather(
+        [client.submit(block_positive_counts, b, threshold, pure=False) for b in blocks]
+    )
+    rows = np.zeros(n_rows, dtype=np.int64)
+    cols = np.zeros(n_cols, dtype=np.int64)
+    for block, n_blocks, r, c in per_block:
+        rows[block::n_blocks] = r
+        cols += c
+    return rows, cols

@@ -105,6 +105,7 @@ from mfdask.engine.blocks import (
     n_local_rows,
     persist_partitions,
     place_row_blocks,
+    positive_counts,
 )
 from mfdask.engine.checkpoint import block_digest, combine_digests
 from mfdask.engine.cluster import worker_addresses
@@ -651,6 +652,10 @@ class DSGD:
     def seen_items(self):
         """The training pattern as a ``(n_users, n_items)`` boolean CSR (only indices move)."""
         return assemble_seen(self.client, self._row_blocks, self.n_users, self.n_items)
+
+    def positive_counts(self, threshold: float | None) -> tuple[np.ndarray, np.ndarray]:
+        """Ratings ``>= threshold`` per user and per item (all ratings with None)."""
+        return positive_counts(self.client, self._row_blocks, self.n_users, self.n_items, threshold)
 
     # -------------------------------------------------------------- state
     def set_state(self, user: Mapping[str, np.ndarray], item: Mapping[str, np.ndarray]) -> None:

@@ -32,7 +32,10 @@ Spark job writing to HDFS.
 Outputs:
 
 - ``recommendations``: ``user_id, rank:int32 (1..n), item_id, score:float32``, original ids;
-  fewer than ``n`` rows for a user only when fewer unseen items exist.
+  fewer than ``n`` rows for a user only when fewer unseen items exist. A user without a
+  training positive (implicit models) gets the most popular unseen items, scored by their
+  share of the training positives, as in ``recommend``; the manifest counts them
+  (``popularity_fallback``).
 - ``similar_items``: ``item_id, rank, similar_item_id, score`` (cosine of item factors,
   the item itself excluded).
 """
@@ -197,6 +200,8 @@ def _score_block(
     candidate_ids: np.ndarray,
     exclude: Any,
     index: Any = None,
+    cold: np.ndarray | None = None,
+    popular: np.ndarray | None = None,
 ) -> int:
     """Score one block of rows against every candidate, keep the top ``n``, write Parquet.
 
@@ -205,7 +210,9 @@ def _score_block(
     items: queries and candidates are the same unit vectors); ``exclude`` is a CSR over
     the block's rows, a :class:`_DatasetSeen` to read one, ``"self"`` to drop each row's
     own index, or None; ``index`` the serialized ANN index when ``job.ann`` is set (the
-    candidates are then searched, not all scored: :func:`mfdask.engine.ann.ann_top_k`).
+    candidates are then searched, not all scored: :func:`mfdask.engine.ann.ann_top_k`);
+    ``cold`` marks the rows without a training positive, whose lists are ``popular``
+    (each candidate's share of the positives) ranked instead, seen items still masked.
     Returns the number of rows written.
     """
     out_dir = Path(job.out_dir)
@@ -266,6 +273,11 @@ def _score_block(
                 idx, val = ann.ann_top_k(
                     q, candidates, mask, job.n, index, job.ann, job.chunk_cells
                 )
+            if cold is not None and popular is not None and cold[start:stop].any():
+                at = np.flatnonzero(cold[start:stop])
+                pop_scores = np.broadcast_to(popular, (len(at), n_cols)).copy()
+                pidx, pval = top_k_of_scores(pop_scores, job.n, None if mask is None else mask[at])
+                idx[at], val[at] = pidx, pval
             keep = idx >= 0
             per_row = keep.sum(axis=1)
             # Survivors are a prefix of each row (best first), so ranks are 1..per_row.
@@ -367,12 +379,15 @@ def _run_blocks(
     ann_params: ann.AnnParams | None = None,
     query_blocks: FactorBlocks | None = None,
     seen_blocks: SeenBlocks | None = None,
+    fallback: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> TopKOutput:
     """Shared driver of :func:`recommend_all` and :func:`similar_items_all`.
 
     With ``query_blocks`` (a user side held on the workers, every user queried) each
     output block is one factor block, scored on the worker that holds it against its own
-    :class:`~mfdask.engine.state.SeenBlocks` block: only the ids travel.
+    :class:`~mfdask.engine.state.SeenBlocks` block: only the ids travel. ``fallback``
+    is ``(cold, popular)``: which of ``rows`` have no training positive (``(len(rows),)
+    bool``) and the candidates' popularity scores (broadcast once, like the candidates).
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
@@ -390,6 +405,11 @@ def _run_blocks(
         cand_ids = candidate_ids.to_numpy()
         # Broadcast once: every block on every worker scores against all candidates.
         cand_f, cand_ids_f = client.scatter([candidates, cand_ids], broadcast=True, hash=False)
+        popular_f = None
+        if fallback is not None:
+            popular_f = client.scatter(
+                np.ascontiguousarray(fallback[1], dtype=np.float32), broadcast=True, hash=False
+            )
         # ANN: one task builds the index over the candidates; its bytes reach each worker
         # once, like the candidates, and every block task searches them.
         index_f = (
@@ -403,6 +423,9 @@ def _run_blocks(
                 for b in range(r):
                     sel = np.flatnonzero(rows % r == b)
                     block_rows = rows[sel]
+                    cold_b = None
+                    if fallback is not None and fallback[0][sel].any():
+                        cold_b = fallback[0][sel]  # a bool per row: small, inside the task
                     job = _BlockJob(
                         block=b,
                         n_blocks=r,
@@ -451,6 +474,8 @@ def _run_blocks(
                             cand_ids_f,
                             ex_f,
                             index_f,
+                            cold_b,
+                            None if cold_b is None else popular_f,
                             workers=[target],
                             allow_other_workers=True,
                             pure=False,
@@ -475,6 +500,7 @@ def _run_blocks(
                     "fingerprint": getattr(model, "fingerprint_", None),
                     "seconds": round(seconds, 3),
                     "method": "exact" if ann_params is None else "ann",
+                    "popularity_fallback": 0 if fallback is None else int(fallback[0].sum()),
                     "ann": None if ann_params is None else ann_params.as_dict(),
                     **manifest_extra,
                 }
@@ -482,7 +508,11 @@ def _run_blocks(
         except PermissionError as exc:
             raise _output_error(path, what, exc) from exc
         finally:
-            client.cancel([cand_f, cand_ids_f] + ([] if index_f is None else [index_f]))
+            client.cancel(
+                [cand_f, cand_ids_f]
+                + ([] if index_f is None else [index_f])
+                + ([] if popular_f is None else [popular_f])
+            )
     seconds = time.perf_counter() - started
     return TopKOutput(
         path=path, rows=manifest["rows"], n_blocks=r, seconds=seconds, manifest=manifest
@@ -594,6 +624,11 @@ def recommend_all(
         source = "model.seen_items_"
     else:
         exclude_for = _none
+    fallback = model._popularity_fallback()
+    if fallback is not None and fallback[0][rows].any():
+        fallback = (fallback[0][rows], fallback[1])
+    else:
+        fallback = None
     seen_blocks = None
     if query_blocks is not None and filter_seen and isinstance(model.seen_items_, SeenBlocks):
         seen_blocks = model.seen_items_
@@ -627,6 +662,7 @@ def recommend_all(
         ann_params=params,
         query_blocks=query_blocks,
         seen_blocks=seen_blocks,
+        fallback=fallback,
     )
 
 

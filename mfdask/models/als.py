@@ -9,6 +9,7 @@ import numpy as np
 from mfdask.data import schema
 from mfdask.data.training import TrainingData
 from mfdask.engine.als import BlockALS, SolveSpec
+from mfdask.engine.blocks import positive_counts
 from mfdask.engine.checkpoint import BlockFiles
 from mfdask.engine.state import FactorBlocks, keeps_on_workers
 from mfdask.engine.trainer import FitResult, IterationReport, Objective, State
@@ -288,6 +289,11 @@ class _ALSObjective(Objective):
                 f"{data.source}: lower positive_threshold for this rating scale"
             )
         m.seen_items_ = engine.seen
+        # The engine's blocks hold the positives only: count every entry.
+        users, items = positive_counts(
+            engine.client, engine.user_blocks, data.n_users, data.n_items, None
+        )
+        m.user_positives_, m.item_popularity_ = users.astype(np.int32), items
         return m._fit_identity(data, engine.digest, engine.n_blocks)
 
     def initial_state(self, rng: np.random.Generator) -> tuple[State, State]:

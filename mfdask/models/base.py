@@ -50,6 +50,8 @@ SEEN_FILE = "seen_items.npz"
 SEEN_DIR = "seen_items"
 """A distributed model's seen items: ``seen_items/block=B/part-0.parquet`` (user_idx, item_idx)."""
 ITEMS_META_FILE = "items.parquet"
+POSITIVES_FILE = "positives.npz"
+"""Training positives per user and per item (implicit models: the popularity fallback)."""
 
 EpochCallback = Callable[[dict[str, Any]], Any]
 """Called after each epoch/iteration with its record; returning ``False`` stops the fit."""
@@ -165,6 +167,10 @@ class FactorModel:
     fingerprint_: str
     history_: list[dict[str, Any]]
     metrics_: dict[str, Any]
+    # Implicit models: training positives per user and per item (None when unknown, e.g.
+    # a model saved before they were kept); users without one get the popular items.
+    user_positives_: np.ndarray | None
+    item_popularity_: np.ndarray | None
     # During a fit: the placed validation ratings, and what a partial_fit updates.
     _validator: RankingEvaluator | None
     _update_of: dict[str, Any]
@@ -299,6 +305,7 @@ class FactorModel:
         self.fingerprint_ = data.fingerprint
         self.history_ = []
         self.metrics_ = {}
+        self.user_positives_ = self.item_popularity_ = None
         started = time.perf_counter()
         try:
             self._fit(data, validation, callback)
@@ -532,6 +539,27 @@ class FactorModel:
             return self.item_factors_
         return self._score_vectors()[1]
 
+    def _popularity_fallback(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(cold, share)``: which users have no training positive (``(n_users,) bool``)
+        and each item's share of the training positives (``(n_items,) float32``), or None
+        when the model has no such users or does not know its counts (explicit models,
+        models saved before the counts were kept).
+
+        A user without a positive learned nothing (ALS solves to zero factors, BPR and
+        WARP never step them), so scoring ranks the catalogue by accident (ALS: items
+        ``0..n-1``); those users are recommended the most popular unseen items instead,
+        with the item's share of the positives as the score.
+        """
+        users = self.__dict__.get("user_positives_")
+        items = self.__dict__.get("item_popularity_")
+        if not type(self).implicit or users is None or items is None:
+            return None
+        cold = np.asarray(users) == 0
+        if not cold.any():
+            return None
+        total = max(int(np.sum(items)), 1)
+        return cold, (np.asarray(items, dtype=np.float64) / total).astype(np.float32)
+
     def recommend(
         self,
         user_ids: Any,
@@ -566,7 +594,11 @@ class FactorModel:
         Returns
         -------
         DataFrame
-            ``user_id, rank (1..n), item_id, score``, users in the order given.
+            ``user_id, rank (1..n), item_id, score``, users in the order given. A user
+            of the fit without a training positive (ALS, BPR, WARP: no rating >=
+            ``positive_threshold``) gets the most popular unseen items, scored by their
+            share of the training positives; ``attrs["popularity_fallback"]`` counts
+            such users.
         """
         n = _check_positive_int("n", n)
         if history is not None:
@@ -627,16 +659,24 @@ class FactorModel:
             ivec = ivec[candidates]
         step = chunk_rows(ivec.shape[0])
         seen = getattr(self, "seen_items_", None)
+        fallback = self._popularity_fallback()
+        n_fallback = 0
         out_u, out_i, out_s = [], [], []
         for start in range(0, len(users), step):
             chunk = users[start : start + step]
-            scores = self._user_rows(chunk) @ ivec.T
+            scores = np.asarray(self._user_rows(chunk) @ ivec.T, dtype=np.float32)
+            if fallback is not None:
+                cold = fallback[0][chunk]
+                if cold.any():  # no positive: rank by popularity (seen still filtered)
+                    share = fallback[1] if candidates is None else fallback[1][candidates]
+                    scores[cold] = share
+                    n_fallback += int(cold.sum())
             exclude = None
             if filter_seen and seen is not None:
                 exclude = seen[chunk]
                 if candidates is not None:
                     exclude = exclude[:, candidates]
-            idx, val = top_k_of_scores(np.asarray(scores, dtype=np.float32), n, exclude)
+            idx, val = top_k_of_scores(scores, n, exclude)
             out_u.append(np.repeat(chunk, idx.shape[1]))
             out_i.append(idx.ravel())
             out_s.append(val.ravel())
@@ -648,7 +688,7 @@ class FactorModel:
         keep = i >= 0
         if candidates is not None:
             i = np.where(keep, candidates[np.maximum(i, 0)], -1)
-        return pd.DataFrame(
+        out = pd.DataFrame(
             {
                 schema.USER_ID: self.user_ids_.to_numpy()[u[keep]],
                 "rank": rank[keep],
@@ -656,6 +696,8 @@ class FactorModel:
                 "score": s[keep],
             }
         )
+        out.attrs["popularity_fallback"] = n_fallback
+        return out
 
     def similar_items(self, item_ids: Any, n: int = 10) -> pd.DataFrame:
         """The ``n`` most similar items to each of ``item_ids`` by cosine of factors.
@@ -792,7 +834,8 @@ class FactorModel:
         Layout: ``model.json`` (class, hyper-parameters, id-map fingerprint, metrics,
         history, package version), ``user_factors.parquet`` and ``item_factors.parquet``
         (original id, ``factors`` as a fixed-size list, biases where the model has them),
-        ``seen_items.npz`` and ``items.parquet`` (titles) when known.
+        ``seen_items.npz``, ``items.parquet`` (titles) and ``positives.npz`` (training
+        positives per user and per item, implicit models) when known.
 
         A side held on the workers is written by them, block by block, as a directory
         ``user_factors/block=B/part-0.parquet`` (same columns; ``seen_items/`` likewise
@@ -836,6 +879,10 @@ class FactorModel:
                 sp.save_npz(tmp / SEEN_FILE, seen.tocsr(), compressed=False)
             if self.items_ is not None:
                 self.items_.to_parquet(tmp / ITEMS_META_FILE, index=False)
+            users_pos = self.__dict__.get("user_positives_")
+            items_pos = self.__dict__.get("item_popularity_")
+            if users_pos is not None and items_pos is not None:
+                np.savez(tmp / POSITIVES_FILE, users=users_pos, items=items_pos)
             write_json_atomic(
                 tmp / MODEL_FILE,
                 {
@@ -979,6 +1026,10 @@ def load_model(
         model.seen_items_ = sp.load_npz(seen).tocsr() if seen.exists() else None
     items = p / ITEMS_META_FILE
     model.items_ = pd.read_parquet(items) if items.exists() else None
+    model.user_positives_ = model.item_popularity_ = None
+    if (p / POSITIVES_FILE).exists():
+        with np.load(p / POSITIVES_FILE) as counts:
+            model.user_positives_, model.item_popularity_ = counts["users"], counts["items"]
     model.fingerprint_ = meta["fingerprint"]
     model.metrics_ = meta.get("metrics", {})
     model.history_ = meta.get("history", [])

@@ -196,6 +196,8 @@ class PairwiseObjective(Objective):
 
     def begin(self, engine: DSGD) -> dict[str, Any]:
         self.model.seen_items_ = engine.seen_items()
+        users, items = engine.positive_counts(self.model._threshold)
+        self.model.user_positives_, self.model.item_popularity_ = users.astype(np.int32), items
         return self.model._fit_identity(self.data, engine.digest(), engine.n_blocks)
 
     def initial_state(self, rng: np.random.Generator) -> tuple[State, State]:
