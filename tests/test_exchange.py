@@ -12,7 +12,7 @@ import pytest
 from distributed import Client, LocalCluster, wait
 
 from mfdask import BPR, SVD, WARP
-from mfdask.engine.dsgd import DSGD, block_routes, check_plan, stratum_plan
+from mfdask.engine.dsgd import DSGD, check_plan, stratum_plan, worker_routes
 from mfdask.engine.exchange import (
     NOT_YET,
     BlockExchangeError,
@@ -78,18 +78,42 @@ def test_closing_the_worker_wakes_takers():
 
 
 # ---------------------------------------------------------------------- routes
-@pytest.mark.parametrize("n_blocks", [2, 3, 5])
-def test_routes_hand_each_block_to_its_next_trainer(n_blocks):
+@pytest.mark.parametrize(
+    ("n_blocks", "workers"),
+    [(2, "ab"), (3, "abc"), (5, "abcde"), (4, "abab"), (8, "aabbabab"), (3, "aaa"), (6, "abcabc")],
+)
+def test_worker_routes_hand_each_block_to_its_next_trainer(n_blocks, workers):
     plan = stratum_plan(n_blocks, np.random.default_rng(n_blocks))
-    check_plan(plan, n_blocks)
-    routes = block_routes(plan)
-    for route in routes:
-        for s, j in enumerate(route.item_blocks):
-            assert (route.user_block, j) in plan[s]
-        for s in range(n_blocks - 1):
-            receiver = routes[route.next_users[s]]
-            assert receiver.item_blocks[s + 1] == route.item_blocks[s]
-            assert receiver.previous_users[s] == route.user_block
+    plan = plan + stratum_plan(n_blocks, np.random.default_rng(n_blocks + 1))  # fused
+    check_plan(plan[:n_blocks], n_blocks)
+    routes = {r.address: r for r in worker_routes(plan, list(workers))}
+    assert sorted(routes) == sorted(set(workers))
+    trained = set()
+    for address, route in routes.items():
+        assert route.user_blocks == tuple(w for w in range(n_blocks) if workers[w] == address)
+        assert route.first_items == tuple(j for w, j in plan[0] if workers[w] == address)
+        for s, cells in enumerate(route.steps):
+            assert sorted((w, j) for w, j, _, _ in cells) == sorted(
+                c for c in plan[s] if workers[c[0]] == address
+            )
+            # blocks already held come first, so the worker trains while others travel
+            waits = [sender is not None for _, _, sender, _ in cells]
+            assert waits == sorted(waits)
+            for w, j, sender, receiver in cells:
+                trained.add((s, w, j))
+                if s == 0:
+                    assert sender is None
+                if receiver is None:  # stays in the task: next cell here, or an output
+                    nxt = [u for u, i in plan[s + 1] if i == j] if s + 1 < len(plan) else []
+                    assert not nxt or workers[nxt[0]] == address
+                else:
+                    assert receiver != address
+                    (u,) = [u for u, i in plan[s + 1] if i == j]
+                    assert workers[u] == receiver
+                    # the receiver expects it from here
+                    got = [c for c in routes[receiver].steps[s + 1] if c[1] == j]
+                    assert got and got[0][2] == address
+    assert len(trained) == 2 * n_blocks * n_blocks
 
 
 # ---------------------------------------------------------------------- on a cluster
@@ -147,12 +171,13 @@ def test_a_send_to_a_gone_worker_frees_its_thread_and_stops_when_aborted(one_thr
     assert time.monotonic() - started < 5
 
 
-def test_direct_exchange_is_used_only_with_one_user_block_per_worker(client):
+def test_direct_exchange_is_used_with_several_user_blocks_per_worker_too(client):
     frame, matrix = _frame()
     ratings = dd.from_pandas(frame, npartitions=2)
     n_users, n_items = matrix.shape
     assert DSGD(client, ratings, n_users, n_items).exchanges_directly
-    assert not DSGD(client, ratings, n_users, n_items, n_blocks=4).exchanges_directly
+    assert DSGD(client, ratings, n_users, n_items, n_blocks=4).exchanges_directly
+    assert not DSGD(client, ratings, n_users, n_items, n_blocks=1).exchanges_directly
     assert not DSGD(client, ratings, n_users, n_items, direct_exchange=False).exchanges_directly
     with dask.config.set({"mfdask.dsgd.direct-exchange": False}):
         assert not DSGD(client, ratings, n_users, n_items).exchanges_directly
@@ -186,12 +211,13 @@ def test_a_discarded_epoch_leaves_no_worker_waiting(client):
     ],
     ids=["bpr", "warp", "svd"],
 )
-def test_direct_and_scheduled_hand_overs_train_the_same_floats(client, make, loss):
+@pytest.mark.parametrize("n_blocks", [None, 4, 6])
+def test_direct_and_scheduled_hand_overs_train_the_same_floats(client, make, loss, n_blocks):
     frame, _, _ = planted_implicit(seed=5)
     fits = []
     for direct in (True, False):
         with dask.config.set({"mfdask.dsgd.direct-exchange": direct}):
-            fits.append(make().fit(frame))
+            fits.append(make().set_params(n_blocks=n_blocks).fit(frame))
     direct, scheduled = fits
     np.testing.assert_array_equal(direct.user_factors_, scheduled.user_factors_)
     np.testing.assert_array_equal(direct.item_factors_, scheduled.item_factors_)
