@@ -65,7 +65,13 @@ from mfdask.engine.checkpoint import BlockFiles, block_digest, combine_digests
 from mfdask.engine.cluster import worker_addresses
 from mfdask.engine.resilience import WorkerLostError, collect, gather
 from mfdask.engine.state import FactorBlocks, SeenBlocks
-from mfdask.kernels.als import objective_rows, penalty_rows, solve_rows_cg, solve_rows_cholesky
+from mfdask.kernels.als import (
+    objective_rows,
+    penalty_rows,
+    route_columns,
+    solve_rows_cg,
+    solve_rows_cholesky,
+)
 
 
 class ALSNumericalError(FloatingPointError):
@@ -147,10 +153,22 @@ def block_nnz(block: RowBlock) -> int:
     return block.nnz
 
 
+GRAM_CHUNK_ROWS = 16_384
+"""Rows per float64 product in :func:`partial_gram` (a 64-factor chunk is 8 MiB)."""
+
+
 def partial_gram(factors: np.ndarray) -> np.ndarray:
-    """``factors^T factors`` in float64 for one factor block."""
-    f = factors.astype(np.float64)
-    return f.T @ f
+    """``factors^T factors`` in float64 for one factor block.
+
+    Chunk by chunk: converting a whole block of millions of rows to float64 first would
+    double its memory for the length of the product and cost more than the product.
+    """
+    k = factors.shape[1]
+    gram = np.zeros((k, k), dtype=np.float64)
+    for lo in range(0, factors.shape[0], GRAM_CHUNK_ROWS):
+        chunk = factors[lo : lo + GRAM_CHUNK_ROWS].astype(np.float64)
+        gram += chunk.T @ chunk
+    return gram
 
 
 GRAM_FAN_IN = 8
@@ -186,14 +204,8 @@ def route_block(block: RowBlock, n_src_blocks: int) -> tuple[RowBlock, list[np.n
     The order of entries within each row is unchanged, so a solve over the renumbered
     block visits the same values in the same order as over the original one.
     """
-    r = int(n_src_blocks)
-    per_block = -(-block.n_cols // r)  # local rows of the largest source block
-    cols = block.indices.astype(np.int64)
-    keys = (cols % r) * per_block + cols // r  # ascending in (source block, local row)
-    needed = np.unique(keys)
-    compact = np.searchsorted(needed, keys).astype(np.int32)
-    bounds = np.searchsorted(needed, np.arange(r + 1, dtype=np.int64) * per_block)
-    rows = [needed[bounds[s] : bounds[s + 1]] - s * per_block for s in range(r)]
+    compact, needed, offsets = route_columns(block.indices, int(block.n_cols), int(n_src_blocks))
+    rows = [needed[offsets[s] : offsets[s + 1]] for s in range(int(n_src_blocks))]
     return replace(block, indices=compact), rows
 
 

@@ -3,11 +3,11 @@
 A factor matrix too large for one process is drawn block by block on the workers that
 hold it. For the model not to depend on how rows are blocked, entry ``(g, j)`` must be a
 function of ``(seed, g, j)`` alone, which a sequential generator cannot give without
-drawing every earlier row. Here each entry hashes its counter ``g * k + j`` with the
-seed through SplitMix64 (Steele, Lea & Flood, "Fast splittable pseudorandom number
-generators", OOPSLA 2014), turns two hashes into two uniforms and those into a standard
-normal by the Box-Muller transform; the second normal of each pair is discarded so that
-every entry stays a function of its own counter.
+drawing every earlier row. Here each pair of entries hashes its counter ``g * ceil(k / 2) + j // 2``
+with the seed through SplitMix64 (Steele, Lea & Flood, "Fast splittable pseudorandom number
+generators", OOPSLA 2014), turns two hashes into two uniforms and those into two
+standard normals by the Box-Muller transform, which fill two neighbouring columns of the
+row: every entry stays a function of its row, its column and the seed alone.
 """
 
 from __future__ import annotations
@@ -29,19 +29,28 @@ def _splitmix64(x: np.uint64) -> np.uint64:
     return z ^ (z >> np.uint64(31))
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, fastmath=True)
 def hashed_normal_rows(
     rows: np.ndarray, k: int, seed: np.uint64, scale: float, out: np.ndarray
 ) -> None:
-    """``out[r, j] = scale * N(0, 1)`` keyed by ``(seed, rows[r], j)``; ``out``: (len(rows), k)."""
+    """``out[r, j] = scale * N(0, 1)`` keyed by ``(seed, rows[r], j)``; ``out``: (len(rows), k).
+
+    Columns ``2p`` and ``2p + 1`` of a row are the cosine and sine normals of one
+    Box-Muller pair, whose two uniforms hash the pair's counter ``g * ceil(k / 2) + p``.
+    """
     key = _splitmix64(seed)
+    pairs = (k + 1) // 2
     for r in range(rows.shape[0]):
-        base = np.uint64(rows[r]) * np.uint64(k)
-        for j in range(k):
-            c = (base + np.uint64(j)) * np.uint64(2)
+        base = np.uint64(rows[r]) * np.uint64(pairs)
+        for p in range(pairs):
+            c = (base + np.uint64(p)) * np.uint64(2)
             h1 = _splitmix64(key ^ c)
             h2 = _splitmix64(key ^ (c + np.uint64(1)))
             # 53-bit uniforms; u1 in (0, 1] so that log(u1) is finite.
             u1 = (np.float64(h1 >> np.uint64(11)) + 1.0) * _TWO_POW_M53
             u2 = np.float64(h2 >> np.uint64(11)) * _TWO_POW_M53
-            out[r, j] = scale * np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+            radius = scale * np.sqrt(-2.0 * np.log(u1))
+            angle = 2.0 * np.pi * u2
+            out[r, 2 * p] = radius * np.cos(angle)
+            if 2 * p + 1 < k:
+                out[r, 2 * p + 1] = radius * np.sin(angle)

@@ -926,12 +926,12 @@ def _read_side(
         return _read_factors(root / file, id_name)
     directory = root / name
     n_blocks = int(layout[name]["blocks"])
-    tables = [
-        pq.read_table(directory / f"block={b}" / "part-0.parquet", columns=None).drop_columns(
-            ["factors"]
-        )
-        for b in range(n_blocks)
-    ]
+    tables = []
+    for b in range(n_blocks):
+        # Only the ids and the per-row extras: the factors column stays on disk here.
+        part = directory / f"block={b}" / "part-0.parquet"
+        columns = [c for c in pq.read_schema(part).names if c != "factors"]
+        tables.append(pq.read_table(part, columns=columns))
     ids = np.empty(n_rows, dtype=tables[0].column(id_name).to_numpy().dtype)
     extra: dict[str, np.ndarray] = {}
     for b, t in enumerate(tables):
