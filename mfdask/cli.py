@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "synth": "mfdask.jobs.synth",
     "prepare": "mfdask.jobs.prepare",
     "train": "mfdask.jobs.train",
+    "tune": "mfdask.jobs.tune",
     "recommend": "mfdask.jobs.recommend",
     "similar": "mfdask.jobs.similar",
     "evaluate": "mfdask.jobs.evaluate",

@@ -51,7 +51,7 @@ from mfdask.data import schema
 from mfdask.data.dataset import Dataset, is_dataset, open_dataset
 from mfdask.data.training import InputError
 from mfdask.engine.blocks import RowBlock, persist_partitions, place_row_blocks
-from mfdask.engine.cluster import current_client, session, worker_addresses
+from mfdask.engine.cluster import current_client, live_workers, session, worker_addresses
 from mfdask.engine.resilience import ClusterFailure, gather
 from mfdask.engine.state import FactorBlocks, SeenBlocks
 from mfdask.metrics.ranking import RankingSums, auc, ranking_sums
@@ -621,7 +621,7 @@ class RankingEvaluator:
         model._check_fitted()
         started = time.perf_counter()
         placed = self._placed
-        if placed is None or not set(placed.workers) <= set(worker_addresses(self.client)):
+        if placed is None or not set(placed.workers) <= set(live_workers(self.client)):
             placed = self._place(model)
         try:
             out = _score_ranking(

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import json
 import math
 import os
 import sys
+import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -223,3 +225,51 @@ def build_model(name: str, params: Mapping[str, Any] | None = None) -> FactorMod
     except ValueError as exc:
         raise ValueError(f"{cls.__name__}: {exc}") from exc
     return model
+
+
+def _toml_value(value: Any) -> str:
+    if value is None:
+        return '"none"'  # read back as None for an optional parameter (see _from_toml)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise JobFileError(f"cannot write the non-finite value {value!r} to a job file")
+        text = repr(value)
+        return text if any(c in text for c in ".en") else text + ".0"
+    if isinstance(value, (str, os.PathLike)):
+        return json.dumps(os.fspath(value))  # a JSON string is a TOML basic string
+    raise JobFileError(f"cannot write {value!r} ({type(value).__name__}) to a job file")
+
+
+def dump_job_file(
+    path: str | os.PathLike[str],
+    job: Mapping[str, Any],
+    comment: str = "",
+) -> Path:
+    """Write a training job file that :func:`load_job_file` (``mfdask train --config``)
+    reads back: top-level ``model``, ``train``, ``validation``, ``output`` and a
+    ``[params]`` table; ``comment`` lines first. Written atomically.
+
+    Raises
+    ------
+    JobFileError
+        An unknown key or a value TOML cannot hold.
+    """
+    unknown = sorted(set(job) - set(JOB_KEYS))
+    if unknown:
+        raise JobFileError(f"a job file has no key(s) {unknown}; allowed: {list(JOB_KEYS)}")
+    lines = [f"# {line}".rstrip() for line in comment.splitlines()]
+    for key in JOB_KEYS:
+        if key != "params" and job.get(key) is not None:
+            lines.append(f"{key} = {_toml_value(job[key])}")
+    lines += ["", "[params]"]
+    for name, value in dict(job.get("params") or {}).items():
+        lines.append(f"{name} = {_toml_value(value)}")
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, p)
+    return p

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 LOSS_KEYS = ("loss", "train_rmse", "objective")
@@ -162,6 +163,58 @@ def plot_metrics(
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+TRIAL_STYLES = {
+    "COMPLETE": ("o", "tab:blue"),
+    "PRUNED": ("x", "tab:gray"),
+    "FAIL": ("v", "tab:red"),
+}
+"""Marker and colour of each trial state in :func:`plot_trials`."""
+
+
+def plot_trials(
+    trials: pd.DataFrame,
+    path: str | os.PathLike[str],
+    metric: str,
+    higher_is_better: bool = True,
+) -> Path | None:
+    """A tuning run (:func:`mfdask.tune`): each trial's validation score by trial number
+    (completed, pruned at their best so far, failed along the bottom) and the best
+    completed score so far as a step line.
+
+    Returns the PNG's path, or None when there are no trials.
+    """
+    if trials is None or len(trials) == 0:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    scores = pd.to_numeric(trials["score"], errors="coerce")
+    finite = scores[np.isfinite(scores)]
+    floor = float(finite.min() if higher_is_better else finite.max()) if len(finite) else 0.0
+    for state, (marker, colour) in TRIAL_STYLES.items():
+        rows = trials["state"] == state
+        if not rows.any():
+            continue
+        y = scores[rows].to_numpy(dtype=float)
+        if state == "FAIL":
+            y = np.where(np.isfinite(y), y, floor)
+        ax.scatter(trials.loc[rows, "number"], y, marker=marker, color=colour, label=state.lower())
+    done = trials["state"] == "COMPLETE"
+    if done.any():
+        ordered = scores.where(done)
+        best = ordered.cummax() if higher_is_better else ordered.cummin()
+        ax.step(trials["number"], best, where="post", color="tab:orange", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(f"validation {metric}")
+    ax.set_title(f"tuning: {len(trials)} trials")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)

@@ -8,8 +8,9 @@ it starts a ``LocalCluster`` for the duration of the block and shuts it down aft
 
 from __future__ import annotations
 
+import contextvars
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -142,16 +143,52 @@ def session(spec: ClusterSpec | None = None) -> Iterator[Client]:
             cluster.close()
 
 
+_WORKER_GROUP: contextvars.ContextVar[frozenset[str] | None] = contextvars.ContextVar(
+    "mfdask_worker_group", default=None
+)
+
+
+@contextmanager
+def worker_group(addresses: Iterable[str]) -> Iterator[None]:
+    """Place the blocks of what runs in this context (thread) on these workers only.
+
+    :func:`worker_addresses` then lists only the live workers of the group, so a fit
+    started here puts one block on each of them (``n_blocks=None``) and pins its tasks
+    there: several fits can share one cluster side by side (the tuner's concurrent
+    trials), each on its own group of workers.
+    """
+    token = _WORKER_GROUP.set(frozenset(addresses))
+    try:
+        yield
+    finally:
+        _WORKER_GROUP.reset(token)
+
+
+def live_workers(client: Client) -> list[str]:
+    """Every worker of the cluster, sorted, whatever :func:`worker_group` is in force."""
+    workers = sorted(client.nthreads())
+    if not workers:
+        raise ClusterError("the Dask cluster has no workers: start at least one `dask worker`")
+    return workers
+
+
 def worker_addresses(client: Client) -> list[str]:
     """Addresses of the workers, sorted so block placement is deterministic.
 
     Asked of the scheduler each time (``Client.nthreads``): ``Client.scheduler_info``
     returns an identity that the client's periodic refresh may overwrite, between the
-    fetch and the read, with one listing no workers.
+    fetch and the read, with one listing no workers. Inside :func:`worker_group`, only
+    the group's live workers.
     """
-    workers = sorted(client.nthreads())
-    if not workers:
-        raise ClusterError("the Dask cluster has no workers: start at least one `dask worker`")
+    workers = live_workers(client)
+    group = _WORKER_GROUP.get()
+    if group is not None:
+        workers = [w for w in workers if w in group]
+        if not workers:
+            raise ClusterError(
+                f"none of the {len(group)} worker(s) of this worker group is alive: "
+                "the group's workers left the cluster"
+            )
     return workers
 
 

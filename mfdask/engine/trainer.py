@@ -16,7 +16,10 @@ validation data, keep the result) and hands it to a :class:`Trainer`, which owns
 - validation and early stopping (:class:`BestIteration`), the best iteration's state
   kept as engine blocks and gathered only when a checkpoint or the end needs it;
 - one progress bar (hidden with ``MFDASK_NO_PROGRESS=1``), the history records, the
-  user's callback, and the divergence error (:class:`~mfdask.errors.ModelFitError`).
+  user's callback, and the divergence error (:class:`~mfdask.errors.ModelFitError`);
+- iteration hooks (:func:`iteration_hook`): whoever runs a fit from the outside (the
+  tuner's pruner) sees each iteration's validation score and may stop the fit, without
+  the model knowing.
 
 The trainer sees arrays, engines (:class:`~mfdask.engine.dsgd.DSGD`,
 :class:`~mfdask.engine.als.BlockALS`) and plain settings (:class:`TrainSettings`); it
@@ -34,10 +37,12 @@ never imports a model. Which file to open for what:
 
 from __future__ import annotations
 
+import contextvars
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +91,56 @@ def progress_bar(show: bool, total: int, unit: str) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit=unit, disable=os.environ.get("MFDASK_NO_PROGRESS") == "1")
+
+
+@dataclass(frozen=True)
+class IterationEvent:
+    """What an :func:`iteration_hook` sees after each iteration of a fit.
+
+    Attributes
+    ----------
+    iteration : int
+        0-based.
+    record : dict
+        The history record (read it, do not change it).
+    score : float or None
+        The validation score of this iteration (None without validation data).
+    higher_is_better : bool
+        Direction of ``score``.
+    model : str
+        The objective's name (``"ALS"``).
+    """
+
+    iteration: int
+    record: dict[str, Any]
+    score: float | None
+    higher_is_better: bool
+    model: str
+
+
+IterationHook = Callable[[IterationEvent], Any]
+"""Returns ``False`` to stop the fit (as a callback returning ``False`` does)."""
+
+_HOOKS: contextvars.ContextVar[tuple[IterationHook, ...]] = contextvars.ContextVar(
+    "mfdask_iteration_hooks", default=()
+)
+
+
+@contextmanager
+def iteration_hook(hook: IterationHook) -> Iterator[None]:
+    """Call ``hook`` after every iteration of every fit run in this context (thread).
+
+    The way to watch or stop a fit from outside the model (a tuner's pruner): the hook
+    gets an :class:`IterationEvent`; returning ``False`` stops the fit the way a
+    callback returning ``False`` does, cleanly (the look-ahead is cancelled, the fit
+    ends with the state it has, the engine closes). Hooks nest; a context variable keeps
+    the fits of other threads out of it.
+    """
+    token = _HOOKS.set((*_HOOKS.get(), hook))
+    try:
+        yield
+    finally:
+        _HOOKS.reset(token)
 
 
 @dataclass
@@ -498,7 +553,9 @@ class Trainer:
                 and not checkpoints.due(iteration)
             )
 
-        driver = _driver(engine, objective, may_look_ahead, fuse=self.callback is None)
+        hooks = _HOOKS.get()
+        fuse = self.callback is None and not hooks
+        driver = _driver(engine, objective, may_look_ahead, fuse=fuse)
         best = _BestState(
             driver, BestIteration(objective.higher_is_better, settings.early_stopping_rounds)
         )
@@ -515,6 +572,7 @@ class Trainer:
                         f"{objective.advice}"
                     )
             keep_going = True
+            score: float | None = None
             if objective.validation_key is not None:
                 score = objective.validate(iteration, driver.gather_state)
                 record[objective.validation_key] = score
@@ -524,6 +582,13 @@ class Trainer:
             history.append(record)
             if self.callback is not None and self.callback(record) is False:
                 keep_going = False
+            if hooks:
+                event = IterationEvent(
+                    iteration, record, score, objective.higher_is_better, objective.name
+                )
+                for hook in hooks:
+                    if hook(event) is False:
+                        keep_going = False
             if bar is not None:
                 bar.update(1)
                 shown = {k: f"{record[k]:.4f}" for k in objective.progress_keys if k in record}

@@ -137,6 +137,12 @@ class ALS(FactorModel):
 
     model_name: ClassVar[str] = "als"
     implicit: ClassVar[bool] = True
+    search_space: ClassVar[dict[str, dict[str, Any]]] = {
+        "regularization": {"low": 0.01, "high": 3.0, "log": True},
+        "alpha": {"low": 0.3, "high": 30.0, "log": True},
+    }
+    """What :func:`mfdask.tune` searches by default (``iterations`` is the budget; the
+    best iteration is kept)."""
 
     def __init__(
         self,

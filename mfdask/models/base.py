@@ -143,6 +143,9 @@ class FactorModel:
     model_name: ClassVar[str] = "base"
     implicit: ClassVar[bool] = True
     """True when the model learns from positives only (ALS, BPR, WARP)."""
+    search_space: ClassVar[dict[str, dict[str, Any]]] = {}
+    """The default search space of :func:`mfdask.tune`: parameter -> ``{"low", "high",
+    "log"}`` (an integer range when both bounds are integers) or ``{"choices": [...]}``."""
 
     # Declarations only (no class attributes): each subclass's ``__init__`` stores its
     # parameters, ``fit``/``load`` the learned state; the shared code below reads them.
@@ -442,9 +445,13 @@ class FactorModel:
 
         The held-out ratings are read and placed on the workers once per fit (a
         :class:`~mfdask.evaluate.RankingEvaluator`); each epoch only sends its factors.
+        ``validation`` may itself be a placed ``RankingEvaluator`` (the tuner's, shared by
+        every trial on the same training data).
         """
         from mfdask.evaluate import RankingEvaluator
 
+        if isinstance(validation, RankingEvaluator):  # placed by the caller, shared by fits
+            return float(validation.score(self)[self.validation_metric])
         evaluator = getattr(self, "_validator", None)
         if evaluator is None or evaluator.test is not validation:
             evaluator = RankingEvaluator(self, validation, k=self.validation_k)

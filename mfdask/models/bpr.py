@@ -150,6 +150,11 @@ class BPR(PairwiseModel):
     """
 
     model_name: ClassVar[str] = "bpr"
+    search_space: ClassVar[dict[str, dict[str, Any]]] = {
+        "learning_rate": {"low": 0.005, "high": 0.3, "log": True},
+        "regularization": {"low": 1e-4, "high": 0.3, "log": True},
+    }
+    """What :func:`mfdask.tune` searches by default (``epochs`` is the budget)."""
 
     def __init__(
         self,

@@ -306,6 +306,11 @@ class SVD(FactorModel):
 
     model_name: ClassVar[str] = "svd"
     implicit: ClassVar[bool] = False
+    search_space: ClassVar[dict[str, dict[str, Any]]] = {
+        "learning_rate": {"low": 0.003, "high": 0.06, "log": True},
+        "regularization": {"low": 0.005, "high": 0.3, "log": True},
+    }
+    """What :func:`mfdask.tune` searches by default (``epochs`` is the budget)."""
 
     def __init__(
         self,

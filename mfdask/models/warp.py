@@ -186,6 +186,12 @@ class WARP(PairwiseModel):
     """
 
     model_name: ClassVar[str] = "warp"
+    search_space: ClassVar[dict[str, dict[str, Any]]] = {
+        "learning_rate": {"low": 0.01, "high": 0.5, "log": True},
+        "regularization": {"low": 0.01, "high": 5.0, "log": True},
+        "max_sampled": {"low": 5, "high": 100, "log": True},
+    }
+    """What :func:`mfdask.tune` searches by default (``epochs`` is the budget)."""
 
     def __init__(
         self,
