@@ -677,13 +677,18 @@ def similar_items_all(
     chunk_cells: int = DEFAULT_CHUNK_CELLS,
     metadata: dict[str, Any] | None = None,
     method: str = "exact",
+    shrinkage: float | None = None,
     **ann_options: Any,
 ) -> TopKOutput:
     """The ``n`` most similar items to every item (cosine of item factors) as Parquet.
 
     The same scores as :meth:`~mfdask.models.base.FactorModel.similar_items`: item
     embeddings are normalised to unit length once on the client and broadcast; each
-    worker scores a block of items against all of them and drops the item itself.
+    worker scores a block of items against all of them and drops the item itself. The
+    ``shrinkage`` β (default the model's) multiplies each candidate's cosine by
+    ``n_j / (n_j + β)``, ``n_j`` its training ratings: the candidates are the weighted
+    unit vectors and the queries the plain ones (an inner-product index over the
+    weighted vectors then ranks exactly so too).
 
     Parameters
     ----------
@@ -697,6 +702,8 @@ def similar_items_all(
         Query items (default: all); candidates are always every item.
     overwrite, n_blocks, chunk_cells, metadata, method, ann_options
         As for :func:`recommend_all` (the index is over the unit item vectors).
+    shrinkage : float, optional
+        As for :meth:`~mfdask.models.base.FactorModel.similar_items`.
     """
     model._check_fitted()
     if items is None:
@@ -707,6 +714,12 @@ def similar_items_all(
     norms = np.linalg.norm(vectors, axis=1)
     unit = (vectors / np.where(norms > 0, norms, 1.0)[:, None]).astype(np.float32)
     params = ann.resolve_method(method, len(unit), ann_options)
+    weights = model._support_weights(shrinkage)
+    candidates = unit
+    queries = None
+    if weights is not None:
+        candidates = (unit * np.asarray(weights, dtype=np.float32)[:, None]).astype(np.float32)
+        queries = unit[rows]
     return _run_blocks(
         model,
         path=Path(path),
@@ -716,8 +729,8 @@ def similar_items_all(
         result_column="similar_item_id",
         rows=rows,
         query_ids=model.item_ids_.to_numpy()[rows],
-        query_vectors=None,
-        candidates=unit,
+        query_vectors=queries,
+        candidates=candidates,
         candidate_ids=model.item_ids_,
         query_type=_arrow_type(model.item_ids_),
         exclude_for=_Const("self"),
@@ -726,7 +739,12 @@ def similar_items_all(
         block_multiple=1,
         chunk_cells=chunk_cells,
         overwrite=overwrite,
-        manifest_extra=dict(metadata or {}),
+        manifest_extra={
+            "shrinkage": None
+            if weights is None
+            else float(model.similar_items_shrinkage if shrinkage is None else shrinkage),
+            **(metadata or {}),
+        },
         ann_params=params,
     )
 
@@ -759,3 +777,30 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not p.is_file():
         raise FileNotFoundError(f"{path} is not a top-k output: {MANIFEST} is missing")
     return json.loads(p.read_text())
+
+
+def _block_column_counts(block: Any, n_cols: int) -> np.ndarray:
+    """Entries per column of one :class:`~mfdask.engine.state.SeenBlocks` block."""
+    return np.bincount(np.asarray(block[3], dtype=np.int64), minlength=n_cols)
+
+
+def column_counts(seen: Any) -> np.ndarray:
+    """``(n_cols,) int64``: entries per column of a seen-items pattern (items' training
+    ratings): a CSR on the client, or :class:`~mfdask.engine.state.SeenBlocks` counted
+    where each block lives (only the counts travel)."""
+    if isinstance(seen, SeenBlocks):
+        client = seen.blocks[0].client
+        futures = [
+            client.submit(
+                _block_column_counts,
+                b,
+                seen.n_cols,
+                workers=[w],
+                allow_other_workers=True,
+                pure=False,
+            )
+            for b, w in zip(seen.blocks, seen.where, strict=True)
+        ]
+        return np.sum(client.gather(futures), axis=0).astype(np.int64)
+    csr = sp.csr_matrix(seen)
+    return np.bincount(csr.indices, minlength=csr.shape[1]).astype(np.int64)

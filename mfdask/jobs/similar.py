@@ -1,9 +1,12 @@
 """The N most similar items to every item of a saved model, written as Parquet.
 
-Similarity is the cosine of the item factors (biases left out). Each block of items is
-scored on a worker against all items (broadcast once, unit length); the item itself is
-excluded. Output: OUTPUT/item_block=K/part-0.parquet with item_id, rank (1..N),
-similar_item_id, score, and OUTPUT/_manifest.json; atomic, kept unless --overwrite.
+Similarity is the cosine of the item factors (biases left out), multiplied by
+n/(n + BETA) for a candidate with n training ratings (--shrinkage BETA, default 10; 0 for
+the plain cosine), so that items rated by a handful of users do not crowd the lists.
+Each block of items is scored on a worker against all items (broadcast once, unit
+length); the item itself is excluded. Output: OUTPUT/item_block=K/part-0.parquet with
+item_id, rank (1..N), similar_item_id, score, and OUTPUT/_manifest.json; atomic, kept
+unless --overwrite.
 
   mfdask similar out/models/als out/similar/als -n 10
 
@@ -37,6 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--items", metavar="ID,ID,...", help="only these items (original ids, comma-separated)"
     )
     parser.add_argument("--blocks", type=int, default=None, help="output partitions (auto)")
+    parser.add_argument(
+        "--shrinkage",
+        type=float,
+        default=None,
+        metavar="BETA",
+        help="multiply a candidate's cosine by n/(n+BETA), n its training ratings "
+        "(default: the model's, 10; 0: plain cosine)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
     add_method_arguments(parser)
     add_cluster_arguments(parser)
@@ -63,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             n_blocks=args.blocks,
             method=args.method,
+            shrinkage=args.shrinkage,
             **options,
         )
     print(

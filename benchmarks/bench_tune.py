@@ -1,0 +1,148 @@
+"""mfdask.tune on ML-1M against fixed defaults and implicit's ALS, side by side.
+
+Protocol (bench_als's): ML-1M, positives are ratings >= 4, per user 20 % of the
+positives held out as the test part (``user_holdout``, seed 0), 64 factors; NDCG@10 and
+precision@10 over the users with a held-out item, every training rating filtered, all
+models scored by the same metric code. ``tune`` sees the training part only: it carves
+its own validation part from it (20 % of each user's positives again, other keys) and
+scores every trial there; the winner is then refitted on the whole training part and
+scored once on the test part. The peers run in the same process on the same split:
+implicit's ALS with its defaults and with the settings bench_als's validation grid
+found (λ = 50, α = 5), and mfdask's ALS with its defaults.
+
+Run: ``MFDASK_DATA=/work/shared/data python -m benchmarks.bench_tune [--trials 24]``.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import argparse
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.bench_als import (
+    DEFAULT_IMPLICIT,
+    FACTORS,
+    K,
+    Problem,
+    holdout,
+    load_ml1m,
+    run_implicit,
+    score,
+)
+from benchmarks.common import print_table, require_movielens, write_results
+
+
+def run_model(problem: Problem, model: Any) -> tuple[Any, dict[str, float], float]:
+    """Fit an mfdask model on the training part; its test metrics and fit seconds."""
+    started = time.perf_counter()
+    model.fit(problem.parquet())
+    seconds = time.perf_counter() - started
+    users = problem.user_of_idx.loc[problem.users].to_numpy()
+    recs = model.recommend(users, n=K)
+    idx_of_item = pd.Series(problem.item_of_idx.index, index=problem.item_of_idx.to_numpy())
+    ranked = np.full((len(users), K), -1, np.int64)
+    row = pd.Series(np.arange(len(users)), index=users).loc[recs.user_id].to_numpy()
+    ranked[row, recs["rank"].to_numpy() - 1] = idx_of_item.loc[recs.item_id].to_numpy()
+    return model, score(ranked, problem.relevant, problem.users), seconds
+
+
+def main(argv: list[str] | None = None) -> None:
+    from distributed import Client, LocalCluster
+
+    import mfdask
+    from mfdask import ALS, BPR, SVD, WARP
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=24)
+    parser.add_argument("--model", default="als", choices=["als", "bpr", "warp"])
+    parser.add_argument("--iterations", type=int, default=None, help="the budget per trial")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers-per-trial", type=int, default=None)
+    parser.add_argument("--no-peers", action="store_true", help="skip implicit's runs")
+    args = parser.parse_args(argv if argv is not None else sys.argv[1:])
+    root = require_movielens("ml-1m")
+    ratings, _ = load_ml1m(root)
+    shape = (int(ratings.user_idx.max()) + 1, int(ratings.item_idx.max()) + 1)
+    train, test = holdout(ratings, seed=0)
+    problem = Problem(train, test, shape)
+    cls = {"als": ALS, "bpr": BPR, "warp": WARP, "svd": SVD}[args.model]
+    budget = (
+        {}
+        if args.iterations is None
+        else {"iterations" if args.model == "als" else "epochs": args.iterations}
+    )
+    rows: list[dict[str, Any]] = []
+    load_before = os.getloadavg()
+    cluster = LocalCluster(
+        n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0"
+    )
+    client = Client(cluster, set_as_default=True)
+    try:
+        if not args.no_peers and args.model == "als":
+            for name, params in (
+                ("implicit ALS, defaults", {"regularization": 0.01, "alpha": 1.0}),
+                ("implicit ALS, tuned (bench_als grid)", DEFAULT_IMPLICIT),
+            ):
+                _, metrics, seconds = run_implicit(problem, **params)
+                rows.append({"model": name, **metrics, "seconds": seconds, "params": params})
+        _, metrics, seconds = run_model(problem, cls(factors=FACTORS, random_state=0))
+        rows.append({"model": f"mfdask {args.model}, defaults", **metrics, "seconds": seconds})
+        started = time.perf_counter()
+        result = mfdask.tune(
+            cls(factors=FACTORS, random_state=0, **budget),
+            problem.parquet(),
+            n_trials=args.trials,
+            workers_per_trial=args.workers_per_trial,
+            show_progress=True,
+        )
+        tune_seconds = time.perf_counter() - started
+        print(result.summary())
+        print(result.trials.drop(columns=["error"]).to_string())
+        best = cls(factors=FACTORS, random_state=0, **{**budget, **result.best_params})
+        _, metrics, seconds = run_model(problem, best)
+        rows.append(
+            {
+                "model": f"mfdask {args.model}, tuned ({args.trials} trials)",
+                **metrics,
+                "seconds": seconds,
+                "params": result.best_params,
+            }
+        )
+    finally:
+        client.close()
+        cluster.close()
+    load_after = os.getloadavg()
+    trials = result.trials
+    summary = {
+        "tune_seconds": tune_seconds,
+        "validation_ndcg": result.best_score,
+        "trial_seconds_median": float(trials["seconds"].median()),
+        "states": trials["state"].value_counts().to_dict(),
+        "concurrency": result.concurrency,
+        "load_before": load_before,
+        "load_after": load_after,
+    }
+    table = print_table(
+        [{k: v for k, v in r.items() if k != "params"} for r in rows],
+        f"ML-1M user_holdout 0.2 seed 0, {FACTORS} factors; load {load_before} -> {load_after}",
+    )
+    print(summary)
+    out = write_results(
+        f"tune_{args.model}",
+        {"rows": rows, "summary": summary, "trials": trials.to_dict("records"), "table": table},
+    )
+    result.plot(out.with_suffix(".png"))
+    print("wrote", out)
+
+
+if __name__ == "__main__":
+    main()
