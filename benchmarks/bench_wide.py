@@ -122,12 +122,33 @@ class RSSMonitor:
             self._stop.wait(self.interval)
 
     def __enter__(self) -> RSSMonitor:
+        self._cpu_start = process_tree_cpu()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self.cpu_seconds = process_tree_cpu() - self._cpu_start
+
+
+def process_tree_cpu() -> float:
+    """User + system CPU seconds of this process and its live children (the workers).
+
+    CPU time is what the comparison needs on a shared machine: wall time grows with
+    the other processes' load, CPU time much less.
+    """
+    import psutil
+
+    me = psutil.Process()
+    total = 0.0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
 
 
 PARAMS = {
@@ -161,11 +182,13 @@ def run_mfdask(
         ALS(factors=4, iterations=1).fit(warm)
         with RSSMonitor() as mon:
             started = time.perf_counter()
+            cpu_started = process_tree_cpu()
             model = ALS(
                 iterations=iterations, random_state=0, calculate_training_loss=False, **PARAMS
             )
             model.fit(dd.read_parquet(str(data)))
             out["fit s"] = time.perf_counter() - started
+            out["fit cpu s"] = process_tree_cpu() - cpu_started
             seconds = [h["seconds"] for h in model.history_]
             out["s/iter"] = float(np.median(seconds))
             out["outside iterations s"] = out["fit s"] - sum(seconds)
@@ -217,8 +240,10 @@ def run_implicit(data: Path, iterations: int) -> dict[str, Any]:
     import psutil
 
     started = time.perf_counter()
+    cpu_started = process_tree_cpu()
     model.fit(matrix, show_progress=False)
     out["fit s"] = time.perf_counter() - started
+    out["fit cpu s"] = process_tree_cpu() - cpu_started
     out["s/iter"] = out["fit s"] / iterations
     out["peak GiB"] = psutil.Process().memory_info().rss / 2**30
     return out
@@ -270,6 +295,7 @@ def main(argv: list[str] | None = None) -> None:
             print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
             raise SystemExit(f"phase {phase} failed")
         results[phase] = json.loads(line[0][len("RESULT ") :])
+        results[phase]["load after"] = round(os.getloadavg()[0], 1)
         print(phase, results[phase], flush=True)
     rows = [{"": name, **r} for name, r in results.items()]
     if "mfdask" in results and "implicit" in results:
@@ -280,6 +306,7 @@ def main(argv: list[str] | None = None) -> None:
                 "s/iter": m["s/iter"] / i["s/iter"],
                 "fit s": m["fit s"] / i["fit s"],
                 "csr s": m["fit s"] / (i["fit s"] + i["csr s"]),
+                "fit cpu s": m["fit cpu s"] / i["fit cpu s"],
             }
         )
     print_table(rows, f"ALS, {args.ratings:,} ratings, {args.users:,} users, {args.items:,} items")

@@ -72,3 +72,25 @@ def test_assemble_seen_matches_input(client):
     blocks = place_row_blocks(client, parts, 3, *matrix.shape)
     seen = assemble_seen(client, blocks, *matrix.shape)
     np.testing.assert_array_equal(seen.toarray(), matrix.toarray() > 0)
+
+
+def test_csr_kernel_equals_a_lexsort_and_finds_the_first_duplicate():
+    from mfdask.kernels.csr import coo_to_csr
+
+    rng = np.random.default_rng(3)
+    # Short rows (insertion sort) and one long row (the sort of long rows) together.
+    rows = np.concatenate([rng.integers(0, 50, 400), np.full(200, 7)]).astype(np.int32)
+    cols = rng.permutation(10_000)[: len(rows)].astype(np.int32)
+    vals = rng.random(len(rows)).astype(np.float32)
+    indptr, indices, data, duplicate = coo_to_csr(rows, cols, vals, 60)
+    order = np.lexsort((cols, rows))
+    assert duplicate == -1
+    np.testing.assert_array_equal(
+        indptr, np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=60))])
+    )
+    np.testing.assert_array_equal(indices, cols[order])
+    np.testing.assert_array_equal(data, vals[order])
+    rows2 = np.array([2, 0, 2, 1, 2], np.int32)
+    cols2 = np.array([5, 1, 3, 1, 5], np.int32)
+    indptr, indices, _, duplicate = coo_to_csr(rows2, cols2, np.ones(5, np.float32), 3)
+    assert duplicate == 4 and indices[duplicate] == 5  # row 2's second 5

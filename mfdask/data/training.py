@@ -170,7 +170,12 @@ def dense_index(ids: pd.Index, values: pd.Series) -> np.ndarray:
     if ids.dtype.kind in "iuf" and values.dtype.kind in "iuf":
         sorted_ids = ids.to_numpy()
         v = values.to_numpy()
-        pos = np.searchsorted(sorted_ids, v)
+        # Searching the values in ascending order walks the ids forward (NumPy narrows
+        # each search from the last one): several times faster than searching them in
+        # their own order when the ids far outgrow the caches.
+        order = np.argsort(v, kind="stable")
+        pos = np.empty(len(v), dtype=np.int64)
+        pos[order] = np.searchsorted(sorted_ids, v[order])
         found = pos < len(sorted_ids)
         found[found] = sorted_ids[pos[found]] == v[found]
         return np.where(found, pos, -1)

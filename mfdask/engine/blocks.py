@@ -33,6 +33,7 @@ from distributed import Client, Future
 from mfdask.data import schema
 from mfdask.data.training import LocalRatings
 from mfdask.engine.cluster import wait_for, worker_addresses
+from mfdask.kernels.csr import coo_to_csr
 
 
 class DuplicateRatingError(ValueError):
@@ -137,23 +138,15 @@ def build_row_block(
         raise IndexError(f"{row_name} index out of range 0..{n_rows - 1} in block {block}")
     if cols.size and (cols.min() < 0 or cols.max() >= n_cols):
         raise IndexError(f"{col_name} index out of range 0..{n_cols - 1} in block {block}")
-    order = np.lexsort((cols, local))
-    local = local[order]
-    cols = cols[order]
-    vals = vals[order]
-    del order
-    if local.size > 1:
-        dup = (local[1:] == local[:-1]) & (cols[1:] == cols[:-1])
-        if dup.any():
-            k = int(np.flatnonzero(dup)[0])
-            g = int(local[k]) * n_blocks + block
-            raise DuplicateRatingError(
-                f"duplicate rating for {row_name} index {g}, {col_name} index {int(cols[k])}: "
-                "deduplicate the input (`mfdask ingest --duplicates last|mean`)"
-            )
-    counts = np.bincount(local, minlength=n_local)
-    indptr = np.zeros(n_local + 1, dtype=np.int64)
-    np.cumsum(counts, out=indptr[1:])
+    indptr, cols, vals, duplicate = coo_to_csr(local, cols, vals, n_local)
+    del local
+    if duplicate >= 0:
+        k = int(duplicate)
+        g = int(np.searchsorted(indptr, k, side="right") - 1) * n_blocks + block
+        raise DuplicateRatingError(
+            f"duplicate rating for {row_name} index {g}, {col_name} index {int(cols[k])}: "
+            "deduplicate the input (`mfdask ingest --duplicates last|mean`)"
+        )
     return RowBlock(
         block=block,
         n_blocks=n_blocks,
