@@ -54,6 +54,7 @@ from mfdask.engine.cluster import session
 from mfdask.engine.dsgd import DSGD
 from mfdask.engine.pipeline import EpochPipeline
 from mfdask.engine.resilience import run_fit
+from mfdask.engine.warmup import warm_workers
 from mfdask.errors import ModelFitError
 
 State = dict[str, np.ndarray]
@@ -521,6 +522,7 @@ class Trainer:
     def fit(self, objective: Objective) -> FitResult:
         """Connect (:func:`~mfdask.engine.cluster.session`), build the engine, train."""
         with session() as client:
+            warm_workers(client)  # kernels load on the workers while the ratings are placed
             engine = objective.build(client)
             try:
                 result = self._run(client, engine, objective)

@@ -38,6 +38,7 @@ from mfdask.data import schema
 from mfdask.data.dataset import Dataset, atomic_directory, open_dataset, write_json_atomic
 from mfdask.data.training import TrainingData, as_training_data
 from mfdask.engine.state import FactorBlocks, SeenBlocks
+from mfdask.engine.warmup import warm_current_client
 from mfdask.recommend import chunk_rows, top_k_of_scores
 
 if TYPE_CHECKING:
@@ -325,6 +326,7 @@ class FactorModel:
         self._validate_params()
         self._validate_checkpoint_params()
         self._checkpoints = self._make_checkpoints(resume)
+        warm_current_client()  # the workers load the kernels while the ratings are read
         data = as_training_data(train)
         self.user_ids_ = data.user_ids
         self.item_ids_ = data.item_ids
