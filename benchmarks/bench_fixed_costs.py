@@ -13,7 +13,9 @@ regularization 50, alpha 5), no training loss. ``implicit`` 0.7 with 2 threads
   (:mod:`mfdask.engine.warmup`, the default) and once without (the Dask config
   ``mfdask.kernels.warm-up: false``), each on its own new cluster.
 - ``running``: fits on a cluster that has already run one (what a session or a
-  long-running cluster sees), alternated with implicit's fits, ``--repeats`` times.
+  long-running cluster sees), alternated with implicit's fits, ``--repeats`` times; and
+  the same fit with each iteration waited for before the next is submitted (the Dask
+  config ``mfdask.als.look-ahead: false``).
 
 Per mfdask fit: the wall time, the iterations (``history_[i]["seconds"]``), the first
 iteration, and the rest (reading the ids, placement, the finish); the ratio to implicit's
@@ -52,10 +54,11 @@ from benchmarks.common import print_table, require_movielens, write_results
 PARAMS = {"regularization": 50.0, "alpha": 5.0}
 
 
-def mfdask_fit(problem: Problem) -> dict[str, Any]:
-    model, metrics, seconds = run_mfdask(
-        problem, {**IMPLICIT_FORM, **PARAMS, "calculate_training_loss": False}
-    )
+def mfdask_fit(problem: Problem, look_ahead: bool = True) -> dict[str, Any]:
+    with dask.config.set({"mfdask.als.look-ahead": look_ahead}):
+        model, metrics, seconds = run_mfdask(
+            problem, {**IMPLICIT_FORM, **PARAMS, "calculate_training_loss": False}
+        )
     its = [h["seconds"] for h in model.history_]
     return {
         "fit s": seconds,
@@ -96,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     cold["cold, kernels at first call"] = cold_fit(problem, False)
     implicit: list[dict[str, Any]] = []
     running: list[dict[str, Any]] = []
+    waiting: list[dict[str, Any]] = []
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster:
         with Client(cluster, set_as_default=True):
             mfdask_fit(problem)  # the cluster has run a fit before
@@ -103,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                 _, metrics, seconds = run_implicit(problem, **PARAMS)
                 implicit.append({"fit s": seconds, "ndcg@10": metrics["ndcg@10"]})
                 running.append(mfdask_fit(problem))
+                waiting.append(mfdask_fit(problem, look_ahead=False))
     load_after = os.getloadavg()
     implicit_s = statistics.median(r["fit s"] for r in implicit)
     rows: list[dict[str, Any]] = [
@@ -131,6 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     median = sorted(running, key=lambda r: r["fit s"])[len(running) // 2]
     rows.append(row(f"mfdask, running cluster (median of {args.repeats})", median))
     rows.append(row("mfdask, running cluster (best)", best))
+    rows.append(
+        row(
+            f"mfdask, running, no look-ahead (median of {args.repeats})",
+            sorted(waiting, key=lambda r: r["fit s"])[len(waiting) // 2],
+        )
+    )
     rows += [row(name, r) for name, r in cold.items()]
     title = (
         f"ML-1M ALS, {ITERATIONS} iterations, 64 factors, implicit's parameters; 2 workers; "
@@ -146,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             "rows": rows,
             "implicit": implicit,
             "running": running,
+            "running_no_look_ahead": waiting,
             "cold": cold,
         },
     )

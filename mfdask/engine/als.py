@@ -764,9 +764,19 @@ class BlockALS:
         total = sum(e + p for e, p in errors) + sum(pens)
         return float(total) / max(1, self.n_positives)
 
-    def wait(self) -> None:
-        """Block until the current factors exist (for timing)."""
-        collect(self.client, self.user_factors + self.item_factors, self._watched)
+    def wait(self, mark: tuple[list[Future], list[Future], Any] | None = None) -> None:
+        """Block until the current factors (or those of ``mark``) exist (for timing)."""
+        users, items = (self.user_factors, self.item_factors) if mark is None else mark[:2]
+        collect(self.client, users + items, self._watched)
+
+    def mark(self) -> tuple[list[Future], list[Future], Any]:
+        """The current factors (futures), to wait for or go back to after iterating on."""
+        return list(self.user_factors), list(self.item_factors), self._user_sources
+
+    def restore_mark(self, mark: tuple[list[Future], list[Future], Any]) -> None:
+        """Make a :meth:`mark` current again (drops iterations submitted after it)."""
+        self.user_factors, self.item_factors = list(mark[0]), list(mark[1])
+        self._user_sources = mark[2]
 
     def factors(self) -> tuple[Any, Any]:
         """The current ``(user, item)`` factors: gathered to the client, except a side

@@ -387,28 +387,51 @@ class _DSGDDriver:
 
 
 class _ALSDriver:
-    """Iterations of a :class:`BlockALS` engine (no random streams, no look-ahead).
+    """Iterations of a :class:`BlockALS` engine (no random streams).
 
     The state is ``{"factors": ...}`` per side; a snapshot is the gathered arrays (the
-    validation gathered them already: one gather serves both).
+    validation gathered them already: one gather serves both). Iteration ``i + 1`` is
+    submitted before ``i`` is waited for when ``may_look_ahead(i + 1)`` (nothing reads
+    ``i``'s state in between: no loss, no validation, no checkpoint), so the workers go
+    on while the client hears that ``i`` finished; :meth:`stop` takes it back.
     """
 
-    def __init__(self, engine: BlockALS) -> None:
+    def __init__(
+        self, engine: BlockALS, may_look_ahead: Callable[[int], bool] = lambda i: False
+    ) -> None:
         self.engine = engine
         self.seed = 0
         self._gathered: tuple[tuple[Any, ...], tuple[State, State]] | None = None
+        self._may_look_ahead = may_look_ahead
+        # iteration submitted ahead, the mark before it, when it was submitted
+        self._ahead: tuple[int, Any, float] | None = None
+        self._last_done = 0.0
 
     def run(self, iteration: int) -> IterationReport:
-        started = time.perf_counter()
-        self.engine.iterate()  # users against items, then items against users
-        self.engine.wait()
-        return IterationReport(iteration, {}, time.perf_counter() - started)
+        ahead = self._ahead
+        if ahead is not None and ahead[0] == iteration:
+            submitted = ahead[2]
+        else:
+            submitted = time.perf_counter()
+            self.engine.iterate()  # users against items, then items against users
+        self._ahead = None
+        mark = self.engine.mark()
+        if self._may_look_ahead(iteration + 1):
+            self._ahead = (iteration + 1, mark, time.perf_counter())
+            self.engine.iterate()
+        self.engine.wait(mark)
+        now = time.perf_counter()
+        seconds = now - max(submitted, self._last_done)
+        self._last_done = now
+        return IterationReport(iteration, {}, seconds)
 
     def stop(self) -> None:
-        return None
+        if self._ahead is not None:
+            self.engine.restore_mark(self._ahead[1])
+            self._ahead = None
 
     def forget(self) -> None:
-        return None
+        self._ahead = None
 
     def set_state(self, user: State, item: State) -> None:
         self.engine.initialize(user["factors"], item["factors"])
@@ -431,7 +454,7 @@ def _driver(engine: Any, objective: Objective, may_look_ahead: Callable[[int], b
     if isinstance(engine, DSGD):
         return _DSGDDriver(engine, objective, may_look_ahead, fuse)
     if isinstance(engine, BlockALS):
-        return _ALSDriver(engine)
+        return _ALSDriver(engine, may_look_ahead)
     raise TypeError(f"the trainer runs DSGD or BlockALS engines, not {type(engine).__name__}")
 
 

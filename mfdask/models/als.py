@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import dask
 import numpy as np
 
 from mfdask.data import schema
@@ -255,10 +256,15 @@ class _ALSObjective(Objective):
     name = "ALS"
     progress_keys = ("loss",)
     finite_keys = ("loss",)
-    looks_ahead = False
 
     def __init__(self, model: ALS, data: TrainingData, validation: Any) -> None:
         self.model, self.data, self.validation = model, data, validation
+        # The next iteration may be submitted before this one is waited for unless the
+        # loss of this one is computed from the engine's current factors (or the Dask
+        # config value mfdask.als.look-ahead is false).
+        self.looks_ahead = not model.calculate_training_loss and bool(
+            dask.config.get("mfdask.als.look-ahead", True)
+        )
         self.traffic: dict[str, Any] | None = None
         self.validation_key = None if validation is None else model.validation_metric
         self.advice = (
