@@ -49,7 +49,7 @@ import scipy.sparse as sp
 from mfdask._warnings import MfdaskWarning
 from mfdask.data import schema
 from mfdask.data.dataset import Dataset, is_dataset, open_dataset
-from mfdask.data.training import InputError
+from mfdask.data.training import InputError, frame_feedback
 from mfdask.engine.blocks import RowBlock, persist_partitions, place_row_blocks
 from mfdask.engine.cluster import current_client, live_workers, session, worker_addresses
 from mfdask.engine.resilience import ClusterFailure, gather
@@ -269,18 +269,28 @@ class _Prepared:
     unknown_users: int
     unknown_items: int
     skipped: int
+    feedback: str = schema.FEEDBACK_RATINGS
+
+    def threshold(self, positive_threshold: float | None) -> float | None:
+        """The relevance threshold for this data: ``positive_threshold`` applies to
+        ratings; on events every event with weight > 0 is relevant."""
+        if positive_threshold is not None and self.feedback == schema.FEEDBACK_EVENTS:
+            return schema.EVENT_POSITIVE_CUT
+        return positive_threshold
 
 
 def _as_frame(
     model: FactorModel, data: Any, what: str, need_rating: bool
-) -> tuple[dd.DataFrame, bool]:
-    """``data`` as a Dask DataFrame, and whether it is already in the model's dense indices."""
+) -> tuple[dd.DataFrame, bool, str]:
+    """``data`` as a Dask DataFrame, whether it is already in the model's dense indices,
+    and its feedback (``"ratings"`` or ``"events"``: an event frame's ``weight``, or 1
+    for an event list, is read as the value)."""
     if isinstance(data, (str, os.PathLike)) and is_dataset(data):
         data = open_dataset(data)
     if isinstance(data, Dataset):
         model.check_dataset(data)
         cols = [schema.USER_IDX, schema.ITEM_IDX] + ([schema.RATING] if need_rating else [])
-        return data.ratings(cols), True
+        return data.ratings(cols), True, data.feedback
     if isinstance(data, (str, os.PathLike)):
         if not os.path.exists(data):
             raise InputError(f"{what} data {os.fspath(data)!r} does not exist")
@@ -292,6 +302,17 @@ def _as_frame(
             f"cannot evaluate on {what} data of type {type(data).__name__}: pass a dataset "
             "path, a Dataset, or a pandas/Dask DataFrame with user_id, item_id, rating"
         )
+    feedback = (
+        schema.FEEDBACK_EVENTS
+        if schema.RATING not in data.columns and model.implicit
+        else schema.FEEDBACK_RATINGS
+    )
+    if feedback == schema.FEEDBACK_EVENTS:
+        frame_feedback(data.columns, what)  # the id columns, named if missing
+        if schema.WEIGHT in data.columns:
+            data = data.rename(columns={schema.WEIGHT: schema.RATING})
+        else:
+            data = data.assign(**{schema.RATING: 1.0})
     required = [schema.USER_ID, schema.ITEM_ID] + ([schema.RATING] if need_rating else [])
     missing = [c for c in required if c not in data.columns]
     if missing:
@@ -299,11 +320,11 @@ def _as_frame(
             f"{what} data is missing column(s) {missing}; it has {list(data.columns)} "
             f"(expected {', '.join(required)} in original ids)"
         )
-    return data[required], False
+    return data[required], False, feedback
 
 
 def _prepare(client: Any, model: FactorModel, data: Any, what: str, need_rating: bool) -> _Prepared:
-    ddf, dense = _as_frame(model, data, what, need_rating)
+    ddf, dense, feedback = _as_frame(model, data, what, need_rating)
     raw = persist_partitions(client, ddf)
     maps = None
     if not dense:
@@ -332,6 +353,7 @@ def _prepare(client: Any, model: FactorModel, data: Any, what: str, need_rating:
         unknown_users=int(total[1]),
         unknown_items=int(total[2]),
         skipped=int(total[3]),
+        feedback=feedback,
     )
 
 
@@ -556,7 +578,7 @@ def _rank(
         model,
         placed,
         k=k,
-        positive_threshold=positive_threshold,
+        positive_threshold=test.threshold(positive_threshold),
         chunk_cells=chunk_cells,
     )
 
@@ -601,6 +623,7 @@ class RankingEvaluator:
         self.n_blocks = n_blocks
         self.chunk_cells = chunk_cells
         self._placed: _PlacedRanking | None = None
+        self._threshold: float | None = self.positive_threshold
         self._place(model)
 
     def _place(self, model: FactorModel) -> _PlacedRanking:
@@ -611,6 +634,7 @@ class RankingEvaluator:
         test_p = _prepare(client, model, self.test, "test", need_rating)
         _report_skipped(test_p, "test", model)
         _check_known(test_p)
+        self._threshold = test_p.threshold(self.positive_threshold)
         self._placed = _place_ranking(
             client, model, test_p, train=None, filter_seen=self.filter_seen, n_blocks=blocks
         )
@@ -629,7 +653,7 @@ class RankingEvaluator:
                 model,
                 placed,
                 k=self.k,
-                positive_threshold=self.positive_threshold,
+                positive_threshold=self._threshold,
                 chunk_cells=self.chunk_cells,
             )
         except ClusterFailure:
@@ -676,6 +700,8 @@ def evaluate(
         negatives (same forms as ``test``); default: the model's ``seen_items_``.
     positive_threshold : float or None
         Test ratings at or above it are the relevant items; None: every test rating.
+        Ratings only: on event test data (a frame with ``weight`` or only ``user_id,
+        item_id``, or an event dataset) every event with weight > 0 is relevant.
     filter_seen : bool
         Drop training items from the lists (and from the AUC's negatives). Without it
         the training items compete with the test items, as in an unfiltered evaluation.

@@ -261,8 +261,11 @@ def test_errors_are_named(client, data, tmp_path):
         evaluate(model, test, rating=True)
     with pytest.raises(ValueError, match=r"no test user has a positive \(rating >= 6\)"):
         evaluate_ranking(model, test, positive_threshold=6)
-    with pytest.raises(InputError, match=r"missing column\(s\) \['rating'\]"):
-        evaluate_ranking(model, test.drop(columns="rating"))
+    with pytest.raises(InputError, match=r"missing column\(s\) \['user_id'\]"):
+        evaluate_ranking(model, test.drop(columns="user_id"))
+    # Without a rating column the test set is an event list: every row is relevant.
+    as_events = evaluate_ranking(model, test.drop(columns="rating"))
+    assert as_events["positives"] == len(test)
     bad = test.copy()
     bad.loc[3, "rating"] = np.nan
     with pytest.raises(InputError, match="rating nan is missing or not a number"):

@@ -62,7 +62,7 @@ def test_find_movielens_order(tmp_path, monkeypatch):
     assert find_movielens("ml-1m") is None
     monkeypatch.delenv("MFDASK_DATA")
     assert data_root() == tmp_path / "home" / ".cache" / "mfdask"
-    with pytest.raises(ValueError, match="unknown MovieLens dataset 'ml-2m'"):
+    with pytest.raises(ValueError, match="unknown dataset 'ml-2m'"):
         find_movielens("ml-2m")
 
 

@@ -35,8 +35,10 @@ def normal_equation_solve(model: ALS, items: np.ndarray, values: np.ndarray) -> 
     y = model.item_factors_.astype(np.float64)
     yu = y[items]
     offset = 1.0 if model.confidence == "paper" else 0.0
-    c = offset + model.alpha * values
-    lam = model.regularization * (len(items) if model.regularization_scaling == "count" else 1)
+    c = offset + model.params_["alpha"] * values
+    lam = model.params_["regularization"] * (
+        len(items) if model.regularization_scaling == "count" else 1
+    )
     a = y.T @ y + (yu.T * (c - 1.0)) @ yu + lam * np.eye(y.shape[1])
     b = yu.T @ c
     return np.linalg.solve(a, b)

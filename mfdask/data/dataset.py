@@ -82,6 +82,12 @@ class Dataset:
         """The item id map: ``item_id``, ``item_idx`` and ``title``/``genres`` if known."""
         return pd.read_parquet(self.path / schema.ITEMS_FILE)
 
+    @property
+    def feedback(self) -> str:
+        """``"ratings"`` or ``"events"`` (manifest ``feedback``; datasets written before
+        it was recorded hold ratings)."""
+        return str(self.manifest.get("feedback", schema.FEEDBACK_RATINGS))
+
     def fingerprint(self) -> str:
         """A short hash of the id maps: models refuse datasets whose maps differ."""
         return str(self.manifest.get("id_map_fingerprint", ""))

@@ -44,9 +44,14 @@ class MovieLensArchive:
     marker: str
     md5: str | None
     """Published MD5 of ``<name>.zip``; None: read the ``.md5`` file GroupLens publishes."""
+    home: str | None = None
+    """The archive's own directory on GroupLens (None: :data:`BASE_URL`, MovieLens)."""
+    published_md5: bool = True
+    """Whether GroupLens publishes a ``.md5`` beside the archive (HetRec: no)."""
 
     def url(self, base_url: str = BASE_URL) -> str:
-        return f"{base_url.rstrip('/')}/{self.name}.zip"
+        base = self.home if self.home is not None and base_url == BASE_URL else base_url
+        return f"{base.rstrip('/')}/{self.name}.zip"
 
 
 ARCHIVES: dict[str, MovieLensArchive] = {
@@ -60,6 +65,16 @@ ARCHIVES: dict[str, MovieLensArchive] = {
         MovieLensArchive("ml-latest-small", "ratings.csv", None),
     )
 }
+ARCHIVES["lastfm-2k"] = MovieLensArchive(
+    "hetrec2011-lastfm-2k",
+    "user_artists.dat",
+    None,
+    home="https://files.grouplens.org/datasets/hetrec2011",
+    published_md5=False,
+)
+"""HetRec 2011 Last.fm-2k (user, artist, play count; artists.dat with names): play counts,
+an event dataset (``mfdask demo --dataset lastfm-2k``). Unpacked as
+``hetrec2011-lastfm-2k/``. (c) GroupLens / Last.fm, HetRec 2011 (RecSys 2011 workshop)."""
 
 
 class FetchError(RuntimeError):
@@ -80,9 +95,7 @@ def _archive(name: str) -> MovieLensArchive:
     try:
         return ARCHIVES[name]
     except KeyError:
-        raise ValueError(
-            f"unknown MovieLens dataset {name!r}: use one of {', '.join(ARCHIVES)}"
-        ) from None
+        raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(ARCHIVES)}") from None
 
 
 def find_movielens(name: str, data: str | os.PathLike[str] | None = None) -> Path | None:
@@ -92,6 +105,7 @@ def find_movielens(name: str, data: str | os.PathLike[str] | None = None) -> Pat
     ``$MFDASK_DATA/<name>``, then ``~/.cache/mfdask/<name>``.
     """
     archive = _archive(name)
+    name = archive.name  # the directory: lastfm-2k unpacks as hetrec2011-lastfm-2k/
     candidates: list[Path] = []
     if data:
         d = Path(data).expanduser()
@@ -110,7 +124,7 @@ def _offline_hint(name: str, url: str, root: Path, reason: object) -> str:
     return (
         f"cannot download {url} ({reason}); if this machine has no network, download and "
         f"unzip it elsewhere, then point at the copy with --data DIR or {DATA_ENV}=DIR "
-        f"(DIR/{name}/{ARCHIVES[name].marker}); default DIR: {root}"
+        f"(DIR/{ARCHIVES[name].name}/{ARCHIVES[name].marker}); default DIR: {root}"
     )
 
 
@@ -177,7 +191,7 @@ def fetch(
     """
     archive = _archive(name)
     root = data_root(data)
-    target = root / name
+    target = root / archive.name
     if (target / archive.marker).is_file():
         log.info("%s is already in %s", name, target)
         return target
@@ -192,13 +206,17 @@ def fetch(
         progress = sys.stderr.isatty()
     try:
         try:
-            expected = archive.md5 or _published_md5(url, timeout)
+            expected = archive.md5 or (
+                _published_md5(url, timeout) if archive.published_md5 else None
+            )
             log.info("downloading %s", url)
             got = _download(url, part, timeout, progress)
         except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as exc:
             reason = getattr(exc, "reason", None) or exc
             raise FetchError(_offline_hint(name, url, root, reason)) from exc
-        if got != expected:
+        if expected is None:
+            log.info("%s: GroupLens publishes no checksum for it (MD5 %s)", url, got)
+        elif got != expected:
             raise FetchError(
                 f"{url} has MD5 {got}, expected {expected}: the download is corrupt or the "
                 "archive changed; try again, or download it by hand and use --data"

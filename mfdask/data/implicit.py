@@ -36,6 +36,14 @@ def check_threshold(threshold: float) -> float:
     return value
 
 
+def positive_cut(feedback: str, threshold: float) -> float:
+    """The threshold that picks the positives of ``feedback`` data: ``threshold`` for
+    ratings, :data:`~mfdask.data.schema.EVENT_POSITIVE_CUT` (weight > 0) for events."""
+    if feedback == schema.FEEDBACK_EVENTS:
+        return schema.EVENT_POSITIVE_CUT
+    return check_threshold(threshold)
+
+
 def is_positive(
     rating: np.ndarray, threshold: float = schema.DEFAULT_POSITIVE_THRESHOLD
 ) -> np.ndarray:

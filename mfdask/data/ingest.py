@@ -118,13 +118,15 @@ def ingest(
     sep: str | None = None,
     id_type: str = "auto",
     rating_range: tuple[float, float] | str | None = "auto",
-    duplicates: str = "error",
+    duplicates: str | None = None,
     on_bad_rows: str = "error",
     n_user_blocks: int = DEFAULT_USER_BLOCKS,
     overwrite: bool = False,
     blocksize: int = DEFAULT_BLOCKSIZE,
+    weight_col: str | int | None = None,
+    events: bool = False,
 ) -> Dataset:
-    """Read ratings from ``source`` and write the canonical dataset ``dest``.
+    """Read ratings (or an event log) from ``source`` and write the canonical dataset ``dest``.
 
     Runs on the current Dask scheduler (a ``distributed.Client`` when one is registered;
     :func:`mfdask.engine.cluster.session` sets one up).
@@ -139,9 +141,18 @@ def ingest(
     dest : path
         The dataset directory to write; it must not exist unless ``overwrite`` (and then
         must hold an mfdask dataset, which is replaced only once the new one is complete).
-    duplicates : {"error", "last", "mean"}
+    duplicates : {"error", "last", "mean", "sum", "count"}, optional
         Several ratings of one (user, item) pair: stop, keep the last one (file and line
-        order), or keep their mean rating with the last timestamp.
+        order), or keep their mean rating with the last timestamp. Several events of one
+        pair (an event log): ``sum`` (the default for events) folds them into one row with
+        their total weight, ``count`` with their number, both with the latest timestamp
+        (``error`` and ``last`` apply too). Default: ``error`` for ratings.
+    weight_col, events
+        Read an event log instead of ratings: ``weight_col`` names its weight column
+        (counts or strengths, ``>= 0``), ``events`` alone reads every row as one event
+        of weight 1 (see :func:`mfdask.data.readers.resolve_source`). The manifest
+        records ``feedback: "events"`` (the weight is stored in the ``rating`` column), so
+        models pick their event defaults.
     on_bad_rows : {"error", "skip"}
         Stop at the first bad row (naming file, line and problem; nothing is written),
         or write bad rows with their line and reason to ``quarantine.parquet`` in the
@@ -165,7 +176,10 @@ def ingest(
     FileExistsError
         ``dest`` exists and ``overwrite`` is false.
     """
-    validate_policy(on_bad_rows, duplicates)
+    events = events or weight_col is not None
+    if duplicates is None:
+        duplicates = "sum" if events else "error"
+    validate_policy(on_bad_rows, duplicates, events)
     if rating_range != "auto":
         validate_rating_range(rating_range)  # type: ignore[arg-type]
     if n_user_blocks < 1:
@@ -184,6 +198,8 @@ def ingest(
         sep=sep,
         id_type=id_type,
         rating_range=rating_range,
+        weight_col=weight_col,
+        events=events,
     )
     items_meta = read_items(src)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -574,13 +590,26 @@ def _finish_bucket(
     last = (np.concatenate((starts[1:], [n])) - 1) if n else starts
     keep = order[last]
     rating_in = c["rating"]
+    out_t = c["timestamp"][keep]
     if policy == "mean" and len(starts) < n:
         sizes = last - starts + 1
         rating = np.add.reduceat(rating_in[order].astype(np.float64), starts) / sizes
         rating = rating.astype(np.float32)
+    elif policy in ("sum", "count"):
+        # Events folded: the total weight (or the number of events) of each pair, and
+        # the latest of its timestamps.
+        if policy == "count":
+            rating = (last - starts + 1).astype(np.float32)
+        else:
+            rating = (
+                np.add.reduceat(rating_in[order].astype(np.float64), starts) if n else (np.zeros(0))
+            )
+            rating = rating.astype(np.float32)
+        if n:
+            out_t = np.maximum.reduceat(c["timestamp"][order], starts)
     else:
         rating = rating_in[keep]
-    out_u, out_i, out_t = u[keep], i[keep], c["timestamp"][keep]
+    out_u, out_i = u[keep], i[keep]
     del c, order, key, u, i, local
 
     written = 0
@@ -740,10 +769,15 @@ def _ingest(
             where = f"line {d['first_line']}" + (
                 "" if d["first_file"] == d["file"] else f" of {files[d['first_file']]}"
             )
+            hint = (
+                "pass --duplicates sum (total weight) or --duplicates count to fold repeated events"
+                if src.feedback == "events"
+                else "pass --duplicates last (keep the last rating) or --duplicates mean "
+                "to merge duplicates"
+            )
             raise DuplicateRatingError(
                 f"duplicate rating: user {d['user']} already rated item {d['item']} at "
-                f"{where}; pass --duplicates last (keep the last rating) or --duplicates mean "
-                "to merge duplicates",
+                f"{where}; {hint}",
                 files[d["file"]],
                 d["line"],
             )
@@ -768,6 +802,7 @@ def _ingest(
 
     manifest_extra = {
         "format": src.format,
+        "feedback": src.feedback,
         "source": {
             "path": os.path.commonpath(files),
             "files": [

@@ -114,6 +114,9 @@ class RatingSource:
     rating_range: tuple[float, float] | None = None
     items_file: Path | None = None
     encoding: str = "utf-8"
+    feedback: str = "ratings"
+    has_value: bool = True
+    """False for an event list without a weight column: every row is weight 1."""
 
     @property
     def is_text(self) -> bool:
@@ -234,6 +237,8 @@ def resolve_source(
     sep: str | None = None,
     id_type: str = "auto",
     rating_range: tuple[float, float] | str | None = "auto",
+    weight_col: str | int | None = None,
+    events: bool = False,
 ) -> RatingSource:
     """Work out the format, files, columns and id types of ``src``.
 
@@ -258,6 +263,12 @@ def resolve_source(
     rating_range : (low, high), None or "auto"
         ``auto``: MovieLens ``[1, 5]`` (ML-100K) or ``[0.5, 5]`` (half stars), no range
         for generic input.
+    weight_col : str or int, optional
+        An event log (generic formats): the column of each event's weight (a count or
+        a strength, finite and ``>= 0``; a negative weight is a bad row).
+    events : bool
+        An event log without a weight column (``weight_col`` implies it): every row is
+        one event of weight 1.
 
     Raises
     ------
@@ -274,6 +285,13 @@ def resolve_source(
             src,
         )
     fmt = canonical_format(format) if format else detect_format(src)
+    events = events or weight_col is not None
+    if events:
+        _check_event_columns(fmt, rating_col, weight_col)
+        rating_col = weight_col
+        if rating_range not in ("auto", None):
+            raise ValueError("an event log has no rating range: its weights need only be >= 0")
+        rating_range = None
     if fmt in MOVIELENS_FORMATS:
         mapped = [c for c in (user_col, item_col, rating_col, time_col) if c is not None]
         if mapped or sep is not None:
@@ -283,11 +301,13 @@ def resolve_source(
             )
         source = _movielens_source(src, fmt)
     elif fmt == "parquet":
-        source = _parquet_source(src, user_col, item_col, rating_col, time_col, id_type)
+        source = _parquet_source(src, user_col, item_col, rating_col, time_col, id_type, events)
     else:
         source = _generic_text_source(
-            src, fmt, user_col, item_col, rating_col, time_col, sep, id_type
+            src, fmt, user_col, item_col, rating_col, time_col, sep, id_type, events
         )
+    if events:
+        source = _replace(source, feedback="events", has_value=rating_col is not None)
     if isinstance(rating_range, str):
         if rating_range != "auto":
             raise ValueError(
@@ -297,6 +317,38 @@ def resolve_source(
     elif rating_range is not None:
         rating_range = (float(rating_range[0]), float(rating_range[1]))
     return _replace(source, rating_range=rating_range)
+
+
+def _check_event_columns(fmt: str, rating_col: str | int | None, weight_col: Any) -> None:
+    """Refuse an event log whose columns say it holds ratings."""
+    if fmt in MOVIELENS_FORMATS:
+        raise ValueError(
+            f"format {fmt} holds ratings, not an event log: ingest it without --weight-col "
+            "and --events"
+        )
+    if rating_col is not None:
+        raise ValueError(
+            "an event log has a weight, not a rating: give --weight-col (events) or "
+            "--rating-col (ratings), not both"
+        )
+    if isinstance(weight_col, str) and weight_col.strip().lower() == "rating":
+        raise ValueError(
+            f"--weight-col {weight_col!r} names a rating column: ratings are not event "
+            "weights (a 1-star rating is not a weak positive); ingest the file as ratings "
+            f"with --rating-col {weight_col} (positives are ratings >= --positive-threshold)"
+        )
+
+
+def _check_not_ratings(names: Sequence[str], weight_col: Any, where: Path) -> None:
+    """An event list without a weight whose header has a ``rating`` column holds ratings."""
+    if weight_col is None and "rating" in [n.lower() for n in names]:
+        raise IngestError(
+            f"the header {list(names)} has a rating column, so this is ratings, not an event "
+            "list: drop --events to ingest the ratings (--rating-col), or give the column "
+            "of the event weights with --weight-col",
+            where,
+            1,
+        )
 
 
 def _replace(source: RatingSource, **changes: Any) -> RatingSource:
@@ -358,6 +410,7 @@ def _generic_text_source(
     time_col: str | int | None,
     sep: str | None,
     id_type: str,
+    events: bool = False,
 ) -> RatingSource:
     files = _list_files(src, (".csv", ".tsv", ".tab", ".txt", ".dat"))
     _check_nonempty(files)
@@ -379,7 +432,7 @@ def _generic_text_source(
         line1 = next((ln for ln in _head_lines(first, "utf-8") if ln.strip()), "")
         n_fields = len(_split_fields(line1, sep))
         field_names = tuple(f"column {k}" for k in range(n_fields))
-        defaults = {"user": 0, "item": 1, "rating": 2, "time": None}
+        defaults = {"user": 0, "item": 1, "rating": None if events else 2, "time": None}
         index = {}
         for role, value in given.items():
             pos = int(value) if value is not None else defaults[role]
@@ -402,21 +455,27 @@ def _generic_text_source(
         wanted = {
             "user": user_col or "user_id",
             "item": item_col or "item_id",
-            "rating": rating_col or "rating",
+            "rating": rating_col or (None if events else "rating"),
             "time": time_col or "timestamp",
         }
+        if events:
+            _check_not_ratings(names, rating_col, first)
         if n_fields == 1 and len([w for w in wanted.values() if w]) >= 3:
             _raise_delimiter(first, 1, line1, sep, 3)
         index = {}
         for role, name in wanted.items():
+            if name is None:
+                continue  # an event list without a weight column
             if name in names:
                 index[role] = names.index(name)
             elif role == "time" and time_col is None:
                 continue  # the default time column is optional
             else:
-                flag = {"user": "--user-col", "item": "--item-col", "rating": "--rating-col"}.get(
-                    role, "--time-col"
-                )
+                flag = {
+                    "user": "--user-col",
+                    "item": "--item-col",
+                    "rating": "--weight-col" if events else "--rating-col",
+                }.get(role, "--time-col")
                 raise IngestError(
                     f"no column {name!r} in the header {names}: pass {flag} with the name "
                     "of the column (or 0-based positions for a file without a header)",
@@ -519,6 +578,7 @@ def _parquet_source(
     rating_col: str | int | None,
     time_col: str | int | None,
     id_type: str,
+    events: bool = False,
 ) -> RatingSource:
     files = _list_files(src, (".parquet", ".pq"))
     _check_nonempty(files)
@@ -530,18 +590,21 @@ def _parquet_source(
     wanted = {
         "user": user_col or "user_id",
         "item": item_col or "item_id",
-        "rating": rating_col or "rating",
+        "rating": rating_col or (None if events else "rating"),
         "time": time_col or "timestamp",
     }
+    if events:
+        _check_not_ratings(names, rating_col, files[0])
     columns = {}
     for role, name in wanted.items():
+        if name is None:
+            continue  # an event list without a weight column
         name = names[int(name)] if _is_position(name) and int(name) < len(names) else name
         if name in names:
             columns[role] = str(name)
         elif not (role == "time" and time_col is None):
-            raise IngestError(
-                f"no column {name!r}; the file has {names}: pass --{role}-col", files[0]
-            )
+            flag = "--weight-col" if events and role == "rating" else f"--{role}-col"
+            raise IngestError(f"no column {name!r}; the file has {names}: pass {flag}", files[0])
     types = []
     for role in ("user", "item"):
         t = arrow_schema.field(columns[role]).type
@@ -703,6 +766,16 @@ def parse_text_block(data: bytes, source: RatingSource, first_in_file: bool) -> 
                 reasons[int(k)] = f"{source.role_name(role)} is not an integer"
             ok &= ~not_int
     rating = p["rating"]
+    if not source.has_value:
+        rating = np.ones(n, np.float64)  # an event list: each line is one event
+    if source.feedback == "events" and source.has_value:
+        negative = ok & (rating < 0)
+        for k in np.flatnonzero(negative):
+            reasons[int(k)] = (
+                f"{source.role_name(kparse.ROLE_RATING)} {rating[k]:g} is negative: an event "
+                "weight is a count or a strength >= 0"
+            )
+        ok &= ~negative
     if source.rating_range is not None:
         low, high = source.rating_range
         out_of_range = ok & ((rating < low) | (rating > high))
@@ -768,10 +841,19 @@ def parse_parquet_row_group(path: Path, row_group: int, source: RatingSource) ->
             ids[role] = values
         else:
             ids[role] = col.astype("str")
-    raw = frame[cols["rating"]]
-    rating = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    flag(raw.isna().to_numpy(), f"{cols['rating']} is missing")
-    flag(~np.isfinite(rating), f"{cols['rating']} is not a finite number")
+    if "rating" in cols:
+        raw = frame[cols["rating"]]
+        rating = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        flag(raw.isna().to_numpy(), f"{cols['rating']} is missing")
+        flag(~np.isfinite(rating), f"{cols['rating']} is not a finite number")
+        if source.feedback == "events":
+            with np.errstate(invalid="ignore"):
+                flag(
+                    rating < 0,
+                    f"{cols['rating']} is negative: an event weight is a count or a strength >= 0",
+                )
+    else:  # an event list: each row is one event
+        rating = np.ones(n, np.float64)
     if source.rating_range is not None:
         low, high = source.rating_range
         with np.errstate(invalid="ignore"):

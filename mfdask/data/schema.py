@@ -52,3 +52,19 @@ RATINGS_ARROW_SCHEMA = pa.schema(
 
 DEFAULT_POSITIVE_THRESHOLD = 4.0
 """Ratings at or above this value count as positives in the implicit view."""
+
+WEIGHT = "weight"
+"""Column of an event log's strength (a play count, a duration...): any scale, >= 0."""
+
+FEEDBACK_RATINGS = "ratings"
+FEEDBACK_EVENTS = "events"
+FEEDBACK_KINDS = (FEEDBACK_RATINGS, FEEDBACK_EVENTS)
+"""What a dataset holds (manifest ``feedback``): ratings on a scale, or events with a
+weight. An event dataset keeps the weight in the ``rating`` column of the canonical
+schema (one layout for both); the manifest says how to read it."""
+
+EVENT_POSITIVE_CUT = float(np.nextafter(np.float32(0), np.float32(1)))
+"""The smallest positive float32: ``weight >= EVENT_POSITIVE_CUT`` is ``weight > 0``
+for float32 weights, so every event with a positive weight is a positive wherever a
+threshold is compared with ``>=`` (the ``positive_threshold`` of ratings does not apply
+to events)."""

@@ -60,7 +60,7 @@ from mfdask.data.dataset import (
     write_dataset,
 )
 from mfdask.data.hashing import hash_keys, hash_uniform
-from mfdask.data.implicit import check_threshold, is_positive
+from mfdask.data.implicit import is_positive, positive_cut
 
 SPLIT_METHODS = ("random", "user_holdout", "last_n")
 """The split protocols :func:`split_dataset` knows."""
@@ -331,7 +331,8 @@ def split_dataset(
         If ``dest`` exists and ``overwrite`` is false.
     """
     ds = dataset if isinstance(dataset, Dataset) else open_dataset(dataset)
-    positive_threshold = check_threshold(positive_threshold)
+    # Ratings: the threshold given; events: every event with weight > 0 is a positive.
+    positive_threshold = positive_cut(ds.feedback, positive_threshold)
     fraction = float(fraction)
     _validate(method, fraction, seed, min_positives, n_last)
     dest = Path(dest)
@@ -399,7 +400,7 @@ def split_dataset(
         "test_rows": n_test,
     }
     carried: dict[str, Any] = {
-        k: ds.manifest[k] for k in ("sources", "synthetic") if k in ds.manifest
+        k: ds.manifest[k] for k in ("sources", "synthetic", "feedback") if k in ds.manifest
     }
     n_user_blocks = int(ds.manifest["n_user_blocks"])
     with atomic_directory(dest, overwrite=overwrite) as tmp:

@@ -1,9 +1,19 @@
 """Turn whatever a user passes to ``fit`` into dense-indexed ratings plus id maps.
 
 ``fit`` accepts a canonical dataset path (or :class:`~mfdask.data.dataset.Dataset`), a
-pandas DataFrame or a Dask DataFrame with columns ``user_id, item_id, rating`` in
-original ids. Everything becomes ratings in dense indices (``user_idx, item_idx,
-rating``) plus the ordered original ids:
+pandas DataFrame or a Dask DataFrame in original ids, holding one of two kinds of
+feedback (:attr:`TrainingData.feedback`):
+
+- **ratings**: ``user_id, item_id, rating``; one row per (user, item) pair;
+- **events**: ``user_id, item_id, weight`` and no ``rating`` column (a play count, a
+  purchase quantity, a duration: any scale, finite and ``>= 0``), or just ``user_id,
+  item_id`` (an event list: one row is one event of weight 1). Repeated (user, item)
+  pairs are folded into one row with their total weight (their count for an event
+  list), as ``mfdask ingest --duplicates sum`` does. Every event with weight > 0 is a
+  positive; ``positive_threshold`` applies to ratings only.
+
+Everything becomes values in dense indices (``user_idx, item_idx, rating``: for events
+the ``rating`` column holds the folded weight) plus the ordered original ids:
 
 - a dataset or a Dask DataFrame becomes a lazy Dask DataFrame: the ratings never pass
   through the client;
@@ -101,6 +111,8 @@ class TrainingData:
     items: pd.DataFrame | None
     fingerprint: str
     source: str
+    feedback: str = schema.FEEDBACK_RATINGS
+    """``"ratings"`` or ``"events"`` (see the module docstring)."""
 
     @property
     def n_users(self) -> int:
@@ -124,6 +136,7 @@ def _from_dataset(ds: Dataset) -> TrainingData:
         fingerprint=ds.fingerprint()
         or id_map_fingerprint(users[schema.USER_ID], items[schema.ITEM_ID]),
         source=str(ds.path),
+        feedback=ds.feedback,
     )
 
 
@@ -238,20 +251,29 @@ def _describe_value(value: object, column: str) -> str:
 
 
 def _value_report(
-    part: pd.DataFrame, user_col: str | None, item_col: str | None, partition: int
+    part: pd.DataFrame,
+    user_col: str | None,
+    item_col: str | None,
+    partition: int,
+    nonnegative: tuple[str, ...] = (),
 ) -> pd.DataFrame:
-    """One row: how many rows ``part`` has, how many hold a non-finite value, the first.
+    """One row: how many rows ``part`` has, how many hold a bad value, the first.
 
-    ``user_col`` / ``item_col`` name the id columns quoted for the first bad row (None:
-    the ids are looked up afterwards).
+    A bad value is one that is not a finite number, or a negative one in a column of
+    ``nonnegative`` (an event weight). ``user_col`` / ``item_col`` name the id columns
+    quoted for the first bad row (None: the ids are looked up afterwards).
     """
     bad = np.zeros(len(part), dtype=bool)
     columns = [c for c in VALUE_COLUMNS if c in part.columns]
     finite = {}
+    negative = {}
     for col in columns:
         values = pd.to_numeric(part[col], errors="coerce").to_numpy(dtype="float64")
         finite[col] = np.isfinite(values)
         bad |= ~finite[col]
+        if col in nonnegative:
+            negative[col] = finite[col] & (values < 0)
+            bad |= negative[col]
     report: dict[str, object] = {
         "partition": partition,
         "rows": len(part),
@@ -259,12 +281,19 @@ def _value_report(
     }
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        col = next(c for c in columns if not finite[c][row])
+        col = next(c for c in columns if not finite[c][row] or (c in negative and negative[c][row]))
+        if finite[col][row]:
+            problem = (
+                f"{col} is {_plain(part[col].iloc[row])!r}, negative: an event weight is a "
+                "count or a strength >= 0"
+            )
+        else:
+            problem = _describe_value(part[col].iloc[row], col)
         report.update(
             position=row,
             user="" if user_col is None else repr(_plain(part[user_col].iloc[row])),
             item="" if item_col is None else repr(_plain(part[item_col].iloc[row])),
-            problem=_describe_value(part[col].iloc[row], col),
+            problem=problem,
         )
     else:
         report.update(position=-1, user="", item="", problem="")
@@ -275,14 +304,21 @@ def _partition_report(
     part: pd.DataFrame,
     user_col: str | None,
     item_col: str | None,
+    nonnegative: tuple[str, ...] = (),
     partition_info: dict | None = None,
 ) -> pd.DataFrame:
     number = -1 if partition_info is None else int(partition_info["number"])
-    return _value_report(part, user_col, item_col, number)
+    return _value_report(part, user_col, item_col, number, nonnegative)
 
 
-def value_report(frame: pd.DataFrame | dd.DataFrame, user_col: str, item_col: str) -> Any:
-    """Rows and non-finite values of ``frame``, one report row per partition.
+def value_report(
+    frame: pd.DataFrame | dd.DataFrame,
+    user_col: str,
+    item_col: str,
+    nonnegative: tuple[str, ...] = (),
+) -> Any:
+    """Rows and bad values of ``frame``, one report row per partition (see
+    :func:`_value_report`; ``nonnegative`` names columns that must also be ``>= 0``).
 
     A Dask frame's report is lazy (one small task per partition, run on the workers next
     to the data, so it can share a pass over the data with other computations); a pandas
@@ -291,9 +327,9 @@ def value_report(frame: pd.DataFrame | dd.DataFrame, user_col: str, item_col: st
     columns = [user_col, item_col] + [c for c in VALUE_COLUMNS if c in frame.columns]
     if isinstance(frame, dd.DataFrame):
         return frame[columns].map_partitions(
-            _partition_report, user_col, item_col, meta=_REPORT_META
+            _partition_report, user_col, item_col, nonnegative, meta=_REPORT_META
         )
-    return _value_report(frame[columns], user_col, item_col, -1)
+    return _value_report(frame[columns], user_col, item_col, -1, nonnegative)
 
 
 def check_values(
@@ -343,8 +379,13 @@ def check_values(
     n_bad = int(report["bad_rows"].sum())
     raise InputError(
         f"{source}, {where} (user_id={user}, item_id={item}): "
-        f"{first['problem']}; ratings and weights must be finite numbers: fix or drop "
-        f"the row ({n_bad} of {rows} rows have a value that is not finite)"
+        + (
+            f"{first['problem']}; fix or drop the row ({n_bad} of {rows} rows have a "
+            "negative or non-finite weight)"
+            if "negative" in str(first["problem"])
+            else f"{first['problem']}; ratings and weights must be finite numbers: fix or "
+            f"drop the row ({n_bad} of {rows} rows have a value that is not finite)"
+        )
     )
 
 
@@ -357,24 +398,62 @@ RATINGS_META = pd.DataFrame(
 )
 
 
-def _from_frame(frame: pd.DataFrame | dd.DataFrame) -> TrainingData:
-    missing = [c for c in (schema.USER_ID, schema.ITEM_ID, schema.RATING) if c not in frame.columns]
+def frame_feedback(columns: Any, what: str = "training") -> str:
+    """``"ratings"`` for a frame with a ``rating`` column, else ``"events"`` (see the
+    module docstring); a frame without ``user_id`` and ``item_id`` is refused."""
+    missing = [c for c in (schema.USER_ID, schema.ITEM_ID) if c not in columns]
     if missing:
         raise InputError(
-            f"training data is missing column(s) {missing}; it has {list(frame.columns)} "
-            "(expected user_id, item_id, rating in original ids)"
+            f"{what} data is missing column(s) {missing}; it has {list(columns)} (expected "
+            "user_id, item_id in original ids with rating (ratings), or with weight or "
+            "nothing more (events))"
         )
+    return schema.FEEDBACK_RATINGS if schema.RATING in columns else schema.FEEDBACK_EVENTS
+
+
+def _fold_partition(part: pd.DataFrame) -> pd.DataFrame:
+    """Repeated (user, item) pairs of one frame as one row with their total weight."""
+    if not part[[schema.USER_ID, schema.ITEM_ID]].duplicated().any():
+        return part
+    return part.groupby([schema.USER_ID, schema.ITEM_ID], sort=False, as_index=False)[
+        schema.WEIGHT
+    ].sum()
+
+
+def fold_events(frame: pd.DataFrame | dd.DataFrame) -> pd.DataFrame | dd.DataFrame:
+    """``user_id, item_id, weight`` with repeated pairs summed (an event list without a
+    weight column counts its rows). A Dask frame is folded by one hash shuffle on the
+    pair, into as many partitions as it had (lazy)."""
+    cols = [schema.USER_ID, schema.ITEM_ID]
+    if schema.WEIGHT in frame.columns:
+        events = frame[[*cols, schema.WEIGHT]]
+        events = events.astype({schema.WEIGHT: "float64"})
+    else:
+        events = frame[cols].assign(**{schema.WEIGHT: 1.0})
+    if isinstance(events, dd.DataFrame):
+        return (
+            events.groupby(cols, sort=False)
+            .agg({schema.WEIGHT: "sum"}, split_out=max(1, events.npartitions))
+            .reset_index()
+        )
+    return _fold_partition(events.reset_index(drop=True))
+
+
+def _from_frame(frame: pd.DataFrame | dd.DataFrame) -> TrainingData:
+    feedback = frame_feedback(frame.columns)
+    events = feedback == schema.FEEDBACK_EVENTS
+    nonnegative = (schema.WEIGHT,) if events else ()
     if isinstance(frame, dd.DataFrame):
         cols = frame[[schema.USER_ID, schema.ITEM_ID]]
         # The distinct ids are small (users + items), unlike the ratings: fine on the client.
         user_unique = cols[schema.USER_ID].drop_duplicates(split_out=1)
         item_unique = cols[schema.ITEM_ID].drop_duplicates(split_out=1)
         # The check of the values shares the pass: one small report per partition.
-        report = value_report(frame, schema.USER_ID, schema.ITEM_ID)
+        report = value_report(frame, schema.USER_ID, schema.ITEM_ID, nonnegative)
         user_unique, item_unique, report = dd.compute(user_unique, item_unique, report)
         check_values(report, "the training Dask DataFrame")
     else:  # already on the client
-        report = value_report(frame, schema.USER_ID, schema.ITEM_ID)
+        report = value_report(frame, schema.USER_ID, schema.ITEM_ID, nonnegative)
         check_values(report, "the training DataFrame", index=frame.index)
         user_unique = frame[schema.USER_ID].drop_duplicates()
         item_unique = frame[schema.ITEM_ID].drop_duplicates()
@@ -383,6 +462,8 @@ def _from_frame(frame: pd.DataFrame | dd.DataFrame) -> TrainingData:
             raise InputError(f"column {name} has missing ids (NaN/None)")
     user_ids = pd.Index(np.sort(user_unique.to_numpy()), name=schema.USER_ID)
     item_ids = pd.Index(np.sort(item_unique.to_numpy()), name=schema.ITEM_ID)
+    if events:  # checked above in the rows as given; folded, the weight is the value
+        frame = fold_events(frame).rename(columns={schema.WEIGHT: schema.RATING})
     if isinstance(frame, dd.DataFrame):
         # The id maps enter the graph once, as keys every partition's task depends on
         # (sent to each worker once), not as literals copied into every task.
@@ -401,6 +482,7 @@ def _from_frame(frame: pd.DataFrame | dd.DataFrame) -> TrainingData:
         items=None,
         fingerprint=id_map_fingerprint(user_ids, item_ids),
         source="DataFrame",
+        feedback=feedback,
     )
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 BAD_ROW_POLICIES = ("error", "skip")
 """``on_bad_rows``: stop at the first bad row, or quarantine bad rows and go on."""
 
-DUPLICATE_POLICIES = ("error", "last", "mean")
+DUPLICATE_POLICIES = ("error", "last", "mean", "sum", "count")
 """``duplicates``: what to do with several ratings of one (user, item) pair.
 
 ``error`` stops; ``last`` keeps the rating (and timestamp) that comes last in the
@@ -99,12 +99,32 @@ def guess_separator(line: str, expected_fields: int) -> str | None:
     return None
 
 
-def validate_policy(on_bad_rows: str, duplicates: str) -> None:
-    """Raise ``ValueError`` for an unknown ``on_bad_rows`` or ``duplicates`` policy."""
+EVENT_DUPLICATE_POLICIES = ("error", "last", "sum", "count")
+"""The policies that apply to an event log: ``sum`` folds repeated (user, item) events
+into one row with their total weight, ``count`` with their number (the weight column, if
+any, ignored); both keep the latest timestamp. ``mean`` is for ratings only."""
+RATING_DUPLICATE_POLICIES = ("error", "last", "mean")
+
+
+def validate_policy(on_bad_rows: str, duplicates: str, events: bool = False) -> None:
+    """Raise ``ValueError`` for an unknown ``on_bad_rows`` or ``duplicates`` policy (or
+    one that does not apply to the kind of data: ratings or an event log)."""
     if on_bad_rows not in BAD_ROW_POLICIES:
         raise ValueError(f"on_bad_rows must be one of {BAD_ROW_POLICIES}, not {on_bad_rows!r}")
     if duplicates not in DUPLICATE_POLICIES:
         raise ValueError(f"duplicates must be one of {DUPLICATE_POLICIES}, not {duplicates!r}")
+    allowed = EVENT_DUPLICATE_POLICIES if events else RATING_DUPLICATE_POLICIES
+    if duplicates not in allowed:
+        what = "an event log" if events else "ratings"
+        hint = (
+            ""
+            if events
+            else " (sum and count fold the events of an event log: pass --weight-col "
+            "COL or --events)"
+        )
+        raise ValueError(
+            f"duplicates={duplicates!r} does not apply to {what}; choose one of {allowed}{hint}"
+        )
 
 
 def validate_rating_range(rating_range: tuple[float, float] | None) -> None:

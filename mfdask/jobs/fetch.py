@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from mfdask.data.fetch import ARCHIVES, BASE_URL, DEFAULT_TIMEOUT, fetch
 from mfdask.jobs._common import standalone_main
 
-HELP = "download a MovieLens dataset (ml-100k, ml-1m, ...) into the data cache"
+HELP = "download a MovieLens dataset (ml-100k, ml-1m, ...) or lastfm-2k into the data cache"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

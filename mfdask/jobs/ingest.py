@@ -11,10 +11,19 @@ items.parquet (original id, dense index, title and genres when known) and manife
 Bad rows stop the job with the file, line number and problem, and nothing is written;
 with --on-bad-rows skip they go to DEST/quarantine.parquet with their line and reason.
 
+An event log (plays, clicks, purchases) is read with --weight-col COL (each row's count
+or strength, >= 0) or --events (no weight column: each row is one event of weight 1);
+repeated (user, item) events are folded into one row by --duplicates sum (their total
+weight, the default) or count (their number), keeping the latest timestamp. The manifest
+records feedback "events" and models use their event defaults on it.
+
 Examples:
     mfdask ingest ~/.cache/mfdask/ml-1m out/ml-1m
-    mfdask ingest plays.tsv out/plays --format tsv --user-col user --item-col artist \
-        --rating-col plays --duplicates mean --on-bad-rows skip
+    mfdask ingest ratings.tsv out/ratings --format tsv --user-col user --item-col movie \
+        --rating-col stars --duplicates mean --on-bad-rows skip
+    mfdask ingest user_artists.dat out/lastfm --format tsv --user-col userID \
+        --item-col artistID --weight-col weight
+    mfdask ingest clicks.csv out/clicks --events --duplicates count
 """
 
 from __future__ import annotations
@@ -50,6 +59,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--item-col", default=None, help="item id column (default item_id)")
     g.add_argument("--rating-col", default=None, help="rating column (default rating)")
     g.add_argument(
+        "--weight-col",
+        default=None,
+        help="an event log: the column of each event's weight (a count or strength >= 0)",
+    )
+    g.add_argument(
+        "--events",
+        action="store_true",
+        help="an event log without a weight column: each row is one event of weight 1",
+    )
+    g.add_argument(
         "--time-col",
         default=None,
         help="timestamp column, seconds (default timestamp if present, else 0)",
@@ -77,8 +96,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     v.add_argument(
         "--duplicates",
         choices=DUPLICATE_POLICIES,
-        default="error",
-        help="several ratings of one (user, item): stop, keep the last, or average",
+        default=None,
+        help="several ratings of one (user, item): stop (default), keep the last, or "
+        "average; several events: sum their weights (default) or count them",
     )
     v.add_argument(
         "--on-bad-rows",
@@ -127,10 +147,13 @@ def run(args: argparse.Namespace) -> int:
             on_bad_rows=args.on_bad_rows,
             n_user_blocks=args.user_blocks,
             overwrite=args.overwrite,
+            weight_col=args.weight_col,
+            events=args.events,
         )
     m = ds.manifest
+    kind = "events (user, item pairs)" if ds.feedback == "events" else "ratings"
     print(
-        f"{ds.path}: {m['rows']:,} ratings, {ds.n_users:,} users, {ds.n_items:,} items "
+        f"{ds.path}: {m['rows']:,} {kind}, {ds.n_users:,} users, {ds.n_items:,} items "
         f"({m['rows_in']:,} rows read, {m['rows_quarantined']:,} quarantined, "
         f"{m['duplicates_merged']:,} duplicates merged; format {m['format']})"
     )

@@ -55,7 +55,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from mfdask.kernels.bpr import _FASTMATH
+from mfdask.kernels.bpr import _FASTMATH, step_weight
 from mfdask.kernels.sampling import contains_sorted, randbelow, seed_state
 from mfdask.kernels.sgd_common import PREFETCH_DISTANCE, prefetch_row, shuffled_positives
 
@@ -280,6 +280,7 @@ def warp_sgd(
     kos_n: int,
     stats: np.ndarray,
     max_weight: float = MAX_RANK_WEIGHT,
+    step_scale: float = 0.0,
 ) -> None:
     """One WARP pass, in a random order and in place, over the positives among ratings ``lo:hi``.
 
@@ -290,7 +291,9 @@ def warp_sgd(
     catalogue, for :func:`warp_rank`), ``max_sampled`` (draws per positive),
     ``kos_k``/``kos_n`` (k-OS; ``kos_n = 0`` for plain WARP) and ``max_weight`` (the
     clip of the rank weight, :func:`warp_weight`). ``stats`` is ``(N_STATS,) float64``
-    (see the ``STAT_*`` constants).
+    (see the ``STAT_*`` constants). ``step_scale > 0`` multiplies the rank weight of the
+    visited rating's step by :func:`mfdask.kernels.bpr.step_weight` of its value
+    (LightFM's ``sample_weight``); 0 leaves every step unweighted.
     """
     if n_block_items <= 0:
         return  # no item in the held block: nothing to rank against
@@ -350,6 +353,8 @@ def warp_sgd(
                         correct += 1
             if violates:
                 weight = warp_weight(tries, n_block_items, n_items, max_weight)
+                if step_scale > 0.0:
+                    weight *= step_weight(values[pos], step_scale)
                 loss += weight * (1.0 - x_ui + x_uj)
                 if adagrad:
                     penalty += warp_update_adagrad(

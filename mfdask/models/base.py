@@ -156,7 +156,7 @@ class FactorModel:
     # parameters, ``fit``/``load`` the learned state; the shared code below reads them.
     # Parameters of every model:
     factors: int
-    regularization: float
+    regularization: float | None  # None: resolved by the kind of data (ALS, BPR, WARP)
     random_state: int | None
     n_threads: int | None
     n_blocks: int | None
@@ -179,9 +179,46 @@ class FactorModel:
     # a model saved before they were kept); users without one get the popular items.
     user_positives_: np.ndarray | None
     item_popularity_: np.ndarray | None
+    feedback_: str
+    params_: dict[str, Any]
     # During a fit: the placed validation ratings, and what a partial_fit updates.
     _validator: RankingEvaluator | None
     _update_of: dict[str, Any]
+
+    # ------------------------------------------------------------------ defaults by feedback
+    RATING_DEFAULTS: ClassVar[dict[str, Any]] = {}
+    """Values of the parameters left None, for ratings (the defaults before events were
+    supported: a fit on ratings is unchanged)."""
+    EVENT_DEFAULTS: ClassVar[dict[str, Any]] = {}
+    """Values of the parameters left None, for events (``user_id, item_id[, weight]``),
+    chosen on a validation split of Last.fm-2k's training part (see the class docstring)."""
+
+    def resolved_params(self, feedback: str | None = None) -> dict[str, Any]:
+        """The parameters with every one left None filled in for ``feedback``.
+
+        ``feedback`` is ``"ratings"`` or ``"events"``; default: what the model was
+        fitted on (``feedback_``), else ratings. A parameter given explicitly is kept as
+        given whatever the feedback. A fitted model keeps the result as ``params_``.
+        """
+        if feedback is None:
+            feedback = getattr(self, "feedback_", schema.FEEDBACK_RATINGS)
+        table = self.EVENT_DEFAULTS if feedback == schema.FEEDBACK_EVENTS else self.RATING_DEFAULTS
+        params = self.get_params()
+        for name, value in table.items():
+            if params.get(name) is None:
+                params[name] = value
+        return params
+
+    def _p(self, name: str) -> Any:
+        """Parameter ``name`` as the fit uses it (resolved for the data's feedback)."""
+        params = self.__dict__.get("params_")
+        if params is None or name not in params:
+            params = self.resolved_params()
+        return params[name]
+
+    def _set_feedback(self, feedback: str) -> None:
+        self.feedback_ = feedback
+        self.params_ = self.resolved_params(feedback)
 
     # ------------------------------------------------------------------ learned state
     # A side's factors are a matrix on the client, or FactorBlocks on the workers when
@@ -328,6 +365,7 @@ class FactorModel:
         self._checkpoints = self._make_checkpoints(resume)
         warm_current_client()  # the workers load the kernels while the ratings are read
         data = as_training_data(train)
+        self._set_feedback(data.feedback)
         self.user_ids_ = data.user_ids
         self.item_ids_ = data.item_ids
         self.items_ = data.items
@@ -993,6 +1031,7 @@ class FactorModel:
                 {
                     "class": type(self).__name__,
                     "params": self.get_params(),
+                    "feedback": getattr(self, "feedback_", schema.FEEDBACK_RATINGS),
                     "fingerprint": self.fingerprint_,
                     "n_users": self.n_users,
                     "n_items": self.n_items,
@@ -1144,6 +1183,7 @@ def load_model(
             )
         model.__dict__["_item_counts"] = (model.seen_items_, counts.astype(np.int64))
     model.fingerprint_ = meta["fingerprint"]
+    model._set_feedback(meta.get("feedback", schema.FEEDBACK_RATINGS))
     model.metrics_ = meta.get("metrics", {})
     model.history_ = meta.get("history", [])
     model._restore(uextra, iextra, meta.get("state", {}))

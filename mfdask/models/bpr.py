@@ -27,6 +27,7 @@ class BPRBlockKernel:
     reg_neg: float
     user_dims: int
     threshold: float
+    step_scale: float = 0.0
 
     stat_names: ClassVar[tuple[str, ...]] = ("triples", "loss", "penalty", "correct")
 
@@ -54,6 +55,7 @@ class BPRBlockKernel:
             self.reg_neg,
             stats,
             cell.member_bits,
+            self.step_scale,
         )
         return stats
 
@@ -155,18 +157,31 @@ class BPR(PairwiseModel):
         "regularization": {"low": 1e-4, "high": 0.3, "log": True},
     }
     """What :func:`mfdask.tune` searches by default (``epochs`` is the budget)."""
+    RATING_DEFAULTS: ClassVar[dict[str, Any]] = {
+        "learning_rate": 0.05,
+        "regularization": 0.01,
+        "epochs": 60,
+        "weighting": "binary",
+    }
+    EVENT_DEFAULTS: ClassVar[dict[str, Any]] = {
+        "learning_rate": 0.05,
+        "regularization": 0.01,
+        "epochs": 60,
+        "weighting": "log",
+    }
 
     def __init__(
         self,
         factors: int = 64,
-        learning_rate: float = 0.05,
+        learning_rate: float | None = None,
         learning_rate_decay: float = 0.0,
-        regularization: float = 0.01,
+        regularization: float | None = None,
         item_regularization: float | None = None,
         negative_regularization: float | None = None,
-        epochs: int = 60,
+        epochs: int | None = None,
         use_bias: bool = True,
         init_scale: float = 0.1,
+        weighting: str | None = None,
         positive_threshold: float = schema.DEFAULT_POSITIVE_THRESHOLD,
         random_state: int | None = None,
         n_threads: int | None = None,
@@ -187,6 +202,7 @@ class BPR(PairwiseModel):
         self.epochs = epochs
         self.use_bias = use_bias
         self.init_scale = init_scale
+        self.weighting = weighting
         self.positive_threshold = positive_threshold
         self.random_state = random_state
         self.n_threads = n_threads
@@ -207,6 +223,7 @@ class BPR(PairwiseModel):
             reg_neg=reg_neg,
             user_dims=int(self.factors),
             threshold=self._threshold,
+            step_scale=self._step_scale,
         )
 
     def _epoch_record(self, report: EpochReport, learning_rate: float) -> dict[str, Any]:

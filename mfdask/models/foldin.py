@@ -52,6 +52,7 @@ import scipy.sparse as sp
 from mfdask._warnings import MfdaskWarning
 from mfdask.data import schema
 from mfdask.data.hashing import hash_keys
+from mfdask.data.implicit import positive_cut
 from mfdask.data.training import InputError
 from mfdask.kernels.als import solve_rows_cholesky
 from mfdask.kernels.foldin import bpr_fold_in, svd_fold_in, warp_fold_in
@@ -330,6 +331,8 @@ class FoldIn:
             indptr, indices, values = hist.positives()
             if s["binary"]:
                 values = np.ones(len(indices), np.float32)
+            elif s.get("log_epsilon") is not None:  # as the fit's weighting="log"
+                values = np.log1p(values.astype(np.float64) / s["log_epsilon"]).astype(np.float32)
             y = self.item_vectors
             out = np.zeros((n, y.shape[1]), np.float32)
             failed = solve_rows_cholesky(
@@ -407,7 +410,7 @@ def _sgd_rates(model: FactorModel, epochs: int | None) -> np.ndarray:
     records = _fit_epochs(model)
     rates = [float(r["learning_rate"]) for r in records if "learning_rate" in r]
     if not rates:
-        n = int(getattr(model, "epochs", 1))
+        n = int(model._p("epochs") if "epochs" in model.get_params() else 1)
         if hasattr(model, "epoch_learning_rate"):
             rates = [model.epoch_learning_rate(e) for e in range(n)]
         else:
@@ -450,13 +453,23 @@ def fold_in_spec(model: FactorModel, epochs: int | None = None) -> FoldIn:
     model._check_fitted()
     meta: dict[str, Any] = {
         "model_name": type(model).__name__,
-        "threshold": float(model.positive_threshold) if model.implicit else None,
+        "threshold": positive_cut(
+            getattr(model, "feedback_", schema.FEEDBACK_RATINGS), model.positive_threshold
+        )
+        if model.implicit
+        else None,
     }
     if epochs is not None and (isinstance(epochs, bool) or int(epochs) < 1):
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     item_ids = model.item_ids_.to_numpy()
     ivec = np.ascontiguousarray(_item_score_vectors(model), dtype=np.float32)
     if isinstance(model, ALS):
+        weighting = model._p("weighting")
+        if weighting == "bm25":
+            raise ValueError(
+                "fold-in of an ALS fitted with weighting='bm25' is not supported: its "
+                "weights depend on the whole training data; refit, or fit with 'log'"
+            )
         y64 = ivec.astype(np.float64)
         return FoldIn(
             "als",
@@ -464,11 +477,12 @@ def fold_in_spec(model: FactorModel, epochs: int | None = None) -> FoldIn:
             ivec,
             {
                 "factors": model.factors,
-                "regularization": float(model.regularization),
+                "regularization": float(model._p("regularization")),
                 "count_scaled": model.regularization_scaling == "count",
-                "alpha": float(model.alpha),
+                "alpha": float(model._p("alpha")),
                 "offset": CONFIDENCE_OFFSETS[model.confidence],
-                "binary": model.preference == "binary",
+                "binary": weighting == "binary",
+                "log_epsilon": float(model.epsilon) if weighting == "log" else None,
             },
             {"gram": y64.T @ y64},
             **meta,
@@ -508,7 +522,7 @@ def fold_in_spec(model: FactorModel, epochs: int | None = None) -> FoldIn:
         }
         if isinstance(model, WARP):
             settings.update(
-                max_sampled=int(model.max_sampled),
+                max_sampled=int(model._p("max_sampled")),
                 adagrad=model.optimizer == "adagrad",
                 max_rank_weight=float(getattr(model, "max_rank_weight", MAX_RANK_WEIGHT)),
             )

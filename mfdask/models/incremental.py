@@ -99,6 +99,7 @@ def grown_training_data(model: FactorModel, train: Any) -> TrainingData:
         items=meta,
         fingerprint=id_map_fingerprint(users, items),
         source=f"{data.source} (update of a fitted model)",
+        feedback=data.feedback,
     )
 
 

@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from mfdask.data.implicit import check_threshold
-from mfdask.data.training import TrainingData
+from mfdask.data.implicit import check_threshold, positive_cut
+from mfdask.data.training import LocalRatings, TrainingData
 from mfdask.engine.dsgd import DSGD, EpochReport
 from mfdask.engine.trainer import FitResult, Objective, State
 from mfdask.models.base import (
@@ -24,6 +24,9 @@ from mfdask.models.base import (
     _check_positive_int,
     _check_validation_metric,
 )
+
+WEIGHTINGS = ("binary", "log")
+"""How BPR and WARP use an event's weight: not at all, or as a weighted step."""
 
 BIAS_COLUMN = "bias"
 """Name of the item-bias column in ``item_factors.parquet``."""
@@ -46,30 +49,38 @@ class PairwiseModel(FactorModel):
 
     implicit: ClassVar[bool] = True
     _threshold: float
+    _step_scale: float
     progress_stats: ClassVar[tuple[str, ...]] = ("objective", "auc")
 
     # Parameters both subclasses store (declarations only; see FactorModel):
-    epochs: int
-    learning_rate: float
+    epochs: int | None
+    learning_rate: float | None
     learning_rate_decay: float
     item_regularization: float | None
     negative_regularization: float | None
     use_bias: bool
     init_scale: float
+    weighting: str | None
     # Learned:
     item_bias_: np.ndarray | None
 
     # ------------------------------------------------------------------ parameters
     def _validate_params(self) -> None:
         _check_positive_int("factors", self.factors)
-        _check_positive_int("epochs", self.epochs)
         _check_positive_int("validation_k", self.validation_k)
         _check_validation_metric(self.validation_metric)
-        for name in ("n_threads", "n_blocks", "early_stopping_rounds"):
+        for name in ("n_threads", "n_blocks", "early_stopping_rounds", "epochs"):
             if getattr(self, name) is not None:
                 _check_positive_int(name, getattr(self, name))
-        if _check_nonnegative("learning_rate", self.learning_rate) == 0:
+        if (
+            self.learning_rate is not None
+            and _check_nonnegative("learning_rate", self.learning_rate) == 0
+        ):
             raise ValueError("learning_rate must be > 0")
+        if self.weighting is not None and self.weighting not in WEIGHTINGS:
+            raise ValueError(
+                f"weighting must be one of {list(WEIGHTINGS)} or None, got {self.weighting!r}"
+            )
         _check_nonnegative("learning_rate_decay", self.learning_rate_decay)
         _check_nonnegative("init_scale", self.init_scale)
         for name in ("regularization", "item_regularization", "negative_regularization"):
@@ -79,7 +90,7 @@ class PairwiseModel(FactorModel):
 
     def _regularization(self) -> tuple[float, float, float]:
         """λ_u, λ_i, λ_j: item and negative default to the user's ``regularization``."""
-        reg = float(self.regularization)
+        reg = float(self._p("regularization"))
         reg_pos = reg if self.item_regularization is None else float(self.item_regularization)
         reg_neg = reg_pos if self.negative_regularization is None else self.negative_regularization
         return reg, reg_pos, float(reg_neg)
@@ -90,7 +101,7 @@ class PairwiseModel(FactorModel):
         An inverse-time schedule (Robbins-Monro conditions hold for any decay > 0);
         ``learning_rate_decay = 0`` keeps it constant.
         """
-        return float(self.learning_rate) / (1.0 + float(self.learning_rate_decay) * epoch)
+        return float(self._p("learning_rate")) / (1.0 + float(self.learning_rate_decay) * epoch)
 
     # ------------------------------------------------------------------ fitting
     def _initial_state(
@@ -123,7 +134,7 @@ class PairwiseModel(FactorModel):
 
     def _fit(self, data: TrainingData, validation: Any, callback: EpochCallback | None) -> None:
         objective = PairwiseObjective(self, data, validation)
-        self._run_trainer(objective, self.epochs, "epoch", callback)
+        self._run_trainer(objective, self._p("epochs"), "epoch", callback)
 
     def _set_factors(self, user: dict[str, np.ndarray], item: dict[str, np.ndarray]) -> None:
         k = int(self.factors)
@@ -175,13 +186,16 @@ class PairwiseObjective(Objective):
         self.name = type(model).__name__
         self.validation_key = None if validation is None else model.validation_metric
         self.advice = (
-            f"lower learning_rate (now {model.learning_rate}) or raise regularization "
-            f"(now {model.regularization})"
+            f"lower learning_rate (now {model._p('learning_rate')}) or raise regularization "
+            f"(now {model._p('regularization')})"
         )
 
     def build(self, client: Any) -> DSGD:
         m, data = self.model, self.data
-        m._threshold = check_threshold(m.positive_threshold)
+        m._threshold = positive_cut(data.feedback, check_threshold(m.positive_threshold))
+        m._step_scale = (
+            step_scale(data.ratings, m._threshold) if m._p("weighting") == "log" else 0.0
+        )
         # All ratings go to the engine: those below the threshold are skipped by the
         # kernels but stay in the users' rows, so they are never drawn as negatives and
         # are filtered from recommendations like every seen item.
@@ -214,6 +228,8 @@ class PairwiseObjective(Objective):
         m = self.model
         record = m._epoch_record(report, m.epoch_learning_rate(iteration))
         if record["positives"] == 0:
+            if self.data.feedback == "events":
+                raise ValueError(f"no event has a weight > 0 in {self.data.source}")
             raise ValueError(
                 f"no rating is >= positive_threshold={m.positive_threshold}: "
                 "lower positive_threshold for this rating scale"
@@ -236,3 +252,23 @@ class PairwiseObjective(Objective):
             m.metrics_.update(
                 objective=last["objective"], auc=last["auc"], n_positives=last["positives"]
             )
+
+
+def _log_sums(part: Any, threshold: float) -> np.ndarray:
+    value = part["rating"].to_numpy(dtype=np.float64)
+    positive = value[value >= threshold]
+    return np.array([np.log1p(positive).sum(), len(positive)])
+
+
+def step_scale(ratings: Any, threshold: float) -> float:
+    """``1 / mean(log(1 + w))`` over the positives: the scale that makes the weighted
+    steps (:func:`mfdask.kernels.bpr.step_weight`) average 1 (one pass over the data,
+    two numbers per partition back to the client). 0 (unweighted) without positives."""
+    import dask
+
+    if isinstance(ratings, LocalRatings):
+        total, count = _log_sums(ratings.frame, threshold)
+    else:
+        parts = [dask.delayed(_log_sums)(p, threshold) for p in ratings.to_delayed()]
+        total, count = np.sum(dask.compute(*parts), axis=0) if parts else (0.0, 0.0)
+    return float(count / total) if total > 0 else 0.0

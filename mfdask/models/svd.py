@@ -305,6 +305,7 @@ class SVD(FactorModel):
     """
 
     model_name: ClassVar[str] = "svd"
+    regularization: float  # always given (the base allows None for the implicit models)
     implicit: ClassVar[bool] = False
     search_space: ClassVar[dict[str, dict[str, Any]]] = {
         "learning_rate": {"low": 0.003, "high": 0.06, "log": True},

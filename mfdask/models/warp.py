@@ -43,6 +43,7 @@ class WARPBlockKernel:
     kos_n: int
     adagrad: bool
     max_rank_weight: float = kernels.MAX_RANK_WEIGHT
+    step_scale: float = 0.0
 
     stat_names: ClassVar[tuple[str, ...]] = ("positives", "loss", "penalty", "correct", "sampled")
 
@@ -77,6 +78,7 @@ class WARPBlockKernel:
             self.kos_n,
             stats,
             self.max_rank_weight,
+            self.step_scale,
         )
         return stats
 
@@ -192,23 +194,38 @@ class WARP(PairwiseModel):
         "max_sampled": {"low": 5, "high": 100, "log": True},
     }
     """What :func:`mfdask.tune` searches by default (``epochs`` is the budget)."""
+    RATING_DEFAULTS: ClassVar[dict[str, Any]] = {
+        "learning_rate": 0.1,
+        "regularization": 0.5,
+        "epochs": 10,
+        "max_sampled": 20,
+        "weighting": "binary",
+    }
+    EVENT_DEFAULTS: ClassVar[dict[str, Any]] = {
+        "learning_rate": 0.1,
+        "regularization": 0.5,
+        "epochs": 10,
+        "max_sampled": 20,
+        "weighting": "log",
+    }
 
     def __init__(
         self,
         factors: int = 64,
-        learning_rate: float = 0.1,
+        learning_rate: float | None = None,
         learning_rate_decay: float = 0.0,
-        regularization: float = 0.5,
+        regularization: float | None = None,
         item_regularization: float | None = None,
         negative_regularization: float | None = None,
-        epochs: int = 10,
-        max_sampled: int = 20,
+        epochs: int | None = None,
+        max_sampled: int | None = None,
         max_rank_weight: float = kernels.MAX_RANK_WEIGHT,
         kos_k: int = 5,
         kos_n: int = 0,
         optimizer: str = "adagrad",
         use_bias: bool = True,
         init_scale: float = 0.1,
+        weighting: str | None = None,
         positive_threshold: float = schema.DEFAULT_POSITIVE_THRESHOLD,
         random_state: int | None = None,
         n_threads: int | None = None,
@@ -234,6 +251,7 @@ class WARP(PairwiseModel):
         self.optimizer = optimizer
         self.use_bias = use_bias
         self.init_scale = init_scale
+        self.weighting = weighting
         self.positive_threshold = positive_threshold
         self.random_state = random_state
         self.n_threads = n_threads
@@ -247,7 +265,8 @@ class WARP(PairwiseModel):
 
     def _validate_params(self) -> None:
         super()._validate_params()
-        _check_positive_int("max_sampled", self.max_sampled)
+        if self.max_sampled is not None:
+            _check_positive_int("max_sampled", self.max_sampled)
         weight = self.max_rank_weight
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
             raise ValueError(f"max_rank_weight must be a number > 0 (inf: no clip), got {weight!r}")
@@ -286,7 +305,8 @@ class WARP(PairwiseModel):
             reg_neg=reg_neg,
             user_dims=int(self.factors),
             threshold=self._threshold,
-            max_sampled=int(self.max_sampled),
+            max_sampled=int(self._p("max_sampled")),
+            step_scale=self._step_scale,
             kos_k=int(self.kos_k),
             kos_n=int(self.kos_n),
             adagrad=self.optimizer == "adagrad",
