@@ -255,6 +255,17 @@ def test_pairwise_models_fit_play_counts_with_weighted_steps(client, cls):
     assert in_group(recs) > 0.9
 
 
+def test_bpr_dynamic_negatives_learn_and_one_sample_is_plain_bpr(client):
+    frame = play_counts()
+    plain = BPR(factors=8, epochs=5, random_state=0, weighting="binary").fit(frame)
+    one = BPR(factors=8, epochs=5, random_state=0, weighting="binary", negative_samples=1)
+    np.testing.assert_array_equal(one.fit(frame).item_factors_, plain.item_factors_)
+    dns = BPR(factors=8, epochs=15, random_state=0, negative_samples=5).fit(frame)
+    assert in_group(dns.recommend(frame.user_id.unique()[:20], n=5)) > 0.9
+    with pytest.raises(ValueError, match="negative_samples"):
+        BPR(negative_samples=0).fit(frame)
+
+
 def test_step_scale_makes_the_weights_average_one():
     from mfdask.data.training import LocalRatings
     from mfdask.kernels.bpr import step_weight

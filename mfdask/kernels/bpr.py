@@ -188,6 +188,7 @@ def bpr_sgd(
     stats: np.ndarray,
     member_bits: np.ndarray = NO_BITS,
     step_scale: float = 0.0,
+    negative_samples: int = 1,
 ) -> None:
     """One BPR pass, in a random order and in place, over the positives among ratings ``lo:hi``.
 
@@ -226,6 +227,12 @@ def bpr_sgd(
         0: every step unweighted. Else the step of rating ``r`` is weighted by
         ``log(1 + r) · step_scale`` (:func:`step_weight`; the caller's ``step_scale``
         makes the weights average 1 over the data).
+    negative_samples : int
+        Negatives drawn per positive; the one the user scores highest is stepped on
+        (dynamic negative sampling, Zhang, Chen, Wang and Yu, "Optimizing Top-N
+        Collaborative Filtering via Dynamic Negative Item Sampling", SIGIR 2013): most
+        uniform negatives are already ranked far below the positive and teach little.
+        1 is plain BPR, exactly (the same draws).
     """
     state = seed_state(seed)
     # Negatives first, in the ratings' own (user-ascending) order: the draws do not
@@ -235,6 +242,13 @@ def bpr_sgd(
         state, users, values, threshold, lo, hi, indptr, indices,
         item_block, n_blocks, n_block_items, negatives, member_bits,
     )  # fmt: skip
+    extra = np.empty((max(negative_samples - 1, 0), max(hi - lo, 0)), dtype=np.int32)
+    for s in range(negative_samples - 1):
+        state = draw_negatives(
+            state, users, values, threshold, lo, hi, indptr, indices,
+            item_block, n_blocks, n_block_items, extra[s], member_bits,
+        )  # fmt: skip
+    k = item_factors.shape[1]
     state, order = shuffled_positives(state, values, threshold, lo, hi)
     n = order.shape[0]
     buf_u = np.empty(CHUNK, dtype=np.int64)
@@ -256,6 +270,19 @@ def bpr_sgd(
             j = negatives[pos - lo]
             if j == NO_NEGATIVE:
                 continue  # the user owns the whole block: nothing to rank against
+            if negative_samples > 1:
+                # The candidate the user scores highest, with the factors as they are.
+                u = users[pos]
+                best = np.float32(0.0)
+                for f in range(k):
+                    best += user_factors[u, f] * item_factors[j, f]
+                for s in range(negative_samples - 1):
+                    c = extra[s, pos - lo]
+                    x = np.float32(0.0)
+                    for f in range(k):
+                        x += user_factors[u, f] * item_factors[c, f]
+                    if x > best:
+                        best, j = x, c
             buf_u[filled] = users[pos]
             buf_i[filled] = items[pos]
             buf_j[filled] = j

@@ -438,9 +438,10 @@ class FactorModel:
 
     def _fit_identity(self, data: TrainingData, digest: str, n_blocks: int) -> dict[str, Any]:
         """What makes a checkpoint this fit's: model, parameters, data, block count."""
-        params = {
-            k: v for k, v in self.get_params().items() if k not in self.CHECKPOINT_OPERATIONAL
-        }
+        # Resolved for the data's feedback: ALS() and ALS(regularization=0.1) on ratings
+        # are the same fit.
+        resolved = self.__dict__.get("params_") or self.resolved_params(data.feedback)
+        params = {k: v for k, v in resolved.items() if k not in self.CHECKPOINT_OPERATIONAL}
         identity = {
             "class": type(self).__name__,
             "params": params,
