@@ -257,9 +257,11 @@ def test_pairwise_models_fit_play_counts_with_weighted_steps(client, cls):
 
 def test_bpr_dynamic_negatives_learn_and_one_sample_is_plain_bpr(client):
     frame = play_counts()
-    plain = BPR(factors=8, epochs=5, random_state=0, weighting="binary").fit(frame)
-    one = BPR(factors=8, epochs=5, random_state=0, weighting="binary", negative_samples=1)
-    np.testing.assert_array_equal(one.fit(frame).item_factors_, plain.item_factors_)
+    ratings = frame.drop(columns="weight").assign(rating=5.0)
+    plain = BPR(factors=8, epochs=5, random_state=0).fit(ratings)  # ratings: 1 negative
+    assert plain.params_["negative_samples"] == 1
+    one = BPR(factors=8, epochs=5, random_state=0, negative_samples=1).fit(ratings)
+    np.testing.assert_array_equal(one.item_factors_, plain.item_factors_)
     dns = BPR(factors=8, epochs=15, random_state=0, negative_samples=5).fit(frame)
     assert in_group(dns.recommend(frame.user_id.unique()[:20], n=5)) > 0.9
     with pytest.raises(ValueError, match="negative_samples"):
