@@ -68,7 +68,7 @@ def fit_once(frame: pd.DataFrame, model: str, blocks: int, epochs: int, schedule
     return {
         "fit s": seconds,
         "epoch s": statistics.median(per_epoch),
-        "objective": last.get("objective", last.get("loss", float("nan"))),
+        "objective": last.get("objective", last.get("train_rmse", float("nan"))),
     }
 
 
