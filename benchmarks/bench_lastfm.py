@@ -52,17 +52,17 @@ K = 10
 LASTFM = "hetrec2011-lastfm-2k"
 
 IMPLICIT_GRID = {
-    "regularization": [0.1, 1.0, 10.0, 30.0, 100.0],
-    "alpha": [0.5, 1.0, 5.0, 20.0],
+    "regularization": [1.0, 10.0, 30.0, 50.0, 100.0, 200.0],
+    "alpha": [0.5, 1.0, 5.0, 10.0, 20.0, 40.0],
 }
 IMPLICIT_BPR_GRID = {"learning_rate": [0.01, 0.05, 0.1], "regularization": [0.001, 0.01]}
 LIGHTFM_GRID = {"learning_rate": [0.01, 0.05, 0.1]}
 # Found by the grids above on the validation split (python -m benchmarks.bench_lastfm).
 BEST: dict[str, dict[str, float]] = {
-    "binary": {"regularization": 1.0, "alpha": 5.0},
-    "log": {"regularization": 1.0, "alpha": 5.0},
-    "bm25": {"regularization": 1.0, "alpha": 5.0},
-    "bpr": {"learning_rate": 0.05, "regularization": 0.01},
+    "binary": {"regularization": 100.0, "alpha": 20.0},
+    "log": {"regularization": 100.0, "alpha": 5.0},
+    "bm25": {"regularization": 200.0, "alpha": 0.5},
+    "bpr": {"learning_rate": 0.01, "regularization": 0.01},
     "lightfm": {"learning_rate": 0.05},
 }
 

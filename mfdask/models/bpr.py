@@ -106,19 +106,21 @@ class BPR(PairwiseModel):
     ----------
     factors : int
         Latent dimension ``k`` (plus one bias column with ``use_bias``).
-    learning_rate : float
-        SGD step size of the first epoch.
+    learning_rate : float or None
+        SGD step size of the first epoch (None: 0.05, ratings and events).
     learning_rate_decay : float
         Epoch ``e`` uses ``learning_rate / (1 + learning_rate_decay · e)``.
-    regularization : float
-        L2 weight λ_u on user factors, and the default of the items' weights.
+    regularization : float or None
+        L2 weight λ_u on user factors, and the default of the items' weights (None: 0.01
+        on ratings, 0.05 on events).
     item_regularization : float or None
         λ_i on the positive item's factors and bias; None: ``regularization``.
     negative_regularization : float or None
         λ_j on the negative item's; None: ``item_regularization``.
-    epochs : int
-        Passes over the positives. 60 by default, chosen on a validation split of ML-1M
-        (NDCG@10 0.196 at 30 epochs, 0.203 at 45, 0.208 at 60, 0.208 at 80): with fewer,
+    epochs : int or None
+        Passes over the positives (None: 60 on ratings, 100 on events). 60 was chosen on
+        a validation split of ML-1M (NDCG@10 0.196 at 30 epochs, 0.203 at 45, 0.208 at
+        60, 0.208 at 80): with fewer,
         the similar items are not settled yet (Toy Story 2 drifts from 1st to 6th next
         to Toy Story between seeds).
     use_bias : bool

@@ -144,21 +144,23 @@ class WARP(PairwiseModel):
     ----------
     factors : int
         Latent dimension ``k`` (plus one bias column with ``use_bias``).
-    learning_rate : float
-        Step size (Adagrad's base rate, or the SGD step of the first epoch).
+    learning_rate : float or None
+        Step size (Adagrad's base rate, or the SGD step of the first epoch); None: 0.1
+        on ratings, 0.05 on events.
     learning_rate_decay : float
         Epoch ``e`` uses ``learning_rate / (1 + learning_rate_decay · e)``; 0 (constant)
         suits Adagrad, which decays per coordinate by itself.
-    regularization : float
-        L2 weight λ_u on user factors, and the default of the items' weights.
+    regularization : float or None
+        L2 weight λ_u on user factors, and the default of the items' weights (None: 0.5
+        on ratings, 1 on events).
     item_regularization : float or None
         λ_i on the positive item's factors and bias; None: ``regularization``.
     negative_regularization : float or None
         λ_j on the negative item's; None: ``item_regularization``.
-    epochs : int
-        Passes over the positives.
-    max_sampled : int
-        Negatives drawn per positive before giving up on finding a violator.
+    epochs : int or None
+        Passes over the positives (None: 10 on ratings, 40 on events).
+    max_sampled : int or None
+        Negatives drawn per positive before giving up on finding a violator (None: 20).
     max_rank_weight : float
         Clip of the rank weight ``ln(rank)``, LightFM's ``MAX_LOSS`` (10): it only
         binds for estimated ranks above ``e^10 ≈ 22,026``, i.e. catalogues above about
