@@ -37,6 +37,8 @@ def _load() -> None:
 
     try:
         load_cached()
+    except Exception:  # best effort: the first call of a kernel loads it as before
+        pass
     finally:
         _done.set()
 
