@@ -27,8 +27,10 @@ each row only touches its own observed entries: ``O(n_u k^2 + k^3)`` per row
 2011, warm-started from the previous factors as the ``implicit`` library does).
 
 Every kernel works on one block of rows in CSR form (local rows ``start..stop-1``) with
-*global* column indices into ``src``, the full source factor matrix; the same kernel
-serves the user half (src = items) and the item half (src = users).
+column indices into the source factors: one matrix ``src``, or for the ``*_parts``
+kernels two, ``src`` then ``src_rest``, indexed as if stacked (a routed half-step reads
+its own worker's source block in place and the rows sent by the others after it). The
+same kernel serves the user half (src = items) and the item half (src = users).
 """
 
 from __future__ import annotations
@@ -37,12 +39,20 @@ import numpy as np
 from numba import njit
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _source_row(src: np.ndarray, src_rest: np.ndarray, index: int) -> np.ndarray:
+    """Source row ``index`` of the pair ``(src, src_rest)`` read as one matrix."""
+    n = src.shape[0]
+    return src[index] if index < n else src_rest[index - n]
+
+
 @njit(nogil=True, cache=True, fastmath=True)
-def solve_rows_cholesky(
+def solve_rows_cholesky_parts(
     indptr: np.ndarray,
     indices: np.ndarray,
     data: np.ndarray,
     src: np.ndarray,
+    src_rest: np.ndarray,
     gram: np.ndarray,
     dst: np.ndarray,
     regularization: float,
@@ -63,6 +73,11 @@ def solve_rows_cholesky(
         The observed value ``r`` (1 for a binary positive, or the rating).
     src : (n_src, k) float32
         Source factors (``Y`` for the user half).
+    src_rest : (n_rest, k) float32
+        More source rows: index ``i >= n_src`` is row ``i - n_src`` of ``src_rest``. A
+        routed destination reads its own worker's source block in place as ``src`` and
+        the rows the other workers sent as ``src_rest`` (no copy joins the two); a
+        broadcast passes an empty ``src_rest``.
     gram : (k, k) float64
         ``src^T src``.
     dst : (n_local, k) float32
@@ -93,9 +108,9 @@ def solve_rows_cholesky(
         for j in range(lo, hi):
             c = offset + alpha * data[j]
             cm1 = c - 1.0
-            srow = indices[j]
+            row_y = _source_row(src, src_rest, indices[j])
             for p in range(k):
-                y[p] = src[srow, p]
+                y[p] = row_y[p]
             for p in range(k):
                 w = cm1 * y[p]
                 b[p] += c * y[p]
@@ -132,11 +147,12 @@ def solve_rows_cholesky(
 
 
 @njit(nogil=True, cache=True, fastmath=True)
-def solve_rows_cg(
+def solve_rows_cg_parts(
     indptr: np.ndarray,
     indices: np.ndarray,
     data: np.ndarray,
     src: np.ndarray,
+    src_rest: np.ndarray,
     gram: np.ndarray,
     dst: np.ndarray,
     regularization: float,
@@ -180,13 +196,13 @@ def solve_rows_cg(
             r[q] = -t - lam * x[q]
         for j in range(lo, hi):
             c = np.float32(offset + alpha * data[j])
-            srow = indices[j]
+            row_y = _source_row(src, src_rest, indices[j])
             dot = np.float32(0.0)
             for q in range(k):
-                dot += src[srow, q] * x[q]
+                dot += row_y[q] * x[q]
             w = c - (c - np.float32(1.0)) * dot
             for q in range(k):
-                r[q] += w * src[srow, q]
+                r[q] += w * row_y[q]
         rs_old = np.float32(0.0)
         for q in range(k):
             p[q] = r[q]
@@ -202,13 +218,13 @@ def solve_rows_cg(
                 ap[q] = t + lam * p[q]
             for j in range(lo, hi):
                 cm1 = np.float32(offset + alpha * data[j] - 1.0)
-                srow = indices[j]
+                row_y = _source_row(src, src_rest, indices[j])
                 dot = np.float32(0.0)
                 for q in range(k):
-                    dot += src[srow, q] * p[q]
+                    dot += row_y[q] * p[q]
                 w = cm1 * dot
                 for q in range(k):
-                    ap[q] += w * src[srow, q]
+                    ap[q] += w * row_y[q]
             pap = np.float32(0.0)
             for q in range(k):
                 pap += p[q] * ap[q]
@@ -229,11 +245,12 @@ def solve_rows_cg(
 
 
 @njit(nogil=True, cache=True, fastmath=True)
-def objective_rows(
+def objective_rows_parts(
     indptr: np.ndarray,
     indices: np.ndarray,
     data: np.ndarray,
     src: np.ndarray,
+    src_rest: np.ndarray,
     gram: np.ndarray,
     dst: np.ndarray,
     regularization: float,
@@ -277,10 +294,10 @@ def objective_rows(
         penalty += lam * norm
         for j in range(lo, hi):
             c = offset + alpha * data[j]
-            srow = indices[j]
+            row_y = _source_row(src, src_rest, indices[j])
             s_ui = 0.0
             for q in range(k):
-                s_ui += src[srow, q] * dst[row, q]
+                s_ui += row_y[q] * dst[row, q]
             error += c * (1.0 - s_ui) ** 2 - s_ui * s_ui
     return error, penalty
 
@@ -303,19 +320,24 @@ def penalty_rows(
 
 @njit(nogil=True, cache=True)
 def route_columns(
-    indices: np.ndarray, n_cols: int, n_src_blocks: int
+    indices: np.ndarray, n_cols: int, n_src_blocks: int, in_place: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Renumber a block's global column indices into its *compact source* (one pass each).
 
-    Global column ``g`` lives in source block ``g % R`` at local row ``g // R``. The
-    compact source lists the referenced columns ordered by ``(source block, local row)``;
-    returned are the renumbered indices (``int32``, same order as ``indices``), the
-    referenced local rows of every source block concatenated (``int64``), and the offsets
-    of each source block's run in them (``R + 1``). A mark array over the columns replaces
-    a sort: ``O(nnz + n_cols)`` time and ``4 n_cols`` bytes.
+    Global column ``g`` lives in source block ``g % R`` at local row ``g // R``. Source
+    block ``in_place`` (or none when -1) is read whole where it is: its columns become
+    their local rows ``0..n_in_place-1``. The columns of the other blocks follow,
+    ordered by ``(source block, local row)``. Returned are the renumbered indices
+    (``int32``, same order as ``indices``), the referenced local rows of every other
+    source block concatenated (``int64``) and the offsets of each block's run in them
+    (``R + 1``; block ``in_place`` has an empty run). A mark array over the columns
+    replaces a sort: ``O(nnz + n_cols)`` time and ``4 n_cols`` bytes.
     """
     r = n_src_blocks
     per_block = (n_cols + r - 1) // r
+    n_in_place = 0
+    if in_place >= 0:
+        n_in_place = max(0, (n_cols - in_place + r - 1) // r)
     position = np.full(r * per_block, -1, dtype=np.int32)
     for e in range(indices.shape[0]):
         g = indices[e]
@@ -323,14 +345,17 @@ def route_columns(
     offsets = np.zeros(r + 1, dtype=np.int64)
     count = 0
     for s in range(r):
-        base = s * per_block
-        for local in range(per_block):
-            if position[base + local] == 0:
-                position[base + local] = count
-                count += 1
+        if s != in_place:
+            base = s * per_block
+            for local in range(per_block):
+                if position[base + local] == 0:
+                    position[base + local] = count
+                    count += 1
         offsets[s + 1] = count
     rows = np.empty(count, dtype=np.int64)
     for s in range(r):
+        if s == in_place:
+            continue
         base = s * per_block
         for local in range(per_block):
             p = position[base + local]
@@ -339,5 +364,76 @@ def route_columns(
     compact = np.empty(indices.shape[0], dtype=np.int32)
     for e in range(indices.shape[0]):
         g = indices[e]
-        compact[e] = position[(g % r) * per_block + g // r]
+        if g % r == in_place:
+            compact[e] = g // r
+        else:
+            compact[e] = n_in_place + position[(g % r) * per_block + g // r]
     return compact, rows, offsets
+
+
+@njit(nogil=True, cache=True)
+def solve_rows_cholesky(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    src: np.ndarray,
+    gram: np.ndarray,
+    dst: np.ndarray,
+    regularization: float,
+    count_scaled: bool,
+    alpha: float,
+    offset: float,
+    start: int,
+    stop: int,
+) -> int:
+    """:func:`solve_rows_cholesky_parts` over one source matrix ``src``."""
+    rest = np.empty((0, src.shape[1]), dtype=src.dtype)
+    return solve_rows_cholesky_parts(
+        indptr, indices, data, src, rest, gram, dst,
+        regularization, count_scaled, alpha, offset, start, stop,
+    )  # fmt: skip
+
+
+@njit(nogil=True, cache=True)
+def solve_rows_cg(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    src: np.ndarray,
+    gram: np.ndarray,
+    dst: np.ndarray,
+    regularization: float,
+    count_scaled: bool,
+    alpha: float,
+    offset: float,
+    cg_steps: int,
+    start: int,
+    stop: int,
+) -> None:
+    """:func:`solve_rows_cg_parts` over one source matrix ``src``."""
+    rest = np.empty((0, src.shape[1]), dtype=src.dtype)
+    solve_rows_cg_parts(
+        indptr, indices, data, src, rest, gram, dst,
+        regularization, count_scaled, alpha, offset, cg_steps, start, stop,
+    )  # fmt: skip
+
+
+@njit(nogil=True, cache=True)
+def objective_rows(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    src: np.ndarray,
+    gram: np.ndarray,
+    dst: np.ndarray,
+    regularization: float,
+    count_scaled: bool,
+    alpha: float,
+    offset: float,
+) -> tuple[float, float]:
+    """:func:`objective_rows_parts` over one source matrix ``src``."""
+    rest = np.empty((0, src.shape[1]), dtype=src.dtype)
+    return objective_rows_parts(
+        indptr, indices, data, src, rest, gram, dst,
+        regularization, count_scaled, alpha, offset,
+    )  # fmt: skip
