@@ -86,6 +86,12 @@ def draw_normal_block(
     return out
 
 
+def zero_block(block: int, n_blocks: int, n_rows: int, k: int) -> np.ndarray:
+    """Block ``block``'s rows of a zero factor matrix (a task; the pages are untouched
+    until written)."""
+    return np.zeros((len(range(block, n_rows, n_blocks)), k), dtype=np.float32)
+
+
 def take_local_rows(factors: np.ndarray, local: np.ndarray) -> np.ndarray:
     return factors[local]
 
@@ -208,6 +214,18 @@ class FactorBlocks:
                 workers=[w],
                 allow_other_workers=False,
                 pure=False,
+            )
+            for b, w in enumerate(where)
+        ]
+        return cls(blocks, list(where), int(n_rows), int(k))
+
+    @classmethod
+    def zeros(cls, client: Client, n_rows: int, k: int, where: list[str]) -> FactorBlocks:
+        """Zero factors, block ``b`` made on ``where[b]``."""
+        r = len(where)
+        blocks = [
+            client.submit(
+                zero_block, b, r, n_rows, k, workers=[w], allow_other_workers=False, pure=False
             )
             for b, w in enumerate(where)
         ]
