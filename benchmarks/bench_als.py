@@ -44,8 +44,8 @@ PAPER_FORM = {"confidence": "paper", "regularization_scaling": "none", "preferen
 ALS_DEFAULTS = {
     "confidence": "paper",
     "regularization_scaling": "count",
-    "regularization": 0.1,
-    "alpha": 2.0,
+    "regularization": 0.3,
+    "alpha": 4.0,
 }
 SPARK_FORM = {"confidence": "paper", "regularization_scaling": "count", "preference": "binary"}
 GRID = {
