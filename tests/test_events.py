@@ -228,7 +228,7 @@ def test_weightings_turn_counts_into_confidences():
 
 def test_event_defaults_and_rating_defaults():
     als = ALS()
-    assert als.resolved_params("ratings")["alpha"] == 2.0
+    assert als.resolved_params("ratings")["alpha"] == ALS.RATING_DEFAULTS["alpha"] == 4.0
     assert als.resolved_params("ratings")["weighting"] == "binary"
     assert ALS(preference="rating").resolved_params("ratings")["weighting"] == "linear"
     assert als.resolved_params("events")["weighting"] == ALS.EVENT_DEFAULTS["weighting"]
