@@ -208,7 +208,7 @@ def plot_trials(
     done = trials["state"] == "COMPLETE"
     if done.any():
         ordered = scores.where(done)
-        best = ordered.cummax() if higher_is_better else ordered.cummin()
+        best = (ordered.cummax() if higher_is_better else ordered.cummin()).ffill()
         ax.step(trials["number"], best, where="post", color="tab:orange", label="best so far")
     ax.set_xlabel("trial")
     ax.set_ylabel(f"validation {metric}")

@@ -249,3 +249,18 @@ def test_a_carved_validation_holds_out_positives_per_user(client, tmp_path):
     per_user = held.groupby(held["user_id"].map(users)).size()
     assert (per_user <= positives.reindex(per_user.index)).all()  # most positives stay in train
     prepared.keep.clear()
+
+
+def test_the_trials_plot_draws_the_best_so_far_across_pruned_trials(tmp_path):
+    from mfdask.report import plot_trials
+
+    trials = pd.DataFrame(
+        {
+            "number": [0, 1, 2, 3],
+            "state": ["COMPLETE", "PRUNED", "FAIL", "COMPLETE"],
+            "score": [0.2, 0.1, float("nan"), 0.3],
+        }
+    )
+    path = plot_trials(trials, tmp_path / "t.png", "ndcg")
+    assert path is not None and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_trials(trials.iloc[:0], tmp_path / "e.png", "ndcg") is None
