@@ -1,7 +1,7 @@
 """Many users with few events each: ALS on a 2-worker cluster against implicit, with memory.
 
 ``python -m benchmarks wide`` (options: ``--ratings 20000000 --users 10000000 --items 100000
---iterations 3 --phases gen,mfdask,implicit --scratch DIR --recommend-all``).
+--iterations 3 --phases gen,mfdask,implicit --scratch DIR --recommend-all --workers 2``).
 
 The shape of e-commerce data, where per-user state dominates: by default 20M ratings over
 10M users and 100k items, half of them positives (rating >= 4), user activity and item
@@ -162,7 +162,12 @@ PARAMS = {
 
 
 def run_mfdask(
-    data: Path, scratch: Path, iterations: int, memory_limit: str, recommend: bool
+    data: Path,
+    scratch: Path,
+    iterations: int,
+    memory_limit: str,
+    recommend: bool,
+    n_workers: int = 2,
 ) -> dict[str, Any]:
     import dask.dataframe as dd
     from distributed import Client, LocalCluster
@@ -171,7 +176,10 @@ def run_mfdask(
 
     out: dict[str, Any] = {}
     cluster = LocalCluster(
-        n_workers=2, threads_per_worker=1, memory_limit=memory_limit, dashboard_address=":0"
+        n_workers=n_workers,
+        threads_per_worker=1,
+        memory_limit=memory_limit,
+        dashboard_address=":0",
     )
     client = Client(cluster)
     try:
@@ -193,6 +201,7 @@ def run_mfdask(
             out["s/iter"] = float(np.median(seconds))
             out["outside iterations s"] = out["fit s"] - sum(seconds)
             out["distributed"] = model.distributed
+            out["traffic"] = model.metrics_.get("traffic")
             started = time.perf_counter()
             model.save(scratch / "model", overwrite=True)
             out["save s"] = time.perf_counter() - started
@@ -256,6 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--memory-limit", default="8GiB")
+    parser.add_argument("--workers", type=int, default=2, help="mfdask's worker processes")
     parser.add_argument("--phases", default="gen,mfdask,implicit")
     parser.add_argument(
         "--recommend-all",
@@ -270,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.phase_only:  # a child process: one phase, JSON on stdout
         if args.phase_only == "mfdask":
             result = run_mfdask(
-                data, scratch, args.iterations, args.memory_limit, args.recommend_all
+                data, scratch, args.iterations, args.memory_limit, args.recommend_all, args.workers
             )
         else:
             result = run_implicit(data, args.iterations)
@@ -297,7 +307,9 @@ def main(argv: list[str] | None = None) -> None:
         results[phase] = json.loads(line[0][len("RESULT ") :])
         results[phase]["load after"] = round(os.getloadavg()[0], 1)
         print(phase, results[phase], flush=True)
-    rows = [{"": name, **r} for name, r in results.items()]
+    rows = [
+        {"": name, **{k: v for k, v in r.items() if k != "traffic"}} for name, r in results.items()
+    ]
     if "mfdask" in results and "implicit" in results:
         m, i = results["mfdask"], results["implicit"]
         rows.append(
