@@ -128,6 +128,12 @@ def collect(client: Client, futures: Sequence[Future], workers: Iterable[str | N
         gone = sorted(watched - present)
         if gone:
             raise WorkerLostError(f"worker(s) {gone} left the cluster while the fit needed them")
+        stranded = stranded_tasks(client, [f.key for f in futures])
+        if stranded:
+            raise WorkerLostError(
+                f"task(s) {stranded} must run again on a worker that left the cluster (their "
+                "results were lost with it, and they are pinned there)"
+            )
     for f in futures:
         if f.status == "error":
             try:
@@ -136,6 +142,51 @@ def collect(client: Client, futures: Sequence[Future], workers: Iterable[str | N
                 raise _classify(client, exc) from exc
         elif f.status != "finished":
             raise _classify(client, RuntimeError(f"task {f.key} ended {f.status!r}"))
+
+
+def _stranded_on_scheduler(
+    keys: list[Any], dask_scheduler: Any = None, limit: int = 5
+) -> list[str]:
+    """Tasks that ``keys`` wait on which can never run: pinned, without loose
+    restrictions, to workers of which none is left (runs on the scheduler)."""
+    present = set(dask_scheduler.workers)
+    present |= {ws.name for ws in dask_scheduler.workers.values()}
+    present |= {str(ws.name) for ws in dask_scheduler.workers.values()}
+    stuck = {
+        ts.key
+        for ts in list(dask_scheduler.unrunnable)
+        if ts.worker_restrictions
+        and not ts.loose_restrictions
+        and not set(ts.worker_restrictions) & present
+    }
+    if not stuck:
+        return []
+    found: list[str] = []
+    seen: set[Any] = set()
+    stack = [dask_scheduler.tasks[k] for k in keys if k in dask_scheduler.tasks]
+    while stack and len(found) < limit:
+        ts = stack.pop()
+        if ts.key in seen or ts.state == "memory":
+            continue
+        seen.add(ts.key)
+        if ts.key in stuck:
+            found.append(str(ts.key))
+        stack.extend(ts.dependencies)
+    return found
+
+
+def stranded_tasks(client: Client, keys: list[Any]) -> list[str]:
+    """Keys among ``keys`` and their unfinished dependencies that wait for a departed
+    worker they are pinned to.
+
+    A result lost with its worker is computed again by the scheduler, but a task pinned
+    to that worker (``allow_other_workers=False``, as block tasks are) waits for it
+    forever: without this check a fit would hang instead of recovering.
+    """
+    try:
+        return list(client.run_on_scheduler(_stranded_on_scheduler, keys))
+    except CLIENT_ERRORS as exc:
+        raise _classify(client, exc) from exc
 
 
 def gather(client: Client, futures: Sequence[Future], workers: Iterable[str | None]) -> list[Any]:
