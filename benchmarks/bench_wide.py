@@ -168,6 +168,7 @@ def run_mfdask(
     memory_limit: str,
     recommend: bool,
     n_workers: int = 2,
+    n_blocks: int | None = None,
 ) -> dict[str, Any]:
     import dask.dataframe as dd
     from distributed import Client, LocalCluster
@@ -192,7 +193,11 @@ def run_mfdask(
             started = time.perf_counter()
             cpu_started = process_tree_cpu()
             model = ALS(
-                iterations=iterations, random_state=0, calculate_training_loss=False, **PARAMS
+                iterations=iterations,
+                random_state=0,
+                calculate_training_loss=False,
+                n_blocks=n_blocks,
+                **PARAMS,
             )
             model.fit(dd.read_parquet(str(data)))
             out["fit s"] = time.perf_counter() - started
@@ -266,6 +271,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--memory-limit", default="8GiB")
     parser.add_argument("--workers", type=int, default=2, help="mfdask's worker processes")
+    parser.add_argument("--n-blocks", type=int, default=None, help="ALS blocks per side")
     parser.add_argument("--phases", default="gen,mfdask,implicit")
     parser.add_argument(
         "--recommend-all",
@@ -280,7 +286,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.phase_only:  # a child process: one phase, JSON on stdout
         if args.phase_only == "mfdask":
             result = run_mfdask(
-                data, scratch, args.iterations, args.memory_limit, args.recommend_all, args.workers
+                data,
+                scratch,
+                args.iterations,
+                args.memory_limit,
+                args.recommend_all,
+                args.workers,
+                args.n_blocks,
             )
         else:
             result = run_implicit(data, args.iterations)
