@@ -240,12 +240,11 @@ def test_validation_metric_and_early_stopping(client, clustered):
     assert max(scores) > 0.2, "planted clusters make held-out positives easy to rank"
 
 
-def test_route_block_renumbers_into_the_compact_source():
-    """The docstring's example: R = 2, columns {1, 2, 4, 5} of one destination row."""
-    from mfdask.engine.als import route_block
+def _docstring_block():
+    """One destination row of route_block's docstring: R = 2, columns {1, 2, 4, 5}."""
     from mfdask.engine.blocks import RowBlock
 
-    block = RowBlock(
+    return RowBlock(
         block=0,
         n_blocks=2,
         n_rows=2,
@@ -254,6 +253,13 @@ def test_route_block_renumbers_into_the_compact_source():
         indices=np.array([1, 2, 4, 5], np.int32),
         data=np.ones(4, np.float32),
     )
+
+
+def test_route_block_renumbers_into_the_compact_source():
+    """The docstring's example: R = 2, columns {1, 2, 4, 5} of one destination row."""
+    from mfdask.engine.als import route_block
+
+    block = _docstring_block()
     routed, needed = route_block(block, 2)
     assert [list(r) for r in needed] == [[1, 2], [0, 2]]
     assert list(routed.indices) == [2, 0, 1, 3]
@@ -265,17 +271,8 @@ def test_route_block_renumbers_into_the_compact_source():
 def test_route_block_reads_the_source_block_on_its_worker_in_place():
     """Block 0 in place: its columns index its local rows, block 1's rows follow."""
     from mfdask.engine.als import Source, route_block, routed_source
-    from mfdask.engine.blocks import RowBlock
 
-    block = RowBlock(
-        block=0,
-        n_blocks=2,
-        n_rows=2,
-        n_cols=6,
-        indptr=np.array([0, 4]),
-        indices=np.array([1, 2, 4, 5], np.int32),
-        data=np.ones(4, np.float32),
-    )
+    block = _docstring_block()
     routed, needed = route_block(block, 2, in_place=0)
     assert [list(r) for r in needed] == [[], [0, 2]]
     assert list(routed.indices) == [3, 1, 2, 4]
