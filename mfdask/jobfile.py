@@ -33,6 +33,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from mfdask.errors import JobFileError
 from mfdask.models.base import FactorModel
 from mfdask.models.registry import model_class
 
@@ -43,10 +44,6 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 JOB_KEYS = ("model", "train", "validation", "output", "params")
 """Top-level keys of a training job file."""
-
-
-class JobFileError(ValueError):
-    """A job file or a ``--param`` flag is malformed or names something unknown."""
 
 
 def load_job_file(path: str | os.PathLike[str], keys: Iterable[str] = JOB_KEYS) -> dict[str, Any]:

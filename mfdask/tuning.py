@@ -59,7 +59,7 @@ from mfdask.data.split import DEFAULT_MIN_POSITIVES, assign_test
 from mfdask.data.training import LocalRatings, TrainingData, as_training_data
 from mfdask.engine.cluster import live_workers, session, worker_group
 from mfdask.engine.trainer import IterationEvent, iteration_hook
-from mfdask.errors import ModelFitError
+from mfdask.errors import ModelFitError, OptunaMissingError
 from mfdask.evaluate import RankingEvaluator
 from mfdask.models.base import VALIDATION_METRICS, FactorModel
 
@@ -76,11 +76,6 @@ FAILED_ERRORS: tuple[type[BaseException], ...] = (ModelFitError, FloatingPointEr
 
 _SALT = 0x7E
 """Added to the split depth: a validation carved here draws other keys than any split."""
-
-
-class OptunaMissingError(ImportError, RuntimeError):
-    """:func:`tune` needs Optuna, which is an optional extra (a ``RuntimeError`` too, so
-    that a job reports it in one line)."""
 
 
 def _optuna() -> Any:

@@ -21,10 +21,7 @@ import numpy as np
 import pandas as pd
 
 from mfdask.data import schema
-
-
-class DatasetError(ValueError):
-    """A dataset directory is missing, incomplete or inconsistent."""
+from mfdask.errors import DatasetError
 
 
 @dataclass

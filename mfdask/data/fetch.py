@@ -28,6 +28,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from mfdask.errors import FetchError
+
 log = logging.getLogger("mfdask")
 
 BASE_URL = "https://files.grouplens.org/datasets/movielens"
@@ -75,10 +77,6 @@ ARCHIVES["lastfm-2k"] = MovieLensArchive(
 """HetRec 2011 Last.fm-2k (user, artist, play count; artists.dat with names): play counts,
 an event dataset (``mfdask demo --dataset lastfm-2k``). Unpacked as
 ``hetrec2011-lastfm-2k/``. (c) GroupLens / Last.fm, HetRec 2011 (RecSys 2011 workshop)."""
-
-
-class FetchError(RuntimeError):
-    """A download failed, or its checksum did not match; the message says what to do."""
 
 
 def data_root(data: str | os.PathLike[str] | None = None) -> Path:

@@ -37,10 +37,7 @@ import pandas as pd
 
 from mfdask.data import schema
 from mfdask.data.dataset import Dataset, id_map_fingerprint, is_dataset, open_dataset
-
-
-class InputError(ValueError):
-    """Training or scoring input is malformed (missing columns, NaN, unknown ids...)."""
+from mfdask.errors import InputError
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,22 @@
-"""Errors and checks of rating input: what is a bad row, and how it is reported.
+"""Checks of rating input: what is a bad row, and how it is reported.
 
 Every problem found in input data is named by file, line and what is wrong, with a hint
 at what to change. The checks that are applied row by row live with the readers (they
 run inside the Dask tasks, vectorised); this module holds the vocabulary they share and
 the accounting check of :func:`check_accounting` that makes sure no row is ever dropped
-silently.
+silently. The errors (:class:`IngestError` and its subclasses) are defined in
+:mod:`mfdask.errors` and importable from here.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
+
+from mfdask.errors import AccountingError
+from mfdask.errors import BadRowsError as BadRowsError
+from mfdask.errors import DelimiterError as DelimiterError
+from mfdask.errors import DuplicateRatingError as DuplicateRatingError
+from mfdask.errors import IngestError as IngestError
 
 BAD_ROW_POLICIES = ("error", "skip")
 """``on_bad_rows``: stop at the first bad row, or quarantine bad rows and go on."""
@@ -25,47 +31,6 @@ timestamp.
 
 MAX_QUOTED_CHARS = 120
 """Bad lines are quoted up to this many characters in messages and the quarantine."""
-
-
-class IngestError(ValueError):
-    """Input cannot be ingested as it is; the message names the file, line and problem.
-
-    Attributes
-    ----------
-    path : str or None
-        The file at fault.
-    line : int or None
-        1-based line number in ``path`` (row number for Parquet input).
-    problem : str
-        What is wrong, and what to change.
-    """
-
-    def __init__(self, problem: str, path: str | os.PathLike[str] | None = None, line=None):
-        self.path = None if path is None else str(path)
-        self.line = None if line is None else int(line)
-        self.problem = problem
-        where = ""
-        if self.path is not None:
-            where = (
-                f"{self.path}, line {self.line}: " if self.line is not None else f"{self.path}: "
-            )
-        super().__init__(where + problem)
-
-
-class BadRowsError(IngestError):
-    """Rows that do not parse or validate, with ``on_bad_rows="error"``."""
-
-
-class DuplicateRatingError(IngestError):
-    """Two ratings of the same (user, item) pair, with ``duplicates="error"``."""
-
-
-class DelimiterError(IngestError):
-    """A file does not split into the expected fields on the expected separator."""
-
-
-class AccountingError(RuntimeError):
-    """Rows in != rows out + rows quarantined + duplicates merged: a bug, never data."""
 
 
 def quote_line(text: str) -> str:

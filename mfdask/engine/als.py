@@ -68,6 +68,7 @@ from mfdask.engine.checkpoint import BlockFiles, block_digest, combine_digests
 from mfdask.engine.cluster import worker_addresses
 from mfdask.engine.resilience import WorkerLostError, collect, gather
 from mfdask.engine.state import FactorBlocks, SeenBlocks
+from mfdask.errors import ALSNumericalError
 from mfdask.kernels.als import (
     objective_rows_parts,
     penalty_rows,
@@ -75,10 +76,6 @@ from mfdask.kernels.als import (
     solve_rows_cg_parts,
     solve_rows_cholesky_parts,
 )
-
-
-class ALSNumericalError(FloatingPointError):
-    """A solve produced NaN/inf factors or met indefinite normal equations."""
 
 
 @dataclass(frozen=True)

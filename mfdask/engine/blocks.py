@@ -33,11 +33,8 @@ from distributed import Client, Future
 from mfdask.data import schema
 from mfdask.data.training import LocalRatings
 from mfdask.engine.cluster import wait_for, worker_addresses
+from mfdask.errors import DuplicateRatingError
 from mfdask.kernels.csr import coo_to_csr
-
-
-class DuplicateRatingError(ValueError):
-    """The same (row, column) pair appears twice in the training data."""
 
 
 @dataclass

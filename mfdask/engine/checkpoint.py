@@ -30,13 +30,10 @@ import numpy as np
 
 from mfdask.data.dataset import atomic_directory, write_json_atomic
 from mfdask.engine.state import FactorBlocks
+from mfdask.errors import CheckpointError, CheckpointMismatchError
 
 LATEST_FILE = "LATEST"
 STATE_FILE = "state.json"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupt, or belongs to a different fit."""
 
 
 @dataclass
@@ -136,7 +133,11 @@ class CheckpointStore:
             name = json.loads(pointer.read_text())["checkpoint"]
             return self.load(self.directory / name)
         except (KeyError, json.JSONDecodeError, OSError) as exc:
-            raise CheckpointError(f"checkpoint pointer {pointer} is corrupt: {exc!r}") from exc
+            raise CheckpointError(
+                f"checkpoint pointer {pointer} is corrupt: {exc!r}, probably from an "
+                "interrupted write; delete it to resume from the newest complete checkpoint, "
+                "or start afresh without resume"
+            ) from exc
 
     @staticmethod
     def load(path: str | os.PathLike[str]) -> Checkpoint:
@@ -153,16 +154,15 @@ class CheckpointStore:
                     raise OSError(f"block files {missing} are missing")
                 arrays[name] = BlockFiles(path, list(spec["files"]), spec["n_rows"], spec["k"])
         except (KeyError, json.JSONDecodeError, OSError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint {path} is incomplete or corrupt: {exc!r}") from exc
+            raise CheckpointError(
+                f"checkpoint {path} is incomplete or corrupt: {exc!r}; delete it to "
+                "resume from an earlier one, or start afresh without resume"
+            ) from exc
         return Checkpoint(iteration=int(meta["iteration"]), arrays=arrays, state=meta["state"])
 
     def clear(self) -> None:
         """Remove every checkpoint (a fresh fit that is not resuming)."""
         shutil.rmtree(self.directory, ignore_errors=True)
-
-
-class CheckpointMismatchError(CheckpointError):
-    """A checkpoint was written by a fit with other parameters or other data."""
 
 
 def block_digest(block: Any) -> str:

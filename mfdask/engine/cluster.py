@@ -16,9 +16,7 @@ from dataclasses import dataclass
 
 from distributed import Client, LocalCluster, default_client
 
-
-class ClusterError(RuntimeError):
-    """The scheduler could not be reached or the cluster has no workers."""
+from mfdask.errors import ClusterError
 
 
 @dataclass(frozen=True)

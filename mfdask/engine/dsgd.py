@@ -122,6 +122,7 @@ from mfdask.engine.exchange import (
 )
 from mfdask.engine.resilience import collect as collect_futures
 from mfdask.engine.resilience import gather
+from mfdask.errors import PlanError
 from mfdask.kernels.sampling import member_bitset
 
 State = dict[str, np.ndarray]
@@ -134,10 +135,6 @@ Plan = list[list[tuple[int, int]]]
 MEMBER_BITS_BYTES = 64 * 2**20
 """Largest total size of a shard's membership bitsets (one bit per user and item of the
 block; 1.4 MB for a worker's half of ML-1M). Above it samplers search the CSR rows."""
-
-
-class PlanError(RuntimeError):
-    """A stratum schedule would let two workers update the same rows at once."""
 
 
 # ---------------------------------------------------------------------- data on workers

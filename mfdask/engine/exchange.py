@@ -47,6 +47,8 @@ from distributed.comm.core import CommClosedError
 from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.protocol import to_serialize
 
+from mfdask.errors import MfdaskError
+
 EXTENSION = "mfdask-block-exchange"
 """Name of the plugin, and key of the mailbox in ``Worker.extensions``."""
 
@@ -67,8 +69,11 @@ WAIT_SLICE = 0.5
 """Seconds between two checks of a waiting task for an abort or its worker closing."""
 
 
-class BlockExchangeError(CommClosedError):
-    """A block could not be handed over: the peer is gone or the epoch was aborted."""
+class BlockExchangeError(MfdaskError, CommClosedError):
+    """A block could not be handed over: the peer is gone or the epoch was aborted.
+
+    A ``CommClosedError`` too, so that a fit recovers from it as from a lost peer.
+    """
 
 
 def _matches(token: str, prefix: str) -> bool:

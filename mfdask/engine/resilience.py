@@ -39,6 +39,7 @@ from distributed.comm.core import CommClosedError
 from distributed.scheduler import KilledWorker
 
 from mfdask.engine.checkpoint import Checkpoint, FitCheckpoints
+from mfdask.errors import ClusterFailure, RecoveryError, SchedulerLostError, WorkerLostError
 
 log = logging.getLogger("mfdask")
 
@@ -47,22 +48,6 @@ POLL_SECONDS = 0.5
 
 WORKER_WAIT_SECONDS = 30.0
 """How long a recovery waits for at least one worker (a nanny restarting a killed one)."""
-
-
-class ClusterFailure(RuntimeError):
-    """The cluster lost something a fit needs."""
-
-
-class WorkerLostError(ClusterFailure):
-    """A worker holding blocks of the fit left, or Dask lost data the fit needs."""
-
-
-class SchedulerLostError(ClusterFailure):
-    """The connection to the scheduler is gone: the fit cannot continue in this driver."""
-
-
-class RecoveryError(ClusterFailure):
-    """Workers kept failing: the fit gave up after its allowed number of recoveries."""
 
 
 DISTRIBUTED_ERRORS: tuple[type[BaseException], ...] = (

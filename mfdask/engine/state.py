@@ -42,6 +42,7 @@ from distributed import Client, Future
 from mfdask._warnings import MfdaskWarning
 from mfdask.engine.blocks import n_local_rows
 from mfdask.engine.cluster import is_transient
+from mfdask.errors import StateLostError
 from mfdask.kernels.init import hashed_normal_rows
 
 GATHER_BELOW_BYTES = 256 * 2**20
@@ -53,10 +54,6 @@ KEEP_MODES = ("auto", "workers", "client")
 
 class GatherWarning(MfdaskWarning):
     """A large distributed matrix was gathered into the client's memory."""
-
-
-class StateLostError(RuntimeError):
-    """A model's blocks are gone with the cluster (or worker) that held them."""
 
 
 def gather_below_bytes() -> int:

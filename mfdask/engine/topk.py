@@ -61,6 +61,7 @@ from mfdask.data.dataset import Dataset, atomic_directory, open_dataset, write_j
 from mfdask.engine import ann
 from mfdask.engine.cluster import session, wait_for, worker_addresses
 from mfdask.engine.state import FactorBlocks, SeenBlocks
+from mfdask.errors import ModelMismatchError
 from mfdask.recommend import DEFAULT_CHUNK_CELLS, chunk_rows, top_k_of_scores
 
 if TYPE_CHECKING:
@@ -159,9 +160,10 @@ def _seen_from_dataset(src: _DatasetSeen, job: _BlockJob, rows: np.ndarray, n_co
             pos_ok = np.minimum(pos, max(len(rows) - 1, 0))
             hit = (pos < len(rows)) & (rows[pos_ok] == u) if len(rows) else np.zeros(0, bool)
             if np.any(i[hit] >= n_cols) or np.any(i[hit] < 0):
-                raise IndexError(
+                raise ModelMismatchError(
                     f"{f} has item_idx outside 0..{n_cols - 1}: the dataset's id maps are "
-                    "not the model's"
+                    "not the model's (it was ingested separately); pass seen= a split of "
+                    "the dataset the model was trained on, or retrain on this one"
                 )
             found_r.append(pos[hit])
             found_c.append(i[hit])

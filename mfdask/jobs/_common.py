@@ -9,12 +9,10 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 
 from mfdask.engine.cluster import ClusterSpec
+from mfdask.errors import JobError as JobError
+from mfdask.errors import MfdaskError
 
 log = logging.getLogger("mfdask")
-
-
-class JobError(RuntimeError):
-    """A job cannot go on; the message says what and what to change."""
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +58,7 @@ def run_job(run: Callable[[argparse.Namespace], int], args: argparse.Namespace, 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return int(run(args) or 0)
-    except (ValueError, KeyError, OSError, RuntimeError) as exc:
+    except (MfdaskError, ValueError, KeyError, OSError, RuntimeError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"{prog}: error: {message}", file=sys.stderr)
         return 2

@@ -39,6 +39,7 @@ from mfdask.data.dataset import Dataset, atomic_directory, open_dataset, write_j
 from mfdask.data.training import TrainingData, as_training_data
 from mfdask.engine.state import FactorBlocks, SeenBlocks
 from mfdask.engine.warmup import warm_current_client
+from mfdask.errors import ModelFileError, ModelMismatchError, NotFittedError, UnknownIdError
 from mfdask.recommend import chunk_rows, top_k_of_scores
 
 if TYPE_CHECKING:
@@ -58,25 +59,6 @@ ITEM_COUNTS_FILE = "item_counts.parquet"
 
 EpochCallback = Callable[[dict[str, Any]], Any]
 """Called after each epoch/iteration with its record; returning ``False`` stops the fit."""
-
-
-class NotFittedError(RuntimeError):
-    """The model was used before ``fit`` or ``load``."""
-
-
-class UnknownIdError(KeyError):
-    """Ids passed to ``recommend``/``similar_items``/``predict`` are not in the model."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
-        return str(self.args[0])
-
-
-class ModelMismatchError(ValueError):
-    """A saved model is applied to a dataset whose id maps differ from its own."""
-
-
-class ModelFileError(ValueError):
-    """A model directory is missing, incomplete or corrupt."""
 
 
 VALIDATION_METRICS = ("ndcg", "precision", "recall", "map", "hit_rate", "auc")
@@ -1154,13 +1136,17 @@ def load_model(
             p, ITEM_FACTORS_FILE, schema.ITEM_ID, layout, meta["n_items"], k
         )
     except (KeyError, OSError, json.JSONDecodeError, pa.ArrowException) as exc:
-        raise ModelFileError(f"saved model {p} is incomplete or corrupt: {exc!r}") from exc
+        raise ModelFileError(
+            f"saved model {p} is incomplete or corrupt: {exc!r}; it was not written by "
+            "model.save() of this mfdask version, or was changed since: save the model again"
+        ) from exc
     if (
         model._state("_user_factors").shape[0] != meta["n_users"]
         or model._state("_item_factors").shape[0] != meta["n_items"]
     ):
         raise ModelFileError(
-            f"saved model {p} is corrupt: factor rows do not match model.json's counts"
+            f"saved model {p} is corrupt: factor rows do not match model.json's counts "
+            "(files from two saves mixed?); save the model again"
         )
     seen = p / SEEN_FILE
     if SEEN_DIR in layout:

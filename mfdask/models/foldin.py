@@ -54,6 +54,7 @@ from mfdask.data import schema
 from mfdask.data.hashing import hash_keys
 from mfdask.data.implicit import positive_cut
 from mfdask.data.training import InputError
+from mfdask.errors import ALSNumericalError, EmptyHistoryError
 from mfdask.kernels.als import solve_rows_cholesky
 from mfdask.kernels.foldin import bpr_fold_in, svd_fold_in, warp_fold_in
 from mfdask.kernels.warp import MAX_RANK_WEIGHT
@@ -68,10 +69,6 @@ WEIGHT = "weight"
 UNKNOWN_ITEM_POLICIES = ("error", "skip")
 
 _STREAM_FOLD_IN = 0x464F4C44  # "FOLD": the hash stream of the per-user seeds
-
-
-class EmptyHistoryError(ValueError):
-    """A user to fold in has no usable interaction in the history given."""
 
 
 # --------------------------------------------------------------------------- histories
@@ -340,9 +337,10 @@ class FoldIn:
                 s["regularization"], s["count_scaled"], s["alpha"], s["offset"], 0, n,
             )  # fmt: skip
             if failed >= 0:
-                raise FloatingPointError(
-                    f"the normal equations of user {hist.user_ids[failed]!r} are not positive "
-                    "definite: raise the model's regularization or use confidence='paper'"
+                raise ALSNumericalError(
+                    f"folding in user {hist.user_ids[failed]!r} failed: the normal equations "
+                    "are not positive definite (the history's weights make them indefinite); "
+                    "raise the model's regularization or use confidence='paper'"
                 )
             return out, None
         seeds = user_seeds(s["random_state"], hist.user_ids)

@@ -572,7 +572,8 @@ class SVD(FactorModel):
             self.rating_range_ = (float(state["rating_min"]), float(state["rating_max"]))
         except KeyError as exc:
             raise ModelFileError(
-                f"saved SVD model lacks its biases or global mean ({exc})"
+                f"saved SVD model lacks its biases or global mean ({exc}): it is incomplete; "
+                "save the model again"
             ) from exc
 
 
