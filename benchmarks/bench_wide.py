@@ -1,7 +1,8 @@
 """Many users with few events each: ALS on a 2-worker cluster against implicit, with memory.
 
 ``python -m benchmarks wide`` (options: ``--ratings 20000000 --users 10000000 --items 100000
---iterations 3 --phases gen,mfdask,implicit --scratch DIR --recommend-all --workers 2``).
+--iterations 3 --phases gen,mfdask,implicit --scratch DIR --recommend-all --workers 2
+--model als``).
 
 The shape of e-commerce data, where per-user state dominates: by default 20M ratings over
 10M users and 100k items, half of them positives (rating >= 4), user activity and item
@@ -19,6 +20,10 @@ Then, each in a fresh process so that peak memory is its own:
 
 Printed side by side: seconds per iteration, the fit, the time outside the iterations,
 and peak RSS. The machine is shared: only ratios within one run count.
+
+``--model bpr`` fits ``BPR(factors=64, epochs=--iterations, random_state=0)`` instead of
+ALS in the mfdask phase (the DSGD engine at the same shape; use ``--phases gen,mfdask``:
+implicit's phase is its ALS, no comparison for BPR).
 """
 
 from __future__ import annotations
@@ -169,11 +174,12 @@ def run_mfdask(
     recommend: bool,
     n_workers: int = 2,
     n_blocks: int | None = None,
+    model_name: str = "als",
 ) -> dict[str, Any]:
     import dask.dataframe as dd
     from distributed import Client, LocalCluster
 
-    from mfdask import ALS
+    from mfdask import ALS, BPR
 
     out: dict[str, Any] = {}
     cluster = LocalCluster(
@@ -188,17 +194,26 @@ def run_mfdask(
         import pandas as pd
 
         warm = pd.DataFrame({"user_id": [1, 2, 2], "item_id": [1, 1, 2], "rating": [5.0] * 3})
-        ALS(factors=4, iterations=1).fit(warm)
+        model: Any
+        if model_name == "bpr":
+            BPR(factors=4, epochs=1).fit(warm)
+        else:
+            ALS(factors=4, iterations=1).fit(warm)
         with RSSMonitor() as mon:
             started = time.perf_counter()
             cpu_started = process_tree_cpu()
-            model = ALS(
-                iterations=iterations,
-                random_state=0,
-                calculate_training_loss=False,
-                n_blocks=n_blocks,
-                **PARAMS,
-            )
+            if model_name == "bpr":
+                model = BPR(
+                    factors=PARAMS["factors"], epochs=iterations, random_state=0, n_blocks=n_blocks
+                )
+            else:
+                model = ALS(
+                    iterations=iterations,
+                    random_state=0,
+                    calculate_training_loss=False,
+                    n_blocks=n_blocks,
+                    **PARAMS,
+                )
             model.fit(dd.read_parquet(str(data)))
             out["fit s"] = time.perf_counter() - started
             out["fit cpu s"] = process_tree_cpu() - cpu_started
@@ -272,6 +287,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-limit", default="8GiB")
     parser.add_argument("--workers", type=int, default=2, help="mfdask's worker processes")
     parser.add_argument("--n-blocks", type=int, default=None, help="ALS blocks per side")
+    parser.add_argument(
+        "--model", choices=("als", "bpr"), default="als", help="the model of the mfdask phase"
+    )
     parser.add_argument("--phases", default="gen,mfdask,implicit")
     parser.add_argument(
         "--recommend-all",
@@ -293,6 +311,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.recommend_all,
                 args.workers,
                 args.n_blocks,
+                args.model,
             )
         else:
             result = run_implicit(data, args.iterations)
@@ -333,7 +352,8 @@ def main(argv: list[str] | None = None) -> None:
                 "fit cpu s": m["fit cpu s"] / i["fit cpu s"],
             }
         )
-    print_table(rows, f"ALS, {args.ratings:,} ratings, {args.users:,} users, {args.items:,} items")
+    title = f"{args.ratings:,} ratings, {args.users:,} users, {args.items:,} items"
+    print_table(rows, f"{args.model.upper()}, {title}")
     write_results("wide", {"args": vars(args), "shape": shape, "results": results})
 
 
