@@ -195,7 +195,11 @@ def run_mfdask(
 
         warm = pd.DataFrame({"user_id": [1, 2, 2], "item_id": [1, 1, 2], "rating": [5.0] * 3})
         model: Any
-        if model_name == "bpr":
+        if model_name == "bpr":  # a user needs an unseen item to draw as a negative
+            users = np.repeat(np.arange(20), 3)
+            warm = pd.DataFrame(
+                {"user_id": users, "item_id": (users + np.tile([0, 1, 2], 20)) % 10}
+            ).assign(rating=5.0)
             BPR(factors=4, epochs=1).fit(warm)
         else:
             ALS(factors=4, iterations=1).fit(warm)

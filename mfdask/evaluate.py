@@ -480,7 +480,9 @@ def _score_ranking(
     """Rank every placed user block with the model's current factors; the means."""
     n_items = model.n_items
     held = model.__dict__.get("_user_factors")
-    blocks = held if isinstance(held, FactorBlocks) and held.n_blocks == placed.n_blocks else None
+    blocks = None
+    if isinstance(held, FactorBlocks) and held.n_blocks == placed.n_blocks:
+        blocks = model._user_score_blocks()  # biases appended on the blocks' workers
     if blocks is not None:  # each block ranked on the worker holding its factors
         uvec, ivec = None, model._item_vectors()
         checked = [("item", ivec)]

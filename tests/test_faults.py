@@ -240,3 +240,30 @@ def test_distributed_als_state_survives_a_killed_worker(tmp_path, split):
     # Float-level agreement (a few entries differ by ~3e-6 after the recovery).
     np.testing.assert_allclose(hit_users, clean_users, rtol=0, atol=1e-5)
     np.testing.assert_allclose(hit_items, clean_items, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["bpr", "svd"])
+def test_distributed_dsgd_state_survives_a_killed_worker(tmp_path, split, name):
+    """SVD / BPR state kept on the workers: drawn there, checkpointed in memory as
+    replicated blocks, the lost worker's blocks put back from the replicas and the
+    ratings read again; the same model as a clean fit."""
+    import dask
+
+    train, _ = split
+    settings = {"mfdask.state.keep": "workers", "mfdask.state.gather-below-bytes": 1024}
+    with process_cluster(tmp_path / "logs", n_workers=2) as cluster:
+        with Client(cluster.address), dask.config.set(settings):
+            clean = MODELS[name](n_threads=1).fit(str(train))
+            assert clean.distributed
+            with dask.config.set({"mfdask.state.gather-below-bytes": 2**30}):
+                clean_users, clean_items = clean.user_factors_, clean.item_factors_
+            hit = MODELS[name](n_threads=1).fit(str(train), callback=kill_after(cluster, 3))
+            assert hit.distributed
+            assert len(hit.recommend(hit.user_ids_[:3], n=5)) == 15
+            with dask.config.set({"mfdask.state.gather-below-bytes": 2**30}):
+                hit_users, hit_items = hit.user_factors_, hit.item_factors_
+    recoveries = hit.metrics_["recoveries"]
+    assert len(recoveries) == 1 and recoveries[0]["restarted_from"] == 2, recoveries
+    assert recoveries[0]["workers"] == 1
+    np.testing.assert_allclose(hit_users, clean_users, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(hit_items, clean_items, rtol=0, atol=1e-5)

@@ -51,6 +51,15 @@ The engine never knows the loss. A model supplies
   (resp. item) index, e.g. ``{"factors": (n_users, k), "bias": (n_users,)}``. The
   engine splits them by residue (:meth:`DSGD.set_state`) and reassembles them
   (:meth:`DSGD.gather_state`). A block's arrays are indexed by *local* rows.
+
+  A side can also start and end on the workers, never whole on the client: given a
+  :class:`Drawn` spec instead of an array, each block draws its rows on its worker by
+  global row index (:mod:`mfdask.kernels.init`, so the start does not depend on the
+  block count), and a side the engine keeps on the workers (``keep_on_workers``) is
+  returned by :meth:`DSGD.gather_state` as one
+  :class:`~mfdask.engine.state.FactorBlocks` per 2-d array (1-d arrays such as biases,
+  ``1 / k`` of the factors, are still gathered). :meth:`DSGD.set_state` takes such
+  blocks, or checkpoint :class:`~mfdask.engine.checkpoint.BlockFiles`, back.
 - a *block kernel*: a small picklable object satisfying :class:`BlockKernel`, rebuilt
   each epoch with that epoch's hyper-parameters (the learning rate, say). Its
   ``train(cell, shard, user, item, lo, hi, seed)`` trains on ratings ``lo:hi`` of the
@@ -105,13 +114,14 @@ from mfdask.data.training import LocalRatings
 from mfdask.engine.blocks import (
     RowBlock,
     assemble_seen,
+    block_pattern,
     block_workers,
     n_local_rows,
     persist_partitions,
     place_row_blocks,
     positive_counts,
 )
-from mfdask.engine.checkpoint import block_digest, combine_digests
+from mfdask.engine.checkpoint import BlockFiles, block_digest, combine_digests
 from mfdask.engine.cluster import worker_addresses
 from mfdask.engine.exchange import (
     BlockExchangeError,
@@ -122,7 +132,9 @@ from mfdask.engine.exchange import (
 )
 from mfdask.engine.resilience import collect as collect_futures
 from mfdask.engine.resilience import gather
+from mfdask.engine.state import FactorBlocks, SeenBlocks
 from mfdask.errors import PlanError
+from mfdask.kernels.init import hashed_normal_rows
 from mfdask.kernels.sampling import member_bitset
 
 State = dict[str, np.ndarray]
@@ -499,10 +511,6 @@ def _split_state(state: Mapping[str, np.ndarray], block: int, n_blocks: int) -> 
     return {name: np.ascontiguousarray(arr[block::n_blocks]) for name, arr in state.items()}
 
 
-def _state_sizes(state: Mapping[str, np.ndarray]) -> dict[str, tuple[tuple[int, ...], str]]:
-    return {name: (arr.shape, arr.dtype.str) for name, arr in state.items()}
-
-
 def _shard_nnz(shard: UserShard) -> int:
     return shard.nnz
 
@@ -512,6 +520,77 @@ def _shard_value_summary(shard: UserShard) -> np.ndarray:
     if not len(data):
         return np.array([0.0, 0.0, np.inf, -np.inf])
     return np.array([len(data), float(data.sum(dtype=np.float64)), data.min(), data.max()])
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """A state array made by each block on its worker instead of sent from the client.
+
+    Columns ``0 .. normal - 1`` are ``scale * N(0, 1)`` keyed by ``(seed, global row,
+    column)`` (:func:`mfdask.kernels.init.hashed_normal_rows`), every other entry is
+    ``fill``; ``columns = 0`` makes a 1-d ``(n_rows,)`` array of ``fill``. The values
+    depend on the global row only, so on neither the block count nor the cluster.
+    """
+
+    columns: int
+    normal: int = 0
+    scale: float = 0.0
+    seed: int = 0
+    fill: float = 0.0
+
+    def block(self, block: int, n_blocks: int, n_rows: int) -> np.ndarray:
+        """Block ``block``'s rows (``block, block + n_blocks, ...``) of the array."""
+        rows = np.arange(block, n_rows, n_blocks, dtype=np.int64)
+        if self.columns == 0:
+            return np.full(len(rows), self.fill, dtype=np.float32)
+        out = np.full((len(rows), self.columns), self.fill, dtype=np.float32)
+        if self.normal:
+            drawn = np.empty((len(rows), self.normal), dtype=np.float32)
+            hashed_normal_rows(rows, self.normal, np.uint64(self.seed % 2**64), self.scale, drawn)
+            out[:, : self.normal] = drawn
+        return out
+
+    def full(self, n_rows: int) -> np.ndarray:
+        """The whole array on the client (the same floats as the blocks)."""
+        return self.block(0, 1, n_rows)
+
+
+def _compose_state(
+    names: tuple[str, ...], block: int, n_blocks: int, n_rows: int, *parts: Any
+) -> State:
+    """One state block from its arrays' parts (a task on the block's worker): a block
+    array already (scattered, or a :class:`FactorBlocks` / checkpoint block), or a
+    :class:`Drawn` spec drawn here."""
+    out: State = {}
+    for name, part in zip(names, parts, strict=True):
+        if isinstance(part, Drawn):
+            out[name] = part.block(block, n_blocks, n_rows)
+        else:  # training tasks copy their inputs: the source block is never written
+            out[name] = np.ascontiguousarray(part)
+    return out
+
+
+def _state_array(state: State, name: str) -> np.ndarray:
+    """Array ``name`` of a state block (a task next to the block)."""
+    return state[name]
+
+
+def _state_subset(state: State, names: tuple[str, ...]) -> State:
+    return {name: state[name] for name in names}
+
+
+def _array_sizes(state: Mapping[str, Any], n_rows: int) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Shape and dtype of each named state array, whatever form it is given in."""
+    out = {}
+    for name, arr in state.items():
+        if isinstance(arr, Drawn):
+            shape: tuple[int, ...] = (n_rows, arr.columns) if arr.columns else (n_rows,)
+            out[name] = (shape, np.dtype(np.float32).str)
+        elif isinstance(arr, (FactorBlocks, BlockFiles)):
+            out[name] = (tuple(arr.shape), np.dtype(np.float32).str)
+        else:
+            out[name] = (arr.shape, arr.dtype.str)
+    return out
 
 
 # ---------------------------------------------------------------------- the driver
@@ -584,6 +663,13 @@ class DSGD:
         (:mod:`mfdask.engine.exchange`) instead of one task per cell with the scheduler
         moving the blocks. Same floats, far fewer scheduler round trips. Default: the
         Dask config value ``mfdask.dsgd.direct-exchange`` (True when unset).
+    keep_on_workers : (bool, bool)
+        Whether :meth:`gather_state` leaves the user (resp. item) side on the workers as
+        :class:`~mfdask.engine.state.FactorBlocks` instead of assembling it on the client
+        (see :func:`mfdask.engine.state.keeps_on_workers`).
+    seen_on_workers : bool
+        Keep the training pattern as :class:`~mfdask.engine.state.SeenBlocks` aligned
+        with the user blocks (:attr:`seen`), placed again after a lost worker.
 
     Notes
     -----
@@ -602,8 +688,12 @@ class DSGD:
         n_threads: int | None = None,
         value_col: str = "rating",
         direct_exchange: bool | None = None,
+        keep_on_workers: tuple[bool, bool] = (False, False),
+        seen_on_workers: bool = False,
     ) -> None:
         workers = worker_addresses(client)
+        self.keep_on_workers = (bool(keep_on_workers[0]), bool(keep_on_workers[1]))
+        self.seen_on_workers = bool(seen_on_workers)
         self.client = client
         self.n_users = int(n_users)
         self.n_items = int(n_items)
@@ -630,6 +720,7 @@ class DSGD:
         del parts
         self._workers = block_workers(client, self._row_blocks)
         self._shards = self._build_shards(self._row_blocks)
+        self.seen: SeenBlocks | None = self._seen_blocks() if self.seen_on_workers else None
         self._user: list[Future] = []
         self._item: list[Future] = []
         self._shapes: tuple[dict, dict] = ({}, {})
@@ -694,41 +785,126 @@ class DSGD:
         """The training pattern as a ``(n_users, n_items)`` boolean CSR (only indices move)."""
         return assemble_seen(self.client, self._row_blocks, self.n_users, self.n_items)
 
+    def _seen_blocks(self) -> SeenBlocks:
+        """The training pattern left where it is, block-aligned with the user state."""
+        where = [str(w) for w in self._workers]
+        return SeenBlocks(
+            [
+                self.client.submit(block_pattern, rb, workers=[w], pure=False)
+                for rb, w in zip(self._row_blocks, where, strict=True)
+            ],
+            where,
+            self.n_users,
+            self.n_items,
+        )
+
+    @property
+    def workers(self) -> list[str]:
+        """The worker of each user block (where user state blocks live)."""
+        return [str(w) for w in self._workers]
+
     def positive_counts(self, threshold: float | None) -> tuple[np.ndarray, np.ndarray]:
         """Ratings ``>= threshold`` per user and per item (all ratings with None)."""
         return positive_counts(self.client, self._row_blocks, self.n_users, self.n_items, threshold)
 
     # -------------------------------------------------------------- state
-    def set_state(self, user: Mapping[str, np.ndarray], item: Mapping[str, np.ndarray]) -> None:
-        """Split full ``user`` and ``item`` state arrays by residue and place the blocks.
+    def set_state(self, user: Mapping[str, Any], item: Mapping[str, Any]) -> None:
+        """Place the ``user`` and ``item`` state, block by block.
 
         User block ``w`` goes to the worker of shard ``w``; item block ``j`` starts on
-        the worker of shard ``j``.
+        the worker of shard ``j``. Each named array is a full array on the client (split
+        by residue and scattered), a :class:`Drawn` spec (each block drawn on its
+        worker), :class:`~mfdask.engine.state.FactorBlocks` of this engine's block count
+        (used where they are) or checkpoint
+        :class:`~mfdask.engine.checkpoint.BlockFiles` (read by the workers).
         """
         for what, state, n in (("user", user, self.n_users), ("item", item, self.n_items)):
             for name, arr in state.items():
-                if arr.shape[0] != n:
-                    raise ValueError(f"{what} state {name!r} has {arr.shape[0]} rows, expected {n}")
+                rows = arr.n_rows if isinstance(arr, (FactorBlocks, BlockFiles)) else None
+                if not isinstance(arr, Drawn) and (rows or arr.shape[0]) != n:
+                    raise ValueError(
+                        f"{what} state {name!r} has {rows or arr.shape[0]} rows, expected {n}"
+                    )
+                if isinstance(arr, FactorBlocks) and arr.n_blocks != self.n_blocks:
+                    raise ValueError(
+                        f"{what} state {name!r} is in {arr.n_blocks} blocks, the engine in "
+                        f"{self.n_blocks}"
+                    )
+        self._user = self._place_state(user, self.n_users)
+        self._item = self._place_state(item, self.n_items)
+        self._shapes = (_array_sizes(user, self.n_users), _array_sizes(item, self.n_items))
+
+    def _place_state(self, state: Mapping[str, Any], n_rows: int) -> list[Future]:
         b = self.n_blocks
-        self._user = [
-            self.client.scatter([_split_state(user, w, b)], workers=[self._workers[w]])[0]
-            for w in range(b)
-        ]
-        self._item = [
-            self.client.scatter([_split_state(item, j, b)], workers=[self._workers[j]])[0]
-            for j in range(b)
-        ]
-        self._shapes = (_state_sizes(user), _state_sizes(item))
+        if all(isinstance(a, np.ndarray) for a in state.values()):
+            return [
+                self.client.scatter([_split_state(state, w, b)], workers=[self._workers[w]])[0]
+                for w in range(b)
+            ]
+        names = tuple(state)
+        sources: list[Any] = []
+        for arr in state.values():
+            if isinstance(arr, BlockFiles):  # from a checkpoint directory: workers read it
+                arr = arr.load(self.client, self.workers)
+            sources.append(arr)
+        placed = []
+        for w in range(b):
+            where = self._workers[w]
+            parts: list[Any] = []
+            for arr in sources:
+                if isinstance(arr, FactorBlocks):
+                    parts.append(arr.blocks[w])
+                elif isinstance(arr, Drawn):
+                    parts.append(arr)
+                else:
+                    block = np.ascontiguousarray(np.asarray(arr)[w::b])
+                    parts.append(self.client.scatter(block, workers=[where], hash=False))
+            placed.append(
+                self.client.submit(
+                    _compose_state, names, w, b, n_rows, *parts, workers=[where], pure=False
+                )
+            )
+        return placed
 
     def gather_state(
         self, snapshot: tuple[list[Future], list[Future]] | None = None
     ) -> tuple[State, State]:
-        """The full user and item state dicts, pulled onto the client block by block."""
+        """The user and item state dicts: full arrays pulled onto the client block by
+        block, except the 2-d arrays of a side kept on the workers (``keep_on_workers``),
+        which stay there as :class:`~mfdask.engine.state.FactorBlocks`."""
         users, items = snapshot or (self._user, self._item)
         return (
-            self._assemble(users, self.n_users, self._shapes[0]),
-            self._assemble(items, self.n_items, self._shapes[1]),
+            self._collect_side(users, self.n_users, self._shapes[0], self.keep_on_workers[0]),
+            self._collect_side(items, self.n_items, self._shapes[1], self.keep_on_workers[1]),
         )
+
+    def _collect_side(self, futures: list[Future], n_rows: int, shapes: dict, keep: bool) -> State:
+        if not keep:
+            return self._assemble(futures, n_rows, shapes)
+        out: State = {}
+        small = {name: spec for name, spec in shapes.items() if len(spec[0]) < 2}
+        for name, (shape, _) in shapes.items():
+            if name in small:
+                continue
+            picks = [self.client.submit(_state_array, f, name, pure=False) for f in futures]
+            collect_futures(self.client, picks, self._workers)
+            out[name] = FactorBlocks(  # type: ignore[assignment]
+                picks, self._holders(picks), n_rows, int(shape[1])
+            )
+        if small:  # biases: a vector per side, 1 / k of the factors
+            subsets = [
+                self.client.submit(_state_subset, f, tuple(small), pure=False) for f in futures
+            ]
+            out.update(self._assemble(subsets, n_rows, small))
+        return out
+
+    def _holders(self, futures: list[Future]) -> list[str]:
+        """A worker holding each (computed) future; block ``b``'s worker if none is known."""
+        who = self.client.who_has(futures)
+        return [
+            str(sorted(who.get(f.key, ()))[0]) if who.get(f.key) else str(self._workers[b])
+            for b, f in enumerate(futures)
+        ]
 
     def _assemble(self, futures: list[Future], n_rows: int, shapes: dict) -> State:
         out = {
@@ -1006,6 +1182,8 @@ class DSGD:
         del parts
         self._workers = block_workers(self.client, self._row_blocks)
         self._shards = self._build_shards(self._row_blocks)
+        if self.seen_on_workers:  # the lost worker's pattern blocks went with it
+            self.seen = self._seen_blocks()
         for ratings, shards in self._holdouts:
             shards[:] = self._place_holdout(ratings)
 

@@ -93,6 +93,15 @@ def take_local_rows(factors: np.ndarray, local: np.ndarray) -> np.ndarray:
     return factors[local]
 
 
+def _column_slice(factors: np.ndarray, block: int, start: int, stop: int) -> np.ndarray:
+    return np.ascontiguousarray(factors[:, start:stop])
+
+
+def _with_columns(factors: np.ndarray, extra: np.ndarray) -> np.ndarray:
+    extra = np.broadcast_to(extra, (factors.shape[0], extra.shape[1]))
+    return np.hstack([factors, extra]).astype(np.float32, copy=False)
+
+
 def _save_npy(factors: np.ndarray, path: str) -> str:
     np.save(path, np.ascontiguousarray(factors), allow_pickle=False)
     return path
@@ -280,6 +289,26 @@ class FactorBlocks:
             self._pinned(func, f, b, *args, where=w)
             for b, (f, w) in enumerate(zip(self.blocks, self.where, strict=True))
         ]
+
+    def columns(self, start: int, stop: int) -> FactorBlocks:
+        """Columns ``start:stop`` of every block, cut on its worker (the same blocks when
+        that is all of them): a DSGD state's factors without its bias column, say."""
+        if (start, stop) == (0, self.k):
+            return self
+        return FactorBlocks(
+            self.map_blocks(_column_slice, start, stop), list(self.where), self.n_rows, stop - start
+        )
+
+    def append_columns(self, extra: Callable[[int], np.ndarray]) -> FactorBlocks:
+        """Every block with ``extra(b)`` (``(rows of b, e)``, or ``(1, e)`` for every row)
+        appended on the right, on its worker: a model's user score vectors
+        ``[p_u, 1, ...]`` from its factors."""
+        futures = []
+        for b, (f, w) in enumerate(zip(self.blocks, self.where, strict=True)):
+            cols = np.ascontiguousarray(extra(b), dtype=np.float32)
+            futures.append(self._pinned(_with_columns, f, cols, where=w))
+        width = int(np.asarray(extra(0)).shape[1]) if self.n_blocks else 0
+        return FactorBlocks(futures, list(self.where), self.n_rows, self.k + width)
 
     def write_npy(self, directory: Path, name: str) -> list[str]:
         """Each worker writes its block as ``<name>.block-<b>-of-<R>.npy`` in ``directory``."""

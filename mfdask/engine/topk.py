@@ -597,6 +597,8 @@ def recommend_all(
     query_blocks = held if isinstance(held, FactorBlocks) and users is None else None
     if query_blocks is not None and n_blocks is not None:
         query_blocks = None  # other output blocks asked for: score from fetched rows
+    if query_blocks is not None:  # the score vectors (biases appended) on the same workers
+        query_blocks = model._user_score_blocks()
     uvec: np.ndarray | None
     if query_blocks is not None:
         uvec, ivec = None, model._item_vectors()

@@ -49,11 +49,12 @@ from typing import Any
 import numpy as np
 
 from mfdask.engine.als import BlockALS
-from mfdask.engine.checkpoint import Checkpoint, FitCheckpoints
+from mfdask.engine.checkpoint import BlockFiles, Checkpoint, FitCheckpoints
 from mfdask.engine.cluster import session
 from mfdask.engine.dsgd import DSGD
 from mfdask.engine.pipeline import EpochPipeline
 from mfdask.engine.resilience import run_fit
+from mfdask.engine.state import FactorBlocks
 from mfdask.engine.warmup import warm_workers
 from mfdask.errors import ModelFitError
 
@@ -385,6 +386,20 @@ class _DSGDDriver:
     def snapshot(self) -> Any:
         return self.engine.snapshot()
 
+    def loaded(self, state: dict[str, Any]) -> dict[str, Any]:
+        """``state`` with checkpoint block files (a resumed fit that had finished) loaded
+        onto the engine's workers, as the fit's other blocks are."""
+        return {
+            name: a.load(self.engine.client, self.engine.workers)
+            if isinstance(a, BlockFiles)
+            else a
+            for name, a in state.items()
+        }
+
+
+def _finite_block(block: np.ndarray, b: int) -> bool:
+    return bool(np.isfinite(block).all())
+
 
 class _ALSDriver:
     """Iterations of a :class:`BlockALS` engine (no random streams).
@@ -669,10 +684,15 @@ class Trainer:
                 bar.close()
         seconds = time.perf_counter() - started
         user, item = best.final({_LEGACY_ARRAYS.get(k, k): a for k, a in final.arrays.items()})
+        if isinstance(driver, _DSGDDriver):
+            user, item = driver.loaded(user), driver.loaded(item)
         for side, state in (("user", user), ("item", item)):
             for name, array in state.items():
+                if isinstance(array, FactorBlocks) and isinstance(driver, _DSGDDriver):
+                    finite = all(array._gather(array.map_blocks(_finite_block)))
+                    array = np.array([1.0 if finite else np.nan])  # checked on the workers
                 if not isinstance(array, np.ndarray):
-                    continue  # blocks kept on the workers: checked there as they were solved
+                    continue  # ALS blocks kept on the workers: checked as they were solved
                 if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
                     raise ModelFitError(
                         f"{objective.name} diverged: its {side} {name} are not all finite "

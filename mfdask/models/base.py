@@ -272,16 +272,34 @@ class FactorModel:
         )
 
     def _user_rows(self, users: np.ndarray) -> np.ndarray:
-        """Score vectors of dense ``users`` only: from the blocks that hold them when the
-        user side is distributed (a plain dot-product model), else rows of
-        :meth:`_score_vectors`."""
+        """Score vectors of dense ``users`` only: their factor rows from the blocks that
+        hold them when the user side is distributed, with :meth:`_user_score_extra`
+        appended, else rows of :meth:`_score_vectors`."""
         held = self.__dict__.get("_user_factors")
-        if (
-            isinstance(held, FactorBlocks)
-            and type(self)._score_vectors is FactorModel._score_vectors
-        ):
-            return held.take(users)
+        if isinstance(held, FactorBlocks):
+            rows = held.take(users)
+            extra = self._user_score_extra(users)
+            if extra is None:
+                return rows
+            extra = np.broadcast_to(np.asarray(extra, np.float32), (len(rows), extra.shape[1]))
+            return np.hstack([rows, extra]).astype(np.float32, copy=False)
         return self._score_vectors()[0][users]
+
+    def _user_score_blocks(self) -> FactorBlocks:
+        """The user score vectors as blocks on the workers (the user side must be held
+        there): the factor blocks themselves, or with :meth:`_user_score_extra`'s columns
+        appended block by block on their workers."""
+        held = self.__dict__["_user_factors"]
+        if self._user_score_extra(np.empty(0, np.int64)) is None:
+            return held
+        n_blocks, n = held.n_blocks, held.n_rows
+
+        def extra(b: int) -> np.ndarray:
+            out = self._user_score_extra(np.arange(b, n, n_blocks, dtype=np.int64))
+            assert out is not None
+            return out
+
+        return held.append_columns(extra)
 
     # ------------------------------------------------------------------ parameters
     @classmethod
@@ -565,6 +583,17 @@ class FactorModel:
         """
         return self.user_factors_, self.item_factors_
 
+    def _user_score_extra(self, users: np.ndarray) -> np.ndarray | None:
+        """Columns that :meth:`_score_vectors` appends to the factor rows of ``users``
+        (``(len(users), e)``, or ``(1, e)`` when the same for every user), or None when
+        the score vector is the factor row itself. Lets a user side held on the workers
+        be scored without gathering it."""
+        return None
+
+    def _item_score_vectors(self) -> np.ndarray:
+        """The item half of :meth:`_score_vectors`, without reading the user side."""
+        return self.item_factors_
+
     def _item_embeddings(self) -> np.ndarray:
         """Item vectors for cosine similarity (factors only, no bias)."""
         return self.item_factors_
@@ -589,8 +618,8 @@ class FactorModel:
 
     def _item_vectors(self) -> np.ndarray:
         """The candidate side of the score (every item, biases folded in)."""
-        if self.distributed and type(self)._score_vectors is FactorModel._score_vectors:
-            return self.item_factors_
+        if self.distributed:
+            return self._item_score_vectors()
         return self._score_vectors()[1]
 
     def _popularity_fallback(self) -> tuple[np.ndarray, np.ndarray] | None:

@@ -16,13 +16,19 @@ import numpy as np
 
 from mfdask.data.implicit import check_threshold, positive_cut
 from mfdask.data.training import LocalRatings, TrainingData
-from mfdask.engine.dsgd import DSGD, EpochReport
+from mfdask.engine.dsgd import DSGD, Drawn, EpochReport
 from mfdask.engine.trainer import FitResult, Objective, State
 from mfdask.models.base import (
     EpochCallback,
     FactorModel,
     _check_positive_int,
     _check_validation_metric,
+)
+from mfdask.models.sgd_state import (
+    column_vector,
+    columns,
+    dsgd_placement,
+    initial_dsgd_state,
 )
 
 WEIGHTINGS = ("binary", "log")
@@ -126,6 +132,17 @@ class PairwiseModel(FactorModel):
             users[:, k] = 1.0  # fixed: x_ui = p_u·q_i + 1·b_i
         return {"factors": users}, {"factors": items}
 
+    def _drawn_state(self, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The start of a large fit as :class:`~mfdask.engine.dsgd.Drawn` specs, each
+        block drawn on its worker by global row: the distribution of
+        :meth:`_initial_state` (other floats), the bias column 1 / 0."""
+        k = int(self.factors)
+        extra = 1 if self.use_bias else 0
+        std = float(self.init_scale) / np.sqrt(k)
+        user = {"factors": Drawn(k + extra, normal=k, scale=std, seed=seed, fill=1.0)}
+        item = {"factors": Drawn(k + extra, normal=k, scale=std, seed=seed + 1, fill=0.0)}
+        return user, item
+
     def _make_kernel(self, epoch: int, learning_rate: float) -> Any:
         raise NotImplementedError
 
@@ -136,23 +153,34 @@ class PairwiseModel(FactorModel):
         objective = PairwiseObjective(self, data, validation)
         self._run_trainer(objective, self._p("epochs"), "epoch", callback)
 
-    def _set_factors(self, user: dict[str, np.ndarray], item: dict[str, np.ndarray]) -> None:
+    def _set_factors(self, user: dict[str, Any], item: dict[str, Any]) -> None:
+        """Keep the engine's state: matrices, or blocks left on the workers (cut there)."""
         k = int(self.factors)
-        self.user_factors_ = np.ascontiguousarray(user["factors"][:, :k])
-        self.item_factors_ = np.ascontiguousarray(item["factors"][:, :k])
-        self.item_bias_ = np.ascontiguousarray(item["factors"][:, k]) if self.use_bias else None
+        self.user_factors_ = columns(user["factors"], 0, k)
+        self.item_factors_ = columns(item["factors"], 0, k)
+        if self.use_bias:
+            self.item_bias_ = column_vector(item["factors"], k)
+        else:
+            self.item_bias_ = None
 
     # ------------------------------------------------------------------ scoring
     def _score_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """``[p_u, 1]`` and ``[q_i, b_i]`` with a bias, so one product gives the score."""
+        users = self.user_factors_
+        extra = self._user_score_extra(np.empty(0, np.int64))
+        if extra is not None:
+            users = np.hstack([users, np.ones((users.shape[0], 1), dtype=np.float32)])
+        return users, self._item_score_vectors()
+
+    def _user_score_extra(self, users: np.ndarray) -> np.ndarray | None:
+        """The constant 1 that multiplies the item bias (None without a bias)."""
+        return None if getattr(self, "item_bias_", None) is None else np.ones((1, 1), np.float32)
+
+    def _item_score_vectors(self) -> np.ndarray:
         bias = getattr(self, "item_bias_", None)
         if bias is None:
-            return self.user_factors_, self.item_factors_
-        ones = np.ones((self.user_factors_.shape[0], 1), dtype=np.float32)
-        return (
-            np.hstack([self.user_factors_, ones]),
-            np.hstack([self.item_factors_, bias[:, None].astype(np.float32)]),
-        )
+            return self.item_factors_
+        return np.hstack([self.item_factors_, bias[:, None].astype(np.float32)])
 
     # ------------------------------------------------------------------ persistence
     def _extra_item_columns(self) -> dict[str, np.ndarray]:
@@ -199,6 +227,7 @@ class PairwiseObjective(Objective):
         # All ratings go to the engine: those below the threshold are skipped by the
         # kernels but stay in the users' rows, so they are never drawn as negatives and
         # are filtered from recommendations like every seen item.
+        self.on_workers = dsgd_placement(client, data, int(m.factors))
         return DSGD(
             client,
             data.ratings,
@@ -206,16 +235,19 @@ class PairwiseObjective(Objective):
             data.n_items,
             n_blocks=m._resumable_blocks(),
             n_threads=m.n_threads,
+            keep_on_workers=self.on_workers,
+            seen_on_workers=self.on_workers[0],
         )
 
     def begin(self, engine: DSGD) -> dict[str, Any]:
-        self.model.seen_items_ = engine.seen_items()
+        self.engine = engine
+        self.model.seen_items_ = engine.seen if engine.seen is not None else engine.seen_items()
         users, items = engine.positive_counts(self.model._threshold)
         self.model.user_positives_, self.model.item_popularity_ = users.astype(np.int32), items
         return self.model._fit_identity(self.data, engine.digest(), engine.n_blocks)
 
     def initial_state(self, rng: np.random.Generator) -> tuple[State, State]:
-        return self.model._initial_state(self.data, rng)
+        return initial_dsgd_state(self.model, self.data, rng)
 
     def sampling_seed(self, rng: np.random.Generator) -> int:
         seed = self.model.random_state
@@ -247,6 +279,8 @@ class PairwiseObjective(Objective):
             m.metrics_["best_epoch"] = (result.best_iteration or 0) + 1
             m.metrics_[m.validation_metric] = result.best_score
         m._set_factors(result.user, result.item)
+        if self.engine.seen is not None:  # placed again if a worker was lost
+            m.seen_items_ = self.engine.seen
         if m.history_:
             last = m.history_[-1]
             m.metrics_.update(

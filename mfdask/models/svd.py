@@ -20,7 +20,8 @@ from mfdask.data.training import (
     count_ratings,
     map_ratings,
 )
-from mfdask.engine.dsgd import DSGD, Cell, EpochReport, UserShard
+from mfdask.engine.dsgd import DSGD, Cell, Drawn, EpochReport, UserShard
+from mfdask.engine.state import FactorBlocks
 from mfdask.engine.trainer import FitResult, Objective, State
 from mfdask.kernels.sgd import svd_predict, svd_sgd, svd_squared_error
 from mfdask.models.base import (
@@ -29,6 +30,7 @@ from mfdask.models.base import (
     ModelFileError,
     _check_positive_int,
 )
+from mfdask.models.sgd_state import dsgd_placement, initial_dsgd_state
 
 LR_SCHEDULES = ("constant", "decay", "bold_driver")
 UNKNOWN_POLICIES = ("error", "baseline")
@@ -120,6 +122,7 @@ class _SVDObjective(Objective):
 
     def build(self, client: Any) -> DSGD:
         m, data = self.model, self.data
+        self.on_workers = dsgd_placement(client, data, int(m.factors))
         return DSGD(
             client,
             data.ratings,
@@ -127,6 +130,8 @@ class _SVDObjective(Objective):
             data.n_items,
             n_blocks=m._resumable_blocks(),
             n_threads=m.n_threads,
+            keep_on_workers=self.on_workers,
+            seen_on_workers=self.on_workers[0],
         )
 
     def begin(self, engine: DSGD) -> dict[str, Any]:
@@ -137,7 +142,7 @@ class _SVDObjective(Objective):
             raise InputError(f"no ratings to train on in {data.source}")
         m.global_mean_ = summary["mean"]
         m.rating_range_ = (summary["min"], summary["max"])
-        m.seen_items_ = engine.seen_items()
+        m.seen_items_ = engine.seen if engine.seen is not None else engine.seen_items()
         identity = m._fit_identity(data, engine.digest(), engine.n_blocks)
         self.holdout = None
         if self.validation is not None:
@@ -145,7 +150,7 @@ class _SVDObjective(Objective):
         return identity
 
     def initial_state(self, rng: np.random.Generator) -> tuple[State, State]:
-        return self.model._initial_state(self.data, rng)
+        return initial_dsgd_state(self.model, self.data, rng)
 
     def kernel(self, iteration: int) -> SVDStep:
         return self.model._step(self.model._rate(iteration, self.losses, self.rates))
@@ -180,6 +185,8 @@ class _SVDObjective(Objective):
             m.metrics_["validation_rmse"] = m.history_[-1]["validation_rmse"]
         m.user_factors_, m.user_bias_ = result.user["factors"], result.user["bias"]
         m.item_factors_, m.item_bias_ = result.item["factors"], result.item["bias"]
+        if self.engine.seen is not None:  # placed again if a worker was lost
+            m.seen_items_ = self.engine.seen
         m.metrics_["train_rmse"] = m.history_[-1]["train_rmse"]
         m.metrics_["epochs_run"] = len(m.history_)
         m.metrics_["n_ratings"] = self.engine.nnz
@@ -403,6 +410,13 @@ class SVD(FactorModel):
         }
         return user, item
 
+    def _drawn_state(self, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """:meth:`_initial_state`'s distribution drawn on the workers by global row."""
+        k, scale = int(self.factors), float(self.init_scale)
+        user = {"factors": Drawn(k, normal=k, scale=scale, seed=seed), "bias": Drawn(0)}
+        item = {"factors": Drawn(k, normal=k, scale=scale, seed=seed + 1), "bias": Drawn(0)}
+        return user, item
+
     def _fit(self, data: TrainingData, validation: Any, callback: EpochCallback | None) -> None:
         self._run_trainer(_SVDObjective(self, data, validation), self.epochs, "epoch", callback)
 
@@ -473,12 +487,20 @@ class SVD(FactorModel):
         for name, idx, n in (("user", users, self.n_users), ("item", items, self.n_items)):
             if len(idx) and (idx.min() < 0 or idx.max() >= n):
                 raise IndexError(f"{name} indices must lie in 0..{n - 1}")
+        held = self.__dict__.get("_user_factors")
+        user_factors: np.ndarray
+        if isinstance(held, FactorBlocks):  # only the rows asked for
+            known, users = np.unique(users, return_inverse=True)
+            user_factors = held.take(known)
+            user_bias = self.user_bias_[known]
+        else:
+            user_factors, user_bias = self.user_factors_, self.user_bias_
         return svd_predict(
             users,
             items,
-            self.user_factors_,
+            user_factors,
             self.item_factors_,
-            self.user_bias_,
+            user_bias,
             self.item_bias_,
             float(self.global_mean_),
             float(self.rating_range_[0]),
@@ -534,16 +556,19 @@ class SVD(FactorModel):
     # ------------------------------------------------------------------ scoring
     def _score_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """``[p_u, 1, mu + b_u]`` and ``[q_i, b_i, 1]``: their dot is the predicted rating."""
-        n_u, n_i = self.user_factors_.shape[0], self.item_factors_.shape[0]
-        uvec = np.hstack(
-            [
-                self.user_factors_,
-                np.ones((n_u, 1), np.float32),
-                (self.global_mean_ + self.user_bias_).astype(np.float32)[:, None],
-            ]
-        )
+        users = np.arange(self.user_factors_.shape[0])
+        uvec = np.hstack([self.user_factors_, self._user_score_extra(users)])
+        return uvec.astype(np.float32), self._item_score_vectors()
+
+    def _user_score_extra(self, users: np.ndarray) -> np.ndarray:
+        """``[1, mu + b_u]`` per user."""
+        mu_b = (self.global_mean_ + self.user_bias_[users]).astype(np.float32)
+        return np.column_stack([np.ones(len(users), np.float32), mu_b])
+
+    def _item_score_vectors(self) -> np.ndarray:
+        n_i = self.item_factors_.shape[0]
         ivec = np.hstack([self.item_factors_, self.item_bias_[:, None], np.ones((n_i, 1))])
-        return uvec.astype(np.float32), ivec.astype(np.float32)
+        return ivec.astype(np.float32)
 
     # ------------------------------------------------------------------ persistence
     def _extra_user_columns(self) -> dict[str, np.ndarray]:

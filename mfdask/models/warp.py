@@ -9,7 +9,7 @@ import numpy as np
 
 from mfdask.data import schema
 from mfdask.data.training import TrainingData
-from mfdask.engine.dsgd import EpochReport
+from mfdask.engine.dsgd import Drawn, EpochReport
 from mfdask.kernels import warp as kernels
 from mfdask.models.base import _check_positive_int
 from mfdask.models.pairwise import PairwiseModel
@@ -310,6 +310,14 @@ class WARP(PairwiseModel):
         if self.optimizer == "adagrad":
             user[SQ_GRAD] = np.ones_like(user["factors"])
             item[SQ_GRAD] = np.ones_like(item["factors"])
+        return user, item
+
+    def _drawn_state(self, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The pairwise start drawn on the workers, plus Adagrad's sums (1) there too."""
+        user, item = super()._drawn_state(seed)
+        if self.optimizer == "adagrad":
+            user[SQ_GRAD] = Drawn(user["factors"].columns, fill=1.0)
+            item[SQ_GRAD] = Drawn(item["factors"].columns, fill=1.0)
         return user, item
 
     def _make_kernel(self, epoch: int, learning_rate: float) -> WARPBlockKernel:
