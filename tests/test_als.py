@@ -129,6 +129,11 @@ def test_no_positives_is_a_clear_error(client):
         ({"factors": 0}, "factors must be a positive integer"),
         ({"regularization": -1.0}, "regularization must be a finite number"),
         ({"alpha": 0.0, "confidence": "implicit"}, "alpha > 0"),
+        ({"regularization_offset": -1.0}, "regularization_offset must be a finite number"),
+        (
+            {"regularization_offset": 5.0, "regularization_scaling": "none"},
+            "needs regularization_scaling='count'",
+        ),
     ],
 )
 def test_bad_hyper_parameters_are_named(client, params, match):

@@ -37,7 +37,7 @@ def normal_equation_solve(model: ALS, items: np.ndarray, values: np.ndarray) -> 
     offset = 1.0 if model.confidence == "paper" else 0.0
     c = offset + model.params_["alpha"] * values
     lam = model.params_["regularization"] * (
-        len(items) if model.regularization_scaling == "count" else 1
+        len(items) + model.regularization_offset if model.regularization_scaling == "count" else 1
     )
     a = y.T @ y + (yu.T * (c - 1.0)) @ yu + lam * np.eye(y.shape[1])
     b = yu.T @ c
@@ -50,6 +50,7 @@ def normal_equation_solve(model: ALS, items: np.ndarray, values: np.ndarray) -> 
         {"solver": "cg"},
         {"solver": "cholesky", "regularization_scaling": "none", "regularization": 0.5},
         {"confidence": "implicit", "preference": "rating", "alpha": 1.5},
+        {"solver": "cholesky", "regularization_offset": 20.0},
     ],
 )
 def test_als_fold_in_is_the_half_step_solve(client, split, params):

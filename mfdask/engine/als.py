@@ -98,6 +98,10 @@ class SolveSpec:
         1 for the paper's ``C = 1 + alpha * r``, 0 for implicit 0.7's ``C = alpha * r``.
     n_threads : int or None
         Threads per block solve; None uses the worker's thread count.
+    ridge : float
+        Added to every row's ``λ`` (or ``λ * n_u``): the constant part of Rendle et al.'s
+        frequency-scaled ``λ (n_u + α₀|I|)``. Added once to the shared ``YᵀY`` of a
+        block's solve (``YᵀY + ridge I``), so the kernels are unchanged.
     """
 
     solver: str = "cg"
@@ -107,6 +111,13 @@ class SolveSpec:
     alpha: float = 1.0
     confidence_offset: float = 1.0
     n_threads: int | None = None
+    ridge: float = 0.0
+
+    def ridged(self, gram: np.ndarray) -> np.ndarray:
+        """``YᵀY + ridge I`` (``gram`` itself when there is no ridge)."""
+        if not self.ridge:
+            return gram
+        return gram + float(self.ridge) * np.eye(gram.shape[0], dtype=gram.dtype)
 
 
 @dataclass
@@ -302,13 +313,13 @@ def solve_block(
     scale = (float(spec.regularization), bool(spec.count_scaled), float(spec.alpha))
     offset = float(spec.confidence_offset)
     if spec.solver == "cholesky":
-        gram = source.gram
+        gram = spec.ridged(source.gram)
 
         def run(lo: int, hi: int) -> int:
             return solve_rows_cholesky_parts(*common, gram, out, *scale, offset, lo, hi)
 
     else:
-        gram = source.gram.astype(np.float32)
+        gram = spec.ridged(source.gram).astype(np.float32)
         steps = int(spec.cg_steps)
 
         def run(lo: int, hi: int) -> int:
@@ -340,7 +351,7 @@ def block_objective(
     block: RowBlock, source: Source, factors: np.ndarray, spec: SolveSpec
 ) -> tuple[float, float]:
     """Weighted squared error and L2 penalty of one destination block's rows."""
-    return objective_rows_parts(
+    error, penalty = objective_rows_parts(
         block.indptr,
         block.indices,
         block.data,
@@ -352,10 +363,22 @@ def block_objective(
         float(spec.alpha),
         float(spec.confidence_offset),
     )
+    return error, penalty + _ridge_penalty(factors, spec)
+
+
+def _ridge_penalty(factors: np.ndarray, spec: SolveSpec) -> float:
+    """``ridge · Σ‖x‖²``: the penalty of :attr:`SolveSpec.ridge` (0 without one)."""
+    if not spec.ridge:
+        return 0.0
+    x = np.asarray(factors, dtype=np.float64)
+    return float(spec.ridge) * float(np.einsum("ij,ij->", x, x))
 
 
 def block_penalty(block: RowBlock, factors: np.ndarray, spec: SolveSpec) -> float:
-    return penalty_rows(block.indptr, factors, float(spec.regularization), bool(spec.count_scaled))
+    penalty = penalty_rows(
+        block.indptr, factors, float(spec.regularization), bool(spec.count_scaled)
+    )
+    return penalty + _ridge_penalty(factors, spec)
 
 
 def _take_rows(full: np.ndarray, block: int, n_blocks: int) -> np.ndarray:

@@ -123,6 +123,12 @@ class ALS(FactorModel):
         Conjugate-gradient steps per row and half-iteration (``solver="cg"``).
     confidence : {"paper", "implicit"}
     regularization_scaling : {"none", "count"}
+    regularization_offset : float
+        With count scaling, a row's L2 weight is ``λ · (nᵤ + regularization_offset)``:
+        Rendle et al.'s frequency-scaled regularization ``λ (|Iᵤ| + α₀|I|)^ν`` at
+        ``ν = 1`` ("Revisiting the Performance of iALS on Item Recommendation
+        Benchmarks", RecSys 2022), whose ``α₀|I|`` (the unobserved items' total weight)
+        is this offset, in units of ratings. 0 (the default) is ALS-WR's ``λ · nᵤ``.
     preference : {"binary", "rating"}
         For ratings when ``weighting`` is None (``"rating"`` is ``weighting="linear"``).
     weighting : {"binary", "linear", "log", "bm25"} or None
@@ -200,6 +206,7 @@ class ALS(FactorModel):
         cg_steps: int = 3,
         confidence: str = "paper",
         regularization_scaling: str = "count",
+        regularization_offset: float = 0.0,
         preference: str = "binary",
         weighting: str | None = None,
         epsilon: float = 1.0,
@@ -223,6 +230,7 @@ class ALS(FactorModel):
         self.cg_steps = cg_steps
         self.confidence = confidence
         self.regularization_scaling = regularization_scaling
+        self.regularization_offset = regularization_offset
         self.preference = preference
         self.weighting = weighting
         self.epsilon = epsilon
@@ -259,9 +267,9 @@ class ALS(FactorModel):
             raise ValueError(
                 f"weighting must be one of {list(WEIGHTINGS)} or None, got {self.weighting!r}"
             )
-        for name in ("regularization", "alpha", "epsilon"):
+        for name in ("regularization", "alpha", "epsilon", "regularization_offset"):
             value = getattr(self, name)
-            if value is None and name != "epsilon":
+            if value is None and name not in ("epsilon", "regularization_offset"):
                 continue
             if (
                 isinstance(value, bool)
@@ -272,6 +280,11 @@ class ALS(FactorModel):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.epsilon <= 0:
             raise ValueError(f"epsilon must be > 0 (log(1 + w / epsilon)), got {self.epsilon!r}")
+        if self.regularization_offset and self.regularization_scaling != "count":
+            raise ValueError(
+                "regularization_offset is added to a row's count (λ · (n_u + offset)): it "
+                "needs regularization_scaling='count'"
+            )
         if self.confidence == "implicit" and self.alpha is not None and self.alpha <= 0:
             raise ValueError("confidence='implicit' needs alpha > 0 (observed C = alpha * r)")
 
@@ -290,6 +303,7 @@ class ALS(FactorModel):
             alpha=float(self._p("alpha")),
             confidence_offset=CONFIDENCE_OFFSETS[self.confidence],
             n_threads=self.n_threads,
+            ridge=float(self._p("regularization")) * float(self.regularization_offset),
         )
 
     def _initial_factors(

@@ -469,6 +469,7 @@ def fold_in_spec(model: FactorModel, epochs: int | None = None) -> FoldIn:
                 "weights depend on the whole training data; refit, or fit with 'log'"
             )
         y64 = ivec.astype(np.float64)
+        ridge = float(model._p("regularization")) * float(model.regularization_offset)
         return FoldIn(
             "als",
             item_ids,
@@ -482,7 +483,7 @@ def fold_in_spec(model: FactorModel, epochs: int | None = None) -> FoldIn:
                 "binary": weighting == "binary",
                 "log_epsilon": float(model.epsilon) if weighting == "log" else None,
             },
-            {"gram": y64.T @ y64},
+            {"gram": y64.T @ y64 + ridge * np.eye(y64.shape[1])},
             **meta,
         )
     common = {
