@@ -185,7 +185,9 @@ def update(name: str, train: pd.DataFrame, test: pd.DataFrame, seeds: int = 1) -
     so its quality ratio is refit / partial_fit: above 1 when the update is better).
     With ``seeds > 1`` both arms are repeated with ``random_state = 0 .. seeds - 1``
     (the refits differ by about as much as the margin asked of the update, 0.3 % for ALS)
-    and the means compared; times are summed.
+    and the means compared; times are summed, and each seed's update / refit time ratio
+    is reported with their median (the pair of a seed runs back to back, so it shares
+    the machine's load).
     """
     rng = np.random.default_rng(2)
     new = rng.random(len(train)) < ADD_RATINGS
@@ -198,17 +200,18 @@ def update(name: str, train: pd.DataFrame, test: pd.DataFrame, seeds: int = 1) -
             return float(np.sqrt(np.mean(error**2)))
         return ndcg(model.recommend(users, n=K), test, users)["ndcg@10"]
 
-    updated, fresh, update_s, refit_s = [], [], 0.0, 0.0
+    updated, fresh, update_times, refit_times = [], [], [], []
     for seed in range(seeds):
         model = make(name).set_params(random_state=seed).fit(old)
         started = time.perf_counter()
         model.partial_fit(train, iterations=UPDATE_ITERATIONS)
-        update_s += time.perf_counter() - started
+        update_times.append(time.perf_counter() - started)
         updated.append(quality(model))
         started = time.perf_counter()
         refit = make(name).set_params(random_state=seed).fit(train)
-        refit_s += time.perf_counter() - started
+        refit_times.append(time.perf_counter() - started)
         fresh.append(quality(refit))
+    update_s, refit_s = sum(update_times), sum(refit_times)
     metric = "rmse" if name == "svd" else "ndcg@10"
     a, b = float(np.mean(updated)), float(np.mean(fresh))
     return {
@@ -224,6 +227,11 @@ def update(name: str, train: pd.DataFrame, test: pd.DataFrame, seeds: int = 1) -
         "refit s": refit_s,
         "partial_fit s": update_s,
         "time ratio": update_s / refit_s,
+        "time ratio per seed": [
+            round(u / r, 3) for u, r in zip(update_times, refit_times, strict=True)
+        ],
+        "median time ratio": float(np.median(np.array(update_times) / np.array(refit_times))),
+        "load": round(os.getloadavg()[0], 1),
     }
 
 
