@@ -6,25 +6,13 @@ coverage, and implicit's precision and AUC for comparison) and :func:`evaluate_r
 return a flat ``dict`` of numbers. The metric definitions and which library shares each
 convention are in :mod:`mfdask.metrics.ranking` and :mod:`mfdask.metrics.rating`.
 
-How the work is spread (the test ratings never pass through the client):
-
-1. The test partitions are read on the workers and, for a DataFrame in original ids,
-   mapped to the model's dense indices there (the id maps are broadcast once). Test
-   pairs whose user or item the model does not know are counted and reported as
-   ``skipped_unknown``, never dropped silently.
-2. Ranking needs all of a user's test items together, so the partitions are shuffled
-   once into ``R`` user blocks by residue (block ``b`` holds users ``u % R == b``,
-   :func:`mfdask.engine.blocks.place_row_blocks`), each pinned to a worker.
-3. The item score vectors are scattered once to every worker; each block's user vectors
-   and its seen items (the model's ``seen_items_`` rows, or a ``train`` set shuffled the
-   same way) go only to the worker that scores that block.
-4. A worker scores its users that have a positive in chunks of at most ``chunk_cells``
-   cells (users x items), computes the exact AUC from the full score rows, keeps the top
-   ``k`` with :func:`mfdask.recommend.top_k_of_scores` (the routine ``recommend`` uses)
-   and returns only the block's :class:`~mfdask.metrics.ranking.RankingSums`; the client
-   adds them. The result does not depend on ``R`` or on the number of partitions.
-5. Rating error needs no grouping: each test partition is predicted where it lives with
-   the model's ``predict_indices`` and returns its :class:`~mfdask.metrics.rating.RatingSums`.
+The work is spread over the workers by :mod:`mfdask.engine.evaluation` (the test
+ratings never pass through the client): test partitions are read and mapped to dense
+indices on the workers, shuffled once into user blocks, and each block is ranked where it
+is against item vectors broadcast once; only the blocks' sums come back. Test pairs whose
+user or item the model does not know are counted and reported as ``skipped_unknown``,
+never dropped silently. This module reads the model (its id maps, factors, training items
+and predictor) and hands the engine arrays and plain settings.
 
 The client comes from :func:`mfdask.engine.cluster.session`: the caller's default client,
 or a ``LocalCluster`` started for the call.
@@ -34,29 +22,24 @@ from __future__ import annotations
 
 import copy
 import math
-import operator
 import os
 import time
 import warnings
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from mfdask._warnings import MfdaskWarning
 from mfdask.data import schema
 from mfdask.data.dataset import Dataset, is_dataset, open_dataset
 from mfdask.data.training import InputError, frame_feedback
-from mfdask.engine.blocks import RowBlock, persist_partitions, place_row_blocks
+from mfdask.engine import evaluation
 from mfdask.engine.cluster import current_client, live_workers, session, worker_addresses
-from mfdask.engine.resilience import ClusterFailure, gather
-from mfdask.engine.state import FactorBlocks, SeenBlocks
-from mfdask.metrics.ranking import RankingSums, auc, ranking_sums
-from mfdask.metrics.rating import RatingSums, rating_sums
-from mfdask.recommend import chunk_rows, top_k_of_scores
+from mfdask.engine.evaluation import PlacedRanking, Prepared
+from mfdask.engine.resilience import ClusterFailure
+from mfdask.engine.state import FactorBlocks
 
 if TYPE_CHECKING:
     from mfdask.models.base import FactorModel
@@ -79,204 +62,8 @@ bytes per cell, so a chunk stays near 50 MB whatever the catalogue size."""
 BLOCK_USERS = 65_536
 """Target users per evaluation block (more blocks than workers only for large user sets)."""
 
-PREDICT_CHUNK = 262_144
-"""(user, item) pairs predicted at a time, bounding the gathered factor rows."""
-
-
-# --------------------------------------------------------------------------- worker side
-
-
-@dataclass(frozen=True)
-class _IdMaps:
-    """The model's original ids (position = dense index), broadcast as one object."""
-
-    users: pd.Index
-    items: pd.Index
-
-
-def _plain(value: Any) -> Any:
-    """A NumPy scalar as the Python value (for readable error messages)."""
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def _index_partition(
-    part: pd.DataFrame,
-    maps: _IdMaps | None,
-    n_users: int,
-    n_items: int,
-    need_rating: bool,
-    what: str,
-) -> tuple[pd.DataFrame, np.ndarray]:
-    """Dense ``user_idx, item_idx, rating`` of one partition, unknown pairs removed.
-
-    Returns the clean frame and the counts ``[rows, unknown user, unknown item, skipped]``
-    (a pair with both unknown is skipped once). Runs on the worker holding ``part``.
-    """
-    if maps is None:
-        u = part[schema.USER_IDX].to_numpy(dtype=np.int64)
-        i = part[schema.ITEM_IDX].to_numpy(dtype=np.int64)
-        u = np.where((u >= 0) & (u < n_users), u, -1)
-        i = np.where((i >= 0) & (i < n_items), i, -1)
-    else:
-        u = maps.users.get_indexer(part[schema.USER_ID]).astype(np.int64)
-        i = maps.items.get_indexer(part[schema.ITEM_ID]).astype(np.int64)
-    if need_rating:
-        r = pd.to_numeric(part[schema.RATING], errors="coerce").to_numpy(dtype=np.float64)
-        bad = ~np.isfinite(r)
-        if bad.any():
-            j = int(np.flatnonzero(bad)[0])
-            ident = ", ".join(
-                f"{c}={_plain(part[c].iloc[j])!r}" for c in part.columns if c != schema.RATING
-            )
-            raise InputError(
-                f"{what} rating {_plain(part[schema.RATING].iloc[j])!r} is missing or not a "
-                f"number for {ident}: clean the {what} set (re-run `mfdask ingest`/`mfdask split`)"
-            )
-    else:
-        r = np.ones(len(part), dtype=np.float64)
-    unknown_u = u < 0
-    unknown_i = i < 0
-    keep = ~(unknown_u | unknown_i)
-    counts = np.array([len(part), unknown_u.sum(), unknown_i.sum(), (~keep).sum()], dtype=np.int64)
-    clean = pd.DataFrame(
-        {
-            schema.USER_IDX: u[keep].astype(np.int32),
-            schema.ITEM_IDX: i[keep].astype(np.int32),
-            schema.RATING: r[keep].astype(np.float32),
-        }
-    )
-    return clean, counts
-
-
-def _local_csr(exclude: Any, n_rows: int, n_cols: int) -> sp.csr_matrix | None:
-    """A block's seen items as CSR over its local rows, from a CSR slice or a RowBlock."""
-    if exclude is None:
-        return None
-    if isinstance(exclude, RowBlock):
-        return sp.csr_matrix(
-            (np.ones(exclude.nnz, dtype=np.int8), exclude.indices, exclude.indptr),
-            shape=(n_rows, n_cols),
-        )
-    if isinstance(exclude, tuple):  # a SeenBlocks block: (block, n_blocks, indptr, indices)
-        _, _, indptr, indices = exclude
-        return sp.csr_matrix(
-            (np.ones(len(indices), dtype=np.int8), indices, indptr), shape=(n_rows, n_cols)
-        )
-    return sp.csr_matrix(exclude)
-
-
-@dataclass(frozen=True)
-class _RankJob:
-    """The scalars of one block's ranking evaluation (cheap to ship)."""
-
-    k: int
-    positive_threshold: float | None
-    chunk_cells: int
-
-
-def _rank_block(
-    test: RowBlock,
-    user_vectors: np.ndarray,
-    item_vectors: np.ndarray,
-    exclude: Any,
-    job: _RankJob,
-) -> tuple[RankingSums, np.ndarray]:
-    """Ranking sums of one user block; runs on the worker that holds the block.
-
-    ``user_vectors`` are the block's users' score vectors in local-row order, ``exclude``
-    its seen items (CSR slice, :class:`RowBlock` or None). Returns the sums and the counts
-    ``[users with test ratings, users without positives, positives, test pairs seen in
-    training]``.
-    """
-    n_local, n_items = test.n_local_rows, test.n_cols
-    data = test.data
-    positive = (
-        np.ones(len(data), dtype=bool)
-        if job.positive_threshold is None
-        else data >= np.float32(job.positive_threshold)
-    )
-    per_row = np.diff(test.indptr)
-    row_of = np.repeat(np.arange(n_local), per_row)
-    pos_per_row = np.bincount(row_of[positive], minlength=n_local)
-    rel_indptr = np.zeros(n_local + 1, dtype=np.int64)
-    np.cumsum(pos_per_row, out=rel_indptr[1:])
-    rel = sp.csr_matrix(
-        (np.ones(int(positive.sum()), dtype=np.int8), test.indices[positive], rel_indptr),
-        shape=(n_local, n_items),
-    )
-    ex = _local_csr(exclude, n_local, n_items)
-    in_train = 0
-    if ex is not None:
-        pattern = sp.csr_matrix(
-            (np.ones(test.nnz, dtype=np.int8), test.indices, test.indptr),
-            shape=(n_local, n_items),
-        )
-        in_train = int(pattern.multiply(ex).count_nonzero())
-    users = np.flatnonzero(pos_per_row > 0)
-    counts = np.array(
-        [
-            int((per_row > 0).sum()),
-            int(((per_row > 0) & (pos_per_row == 0)).sum()),
-            int(positive.sum()),
-            in_train,
-        ],
-        dtype=np.int64,
-    )
-    sums = RankingSums(k=job.k, n_items=n_items)
-    step = chunk_rows(n_items, job.chunk_cells)
-    for start in range(0, len(users), step):
-        rows = users[start : start + step]
-        scores = np.asarray(user_vectors[rows] @ item_vectors.T, dtype=np.float32)
-        rel_c = rel[rows]
-        ex_c = ex[rows] if ex is not None else None
-        auc_c = auc(scores, rel_c, ex_c)  # before top-k masks the scores in place
-        recs, _ = top_k_of_scores(scores, job.k, ex_c)
-        sums = sums + ranking_sums(recs, rel_c, k=job.k, auc_values=auc_c)
-    return sums, counts
-
-
-def _all_finite(factors: np.ndarray, block: int) -> bool:
-    return bool(np.isfinite(factors).all())
-
-
-def _rating_partition(part: pd.DataFrame, model: FactorModel) -> RatingSums:
-    """Prediction error sums of one test partition (dense indices); runs on a worker."""
-    u = part[schema.USER_IDX].to_numpy(dtype=np.int64)
-    i = part[schema.ITEM_IDX].to_numpy(dtype=np.int64)
-    r = part[schema.RATING].to_numpy(dtype=np.float64)
-    total = RatingSums()
-    for start in range(0, len(u), PREDICT_CHUNK):
-        sl = slice(start, start + PREDICT_CHUNK)
-        predicted = np.asarray(model.predict_indices(u[sl], i[sl]), dtype=np.float64)
-        if not np.isfinite(predicted).all():
-            raise ValueError(
-                f"{type(model).__name__} predicted a non-finite rating: the model diverged; "
-                "retrain with a larger regularization or a smaller learning_rate"
-            )
-        total = total + rating_sums(predicted, r[sl])
-    return total
-
 
 # --------------------------------------------------------------------------- client side
-
-
-@dataclass
-class _Prepared:
-    """Test (or train) partitions on the workers in the model's dense indices."""
-
-    parts: list[Any]
-    rows: int
-    unknown_users: int
-    unknown_items: int
-    skipped: int
-    feedback: str = schema.FEEDBACK_RATINGS
-
-    def threshold(self, positive_threshold: float | None) -> float | None:
-        """The relevance threshold for this data: ``positive_threshold`` applies to
-        ratings; on events every event with weight > 0 is relevant."""
-        if positive_threshold is not None and self.feedback == schema.FEEDBACK_EVENTS:
-            return schema.EVENT_POSITIVE_CUT
-        return positive_threshold
 
 
 def _as_frame(
@@ -323,41 +110,21 @@ def _as_frame(
     return data[required], False, feedback
 
 
-def _prepare(client: Any, model: FactorModel, data: Any, what: str, need_rating: bool) -> _Prepared:
+def _prepare(client: Any, model: FactorModel, data: Any, what: str, need_rating: bool) -> Prepared:
     ddf, dense, feedback = _as_frame(model, data, what, need_rating)
-    raw = persist_partitions(client, ddf)
-    maps = None
-    if not dense:
-        [maps] = client.scatter(
-            [_IdMaps(model.user_ids_, model.item_ids_)], broadcast=True, hash=False
-        )
-    mapped = [
-        client.submit(
-            _index_partition,
-            p,
-            maps,
-            model.n_users,
-            model.n_items,
-            need_rating,
-            what,
-            pure=False,
-        )
-        for p in raw
-    ]
-    clean = [client.submit(operator.getitem, f, 0, pure=False) for f in mapped]
-    counts = client.gather([client.submit(operator.getitem, f, 1, pure=False) for f in mapped])
-    total = np.sum(counts, axis=0) if counts else np.zeros(4, dtype=np.int64)
-    return _Prepared(
-        parts=clean,
-        rows=int(total[0]),
-        unknown_users=int(total[1]),
-        unknown_items=int(total[2]),
-        skipped=int(total[3]),
+    return evaluation.prepare(
+        client,
+        ddf,
+        dense=dense,
         feedback=feedback,
+        user_ids=model.user_ids_,
+        item_ids=model.item_ids_,
+        what=what,
+        need_rating=need_rating,
     )
 
 
-def _check_known(test: _Prepared) -> None:
+def _check_known(test: Prepared) -> None:
     if test.rows == test.skipped:
         raise ValueError(
             f"no test rating to evaluate: {test.rows} read, {test.skipped} name users "
@@ -365,7 +132,7 @@ def _check_known(test: _Prepared) -> None:
         )
 
 
-def _report_skipped(prepared: _Prepared, what: str, model: FactorModel) -> None:
+def _report_skipped(prepared: Prepared, what: str, model: FactorModel) -> None:
     if prepared.skipped:
         warnings.warn(
             f"{prepared.skipped} of {prepared.rows} {what} ratings name a user "
@@ -405,65 +172,40 @@ def _n_blocks(requested: int | None, n_workers: int, n_users: int, model: Any = 
     return max(n_workers, math.ceil(n_users / BLOCK_USERS), 1)
 
 
-@dataclass
-class _PlacedRanking:
-    """Test ratings (and the items to filter) placed in user blocks on the workers."""
-
-    blocks: list[Any]
-    exclude: list[Any]
-    workers: list[str]
-    n_blocks: int
-    rows: int
-    skipped: int
-    extra: dict[str, float]
-
-
 def _place_ranking(
     client: Any,
     model: FactorModel,
-    test: _Prepared,
+    test: Prepared,
     *,
     train: Any,
     filter_seen: bool,
     n_blocks: int,
-) -> _PlacedRanking:
+) -> PlacedRanking:
     """Cut the prepared test ratings into user blocks, with each block's items to filter."""
-    workers = worker_addresses(client)
-    n_users, n_items = model.n_users, model.n_items
     extra: dict[str, float] = {}
-    blocks = place_row_blocks(client, test.parts, n_blocks, n_users, n_items)
+    exclude: Any
     if not filter_seen:
-        exclude: list[Any] = [None] * n_blocks
+        exclude = None
     elif train is not None:
-        train_p = _prepare(client, model, train, "train", need_rating=False)
-        _report_skipped(train_p, "train", model)
-        extra["train_ratings"] = train_p.rows
-        extra["train_skipped_unknown"] = train_p.skipped
-        exclude = place_row_blocks(client, train_p.parts, n_blocks, n_users, n_items)
+        exclude = _prepare(client, model, train, "train", need_rating=False)
+        _report_skipped(exclude, "train", model)
+        extra["train_ratings"] = exclude.rows
+        extra["train_skipped_unknown"] = exclude.skipped
     else:
-        seen = getattr(model, "seen_items_", None)
-        if isinstance(seen, SeenBlocks) and seen.n_blocks == n_blocks:
-            exclude = list(seen.blocks)  # each block's seen items, where they are
-            seen = None
-        elif seen is None:
+        exclude = getattr(model, "seen_items_", None)
+        if exclude is None:
             raise ValueError(
                 f"this {type(model).__name__} has no record of its training items "
                 "(seen_items_), so seen items cannot be filtered: pass train= (--train) "
                 "or filter_seen=False (--no-filter-seen)"
             )
-        if seen is not None:
-            seen = seen.tocsr() if isinstance(seen, SeenBlocks) else sp.csr_matrix(seen)
-            exclude = [
-                client.scatter(seen[b::n_blocks], workers=[workers[b % len(workers)]], hash=False)
-                for b in range(n_blocks)
-            ]
-    return _PlacedRanking(
-        blocks=blocks,
-        exclude=exclude,
-        workers=workers,
+    return evaluation.place_ranking(
+        client,
+        test,
         n_blocks=n_blocks,
-        rows=test.rows,
-        skipped=test.skipped,
+        n_users=model.n_users,
+        n_items=model.n_items,
+        exclude=exclude,
         extra=extra,
     )
 
@@ -471,99 +213,38 @@ def _place_ranking(
 def _score_ranking(
     client: Any,
     model: FactorModel,
-    placed: _PlacedRanking,
+    placed: PlacedRanking,
     *,
     k: int,
     positive_threshold: float | None,
     chunk_cells: int,
 ) -> dict[str, float]:
     """Rank every placed user block with the model's current factors; the means."""
-    n_items = model.n_items
     held = model.__dict__.get("_user_factors")
     blocks = None
     if isinstance(held, FactorBlocks) and held.n_blocks == placed.n_blocks:
         blocks = model._user_score_blocks()  # biases appended on the blocks' workers
     if blocks is not None:  # each block ranked on the worker holding its factors
         uvec, ivec = None, model._item_vectors()
-        checked = [("item", ivec)]
-        if not all(gather(client, blocks.map_blocks(_all_finite), [])):
-            checked.append(("user", np.array([np.nan])))
     else:
         uvec, ivec = model._score_vectors()
-        checked = [("user", uvec), ("item", ivec)]
-    for name, v in checked:
-        if not np.isfinite(v).all():
-            raise ValueError(
-                f"{type(model).__name__} has non-finite {name} factors: the fit diverged; "
-                "retrain with a larger regularization or a smaller learning_rate"
-            )
-    workers, n_blocks = placed.workers, placed.n_blocks
-    ivec_f = client.scatter(
-        np.ascontiguousarray(ivec, dtype=np.float32), broadcast=True, hash=False
+    return evaluation.score_ranking(
+        client,
+        placed,
+        item_vectors=ivec,
+        user_vectors=uvec,
+        user_blocks=blocks,
+        k=k,
+        positive_threshold=positive_threshold,
+        chunk_cells=chunk_cells,
+        name=type(model).__name__,
     )
-    job = _RankJob(k=k, positive_threshold=positive_threshold, chunk_cells=int(chunk_cells))
-    futures = []
-    for b in range(n_blocks):
-        if blocks is not None:
-            target, uvec_f = blocks.where[b], blocks.blocks[b]
-        else:
-            assert uvec is not None
-            target = workers[b % len(workers)]
-            uvec_f = client.scatter(
-                np.ascontiguousarray(uvec[b::n_blocks], dtype=np.float32),
-                workers=[target],
-                hash=False,
-            )
-        futures.append(
-            client.submit(
-                _rank_block,
-                placed.blocks[b],
-                uvec_f,
-                ivec_f,
-                placed.exclude[b],
-                job,
-                workers=[target],
-                allow_other_workers=True,
-                pure=False,
-            )
-        )
-    results = gather(client, futures, [])
-    sums = RankingSums(k=k, n_items=n_items)
-    counts = np.zeros(4, dtype=np.int64)
-    for s, c in results:
-        sums = sums + s
-        counts += c
-    means = sums.means()
-    if not means["users"]:
-        rule = (
-            "every test rating counts"
-            if positive_threshold is None
-            else f"rating >= {positive_threshold:g}"
-        )
-        raise ValueError(
-            f"no test user has a positive ({rule}) among {placed.rows - placed.skipped} "
-            "known test ratings: check the split, or lower positive_threshold "
-            "(--positive-threshold)"
-        )
-    out: dict[str, float] = dict(placed.extra)
-    out.update(means)
-    out.update(
-        {
-            "k": k,
-            "test_users": int(counts[0]),
-            "users_without_positives": int(counts[1]),
-            "positives": int(counts[2]),
-            "test_in_train": int(counts[3]),
-            "n_blocks": n_blocks,
-        }
-    )
-    return out
 
 
 def _rank(
     client: Any,
     model: FactorModel,
-    test: _Prepared,
+    test: Prepared,
     *,
     k: int,
     train: Any,
@@ -624,11 +305,11 @@ class RankingEvaluator:
         self.filter_seen = filter_seen
         self.n_blocks = n_blocks
         self.chunk_cells = chunk_cells
-        self._placed: _PlacedRanking | None = None
+        self._placed: PlacedRanking | None = None
         self._threshold: float | None = self.positive_threshold
         self._place(model)
 
-    def _place(self, model: FactorModel) -> _PlacedRanking:
+    def _place(self, model: FactorModel) -> PlacedRanking:
         self._placed = None
         client = self.client
         blocks = _n_blocks(self.n_blocks, len(worker_addresses(client)), model.n_users, model)
@@ -765,14 +446,10 @@ def evaluate(
         )
         _check_known(test_p)
         if rating:
-            [model_f] = client.scatter([_light_copy(model)], broadcast=True, hash=False)
-            parts = client.gather(
-                [client.submit(_rating_partition, p, model_f, pure=False) for p in test_p.parts]
+            light = _light_copy(model)
+            out.update(
+                evaluation.rating_means(client, test_p, light.predict_indices, type(model).__name__)
             )
-            total = RatingSums()
-            for s in parts:
-                total = total + s
-            out.update(total.means())
         if ranking:
             out.update(
                 _rank(
