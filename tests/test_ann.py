@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 import mfdask.models.registry as registry
 from mfdask.cli import main
 from mfdask.engine import ann
-from mfdask.engine.topk import read_manifest, recommend_all, similar_items_all
+from mfdask.engine.topk import read_manifest
 from mfdask.kernels.ann import rerank_candidates
+from mfdask.models.topk import recommend_all, similar_items_all
 from mfdask.recommend import top_k_of_scores
 from tests.conftest import planted_ratings
 from tests.fixed_model import FixedModel

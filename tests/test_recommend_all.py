@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 from mfdask.data.dataset import open_dataset, write_dataset
 from mfdask.engine import topk
-from mfdask.engine.topk import read_manifest, recommend_all, similar_items_all
+from mfdask.engine.topk import read_manifest
 from mfdask.models.base import ModelMismatchError
+from mfdask.models.topk import recommend_all, similar_items_all
 from mfdask.recommend import top_k_of_scores
 from tests.conftest import planted_ratings
 from tests.fixed_model import FixedModel

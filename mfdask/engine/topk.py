@@ -1,10 +1,11 @@
 """Top-k for every user (or item) at scale: score blocks on workers, write Parquet.
 
-:meth:`FactorModel.recommend <mfdask.models.base.FactorModel.recommend>` scores a handful
-of users on the client. A batch job wants the top ``n`` for *every* user, which for a
-large catalogue is far more work and far more output than a client should hold, so here
-the work is cut into user blocks and each block is scored, filtered and written by a
-worker:
+A model's ``recommend`` scores a handful of users on the client. A batch job wants the
+top ``n`` for *every* user, which for a large catalogue is far more work and far more
+output than a client should hold, so here the work is cut into user blocks and each
+block is scored, filtered and written by a worker. This module takes arrays, ids and
+settings (:func:`write_top_k`); a model's ``recommend_all`` and ``similar_items_all``
+read the model and call it.
 
 1. The client scatters the candidate vectors (item factors, plus bias columns for SVD)
    once, broadcast to every worker, and each block's user vectors to the worker that will
@@ -45,9 +46,10 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -57,15 +59,12 @@ import scipy.sparse as sp
 from distributed import get_worker
 
 from mfdask.data import schema
-from mfdask.data.dataset import Dataset, atomic_directory, open_dataset, write_json_atomic
+from mfdask.data.dataset import Dataset, atomic_directory, write_json_atomic
 from mfdask.engine import ann
 from mfdask.engine.cluster import session, wait_for, worker_addresses
 from mfdask.engine.state import FactorBlocks, SeenBlocks
 from mfdask.errors import ModelMismatchError
-from mfdask.recommend import DEFAULT_CHUNK_CELLS, chunk_rows, top_k_of_scores
-
-if TYPE_CHECKING:
-    from mfdask.models.base import FactorModel
+from mfdask.recommend import chunk_rows, top_k_of_scores
 
 MANIFEST = "_manifest.json"
 """Row counts and parameters of a top-k output (ignored by Parquet readers: leading ``_``)."""
@@ -353,12 +352,12 @@ def _n_blocks(n_rows: int, n_workers: int, multiple_of: int, requested: int | No
     return multiple_of * math.ceil(wanted / multiple_of)
 
 
-def _arrow_type(ids: pd.Index) -> pa.DataType:
+def arrow_type(ids: pd.Index) -> pa.DataType:
+    """The Arrow type of an id column (from its first id; the id map's own type)."""
     return pa.array(ids.to_numpy()[:1] if len(ids) else ids.to_numpy()).type
 
 
-def _run_blocks(
-    model: FactorModel,
+def write_top_k(
     *,
     path: Path,
     what: str,
@@ -378,12 +377,23 @@ def _run_blocks(
     chunk_cells: int,
     overwrite: bool,
     manifest_extra: dict[str, Any],
+    source: dict[str, Any] | None = None,
     ann_params: ann.AnnParams | None = None,
     query_blocks: FactorBlocks | None = None,
     seen_blocks: SeenBlocks | None = None,
     fallback: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> TopKOutput:
-    """Shared driver of :func:`recommend_all` and :func:`similar_items_all`.
+    """Score blocks of query rows against every candidate on the workers, write Parquet.
+
+    The driver behind a model's ``recommend_all`` and ``similar_items_all``: it takes
+    arrays, ids and settings, never a model. ``rows`` are the queried global rows
+    (ascending), ``query_ids`` their original ids, ``query_vectors`` their score vectors
+    (row ``j`` for ``rows[j]``; None: the candidates' own rows, similar items),
+    ``candidates`` ``(n_candidates, d) float32`` with original ids ``candidate_ids``.
+    ``exclude_for`` maps a block's rows to what to filter (:func:`no_exclusion`,
+    :func:`self_exclusion`, :func:`dataset_exclusion`, :func:`rows_exclusion`).
+    ``source`` (the model's name, parameters and id-map fingerprint) and
+    ``manifest_extra`` go into the manifest.
 
     With ``query_blocks`` (a user side held on the workers, every user queried) each
     output block is one factor block, scored on the worker that holds it against its own
@@ -438,7 +448,7 @@ def _run_blocks(
                         query_column=query_column,
                         result_column=result_column,
                         query_type=query_type,
-                        result_type=_arrow_type(candidate_ids),
+                        result_type=arrow_type(candidate_ids),
                         ann=ann_params,
                     )
                     qv_f: Any
@@ -497,9 +507,7 @@ def _run_blocks(
                     "rows_per_block": counts,
                     "queries": len(rows),
                     "candidates": len(cand_ids),
-                    "model": type(model).__name__,
-                    "model_params": model.get_params(),
-                    "fingerprint": getattr(model, "fingerprint_", None),
+                    **(source or {}),
                     "seconds": round(seconds, 3),
                     "method": "exact" if ann_params is None else "ann",
                     "popularity_fallback": 0 if fallback is None else int(fallback[0].sum()),
@@ -521,240 +529,32 @@ def _run_blocks(
     )
 
 
-def recommend_all(
-    model: FactorModel,
-    n: int,
-    path: str | os.PathLike[str],
-    *,
-    seen: Dataset | str | os.PathLike[str] | None = None,
-    users: Any = None,
-    overwrite: bool = False,
-    filter_seen: bool = True,
-    n_blocks: int | None = None,
-    chunk_cells: int = DEFAULT_CHUNK_CELLS,
-    metadata: dict[str, Any] | None = None,
-    method: str = "exact",
-    **ann_options: Any,
-) -> TopKOutput:
-    """Top-``n`` items for every user, scored on the workers, written as Parquet.
-
-    Parameters
-    ----------
-    model : FactorModel
-        A fitted (or loaded) model; its ``_score_vectors()`` give the scores, so biases
-        (SVD) count exactly as in :meth:`~mfdask.models.base.FactorModel.recommend`.
-    n : int
-        Items per user.
-    path : path
-        Output directory; must not exist unless ``overwrite``. Must be visible to the
-        workers under the same name (see the module docstring).
-    seen : Dataset or path, optional
-        A canonical dataset (usually the training split) whose items are filtered out for
-        each user; its id maps must be the model's. Workers read it partition by
-        partition. Default: the model's own ``seen_items_``.
-    users : sequence of original user ids, optional
-        Recommend for these users only (default: every user the model knows).
-    overwrite : bool
-        Replace an existing ``path`` (only once the new output is complete).
-    filter_seen : bool
-        False keeps already-seen items (and ignores ``seen``).
-    n_blocks : int, optional
-        Output partitions; default: a multiple of the dataset's ``n_user_blocks`` with at
-        most :data:`BLOCK_ROWS` users each and at least one block per worker.
-    chunk_cells : int
-        Score-matrix cells per chunk on a worker (one float32 matrix: 4 bytes a cell).
-    metadata : dict, optional
-        Extra JSON-serialisable fields for the manifest (provenance, a data label...).
-    method : {"exact", "ann", "auto"}
-        ``"exact"`` scores every candidate; ``"ann"`` searches an index over the item
-        score vectors on the workers (:mod:`mfdask.engine.ann`; needs ``mfdask[ann]``);
-        ``"auto"`` takes ``"ann"`` from :data:`mfdask.engine.ann.AUTO_MIN_ITEMS` items on
-        when faiss is installed. The manifest records the method and index parameters.
-    **ann_options
-        Index settings (:class:`mfdask.engine.ann.AnnParams`: ``index``, ``nlist``,
-        ``nprobe``, ``ef_search``, ...); the defaults give recall@10 >= 0.95 against
-        the exact lists.
-
-    Returns
-    -------
-    TopKOutput
-
-    Raises
-    ------
-    FileExistsError
-        ``path`` exists and ``overwrite`` is false.
-    PermissionError
-        ``path`` cannot be created.
-    ModelMismatchError
-        ``seen`` is a dataset with other id maps than the model's.
-    """
-    model._check_fitted()
-    if users is None:
-        rows = np.arange(model.n_users, dtype=np.int64)
-    else:
-        rows = np.unique(model.user_index(users))
-    held = model.__dict__.get("_user_factors")
-    query_blocks = held if isinstance(held, FactorBlocks) and users is None else None
-    if query_blocks is not None and n_blocks is not None:
-        query_blocks = None  # other output blocks asked for: score from fetched rows
-    if query_blocks is not None:  # the score vectors (biases appended) on the same workers
-        query_blocks = model._user_score_blocks()
-    uvec: np.ndarray | None
-    if query_blocks is not None:
-        uvec, ivec = None, model._item_vectors()
-    elif isinstance(held, FactorBlocks):  # a subset of users: fetch just their rows
-        uvec, ivec = model._user_rows(rows), model._item_vectors()
-    else:
-        uvec, ivec = model._score_vectors()
-        uvec = uvec if users is None else uvec[rows]
-    params = ann.resolve_method(method, int(ivec.shape[0]), ann_options)
-    block_multiple = 1
-    source = None
-    exclude_for: Any
-    if not filter_seen:
-        exclude_for = _none
-    elif seen is not None:
-        ds = seen if isinstance(seen, Dataset) else open_dataset(seen)
-        model.check_dataset(ds)
-        d = ds.manifest.get("n_user_blocks")
-        d = int(d) if d else None
-        block_multiple = d or 1
-        src = _DatasetSeen(str(ds.ratings_path.resolve()), d)
-        exclude_for = _Const(src)
-        source = str(ds.path)
-    elif getattr(model, "seen_items_", None) is not None:
-        seen_held = model.seen_items_
-        exclude_for = _RowsOf(seen_held if isinstance(seen_held, SeenBlocks) else seen_held.tocsr())
-        source = "model.seen_items_"
-    else:
-        exclude_for = _none
-    fallback = model._popularity_fallback()
-    if fallback is not None and fallback[0][rows].any():
-        fallback = (fallback[0][rows], fallback[1])
-    else:
-        fallback = None
-    seen_blocks = None
-    if query_blocks is not None and filter_seen and isinstance(model.seen_items_, SeenBlocks):
-        seen_blocks = model.seen_items_
-        if seen_blocks.n_blocks != query_blocks.n_blocks:
-            seen_blocks = None
-    return _run_blocks(
-        model,
-        path=Path(path),
-        what="recommendations",
-        key="user",
-        query_column=schema.USER_ID,
-        result_column=schema.ITEM_ID,
-        rows=rows,
-        query_ids=model.user_ids_.to_numpy()[rows],
-        query_vectors=None if uvec is None else np.asarray(uvec, dtype=np.float32),
-        candidates=ivec,
-        candidate_ids=model.item_ids_,
-        query_type=_arrow_type(model.user_ids_),
-        exclude_for=exclude_for,
-        n=n,
-        n_blocks=n_blocks,
-        block_multiple=block_multiple,
-        chunk_cells=chunk_cells,
-        overwrite=overwrite,
-        manifest_extra={
-            "filter_seen": bool(filter_seen),
-            "seen_source": source,
-            "from_worker_blocks": query_blocks is not None,
-            **(metadata or {}),
-        },
-        ann_params=params,
-        query_blocks=query_blocks,
-        seen_blocks=seen_blocks,
-        fallback=fallback,
-    )
-
-
-def similar_items_all(
-    model: FactorModel,
-    n: int,
-    path: str | os.PathLike[str],
-    *,
-    items: Any = None,
-    overwrite: bool = False,
-    n_blocks: int | None = None,
-    chunk_cells: int = DEFAULT_CHUNK_CELLS,
-    metadata: dict[str, Any] | None = None,
-    method: str = "exact",
-    shrinkage: float | None = None,
-    **ann_options: Any,
-) -> TopKOutput:
-    """The ``n`` most similar items to every item (cosine of item factors) as Parquet.
-
-    The same scores as :meth:`~mfdask.models.base.FactorModel.similar_items`: item
-    embeddings are normalised to unit length once on the client and broadcast; each
-    worker scores a block of items against all of them and drops the item itself. The
-    ``shrinkage`` β (default the model's) multiplies each candidate's cosine by
-    ``n_j / (n_j + β)``, ``n_j`` its training ratings: the candidates are the weighted
-    unit vectors and the queries the plain ones (an inner-product index over the
-    weighted vectors then ranks exactly so too).
-
-    Parameters
-    ----------
-    model : FactorModel
-        A fitted or loaded model.
-    n : int
-        Similar items per item.
-    path : path
-        Output directory (see :func:`recommend_all`).
-    items : sequence of original item ids, optional
-        Query items (default: all); candidates are always every item.
-    overwrite, n_blocks, chunk_cells, metadata, method, ann_options
-        As for :func:`recommend_all` (the index is over the unit item vectors).
-    shrinkage : float, optional
-        As for :meth:`~mfdask.models.base.FactorModel.similar_items`.
-    """
-    model._check_fitted()
-    if items is None:
-        rows = np.arange(model.n_items, dtype=np.int64)
-    else:
-        rows = np.unique(model.item_index(items))
-    vectors = np.asarray(model._item_embeddings(), dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1)
-    unit = (vectors / np.where(norms > 0, norms, 1.0)[:, None]).astype(np.float32)
-    params = ann.resolve_method(method, len(unit), ann_options)
-    weights = model._support_weights(shrinkage)
-    candidates = unit
-    queries = None
-    if weights is not None:
-        candidates = (unit * np.asarray(weights, dtype=np.float32)[:, None]).astype(np.float32)
-        queries = unit[rows]
-    return _run_blocks(
-        model,
-        path=Path(path),
-        what="similar items",
-        key="item",
-        query_column=schema.ITEM_ID,
-        result_column="similar_item_id",
-        rows=rows,
-        query_ids=model.item_ids_.to_numpy()[rows],
-        query_vectors=queries,
-        candidates=candidates,
-        candidate_ids=model.item_ids_,
-        query_type=_arrow_type(model.item_ids_),
-        exclude_for=_Const("self"),
-        n=n,
-        n_blocks=n_blocks,
-        block_multiple=1,
-        chunk_cells=chunk_cells,
-        overwrite=overwrite,
-        manifest_extra={
-            "shrinkage": None
-            if weights is None
-            else float(model.similar_items_shrinkage if shrinkage is None else shrinkage),
-            **(metadata or {}),
-        },
-        ann_params=params,
-    )
-
-
 def _none(rows: np.ndarray) -> None:
     return None
+
+
+def no_exclusion() -> Any:
+    """Filter nothing."""
+    return _none
+
+
+def self_exclusion() -> Any:
+    """Drop each query row's own column (similar items)."""
+    return _Const("self")
+
+
+def dataset_exclusion(ds: Dataset) -> tuple[Any, int]:
+    """Filter the items each user rated in the canonical dataset ``ds``, read on the
+    workers partition by partition; also the block multiple that lets a worker read just
+    its users' partition (the dataset's ``n_user_blocks``)."""
+    d = ds.manifest.get("n_user_blocks")
+    d = int(d) if d else None
+    return _Const(_DatasetSeen(str(ds.ratings_path.resolve()), d)), d or 1
+
+
+def rows_exclusion(seen: SeenBlocks | sp.spmatrix) -> Any:
+    """Filter each row's entries of ``seen`` (a ``(n_rows, n_cols)`` pattern)."""
+    return _RowsOf(seen if isinstance(seen, SeenBlocks) else seen.tocsr())
 
 
 @dataclass(frozen=True)
@@ -771,6 +571,32 @@ class _RowsOf:
 
     def __call__(self, rows: np.ndarray) -> sp.csr_matrix:
         return self.matrix[rows]
+
+
+def recommend_all(model: Any, n: int, path: str | os.PathLike[str], **options: Any) -> TopKOutput:
+    """Deprecated: call ``model.recommend_all(n, path, ...)`` (the engine takes arrays now,
+    :func:`write_top_k`). Forwards there, with a ``DeprecationWarning``."""
+    warnings.warn(
+        "mfdask.engine.topk.recommend_all(model, ...) is deprecated and will be removed in "
+        "the next release: call model.recommend_all(n, path, ...)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return model.recommend_all(n, path, **options)
+
+
+def similar_items_all(
+    model: Any, n: int, path: str | os.PathLike[str], **options: Any
+) -> TopKOutput:
+    """Deprecated: call ``model.similar_items_all(n, path, ...)``. Forwards there, with a
+    ``DeprecationWarning``."""
+    warnings.warn(
+        "mfdask.engine.topk.similar_items_all(model, ...) is deprecated and will be removed "
+        "in the next release: call model.similar_items_all(n, path, ...)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return model.similar_items_all(n, path, **options)
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -862,8 +862,8 @@ class FactorModel:
         """Top-``n`` items for every user, computed on the workers, written as Parquet.
 
         The batch twin of :meth:`recommend` (same scores, same seen-item filter): see
-        :func:`mfdask.engine.topk.recommend_all` for the layout and the options
-        (``n_blocks``, ``chunk_cells``). Uses the default Dask client, or starts a
+        :mod:`mfdask.engine.topk` for the layout and :func:`mfdask.models.topk.recommend_all`
+        for the options (``n_blocks``, ``chunk_cells``). Uses the default Dask client, or starts a
         ``LocalCluster`` for the call.
 
         Returns
@@ -871,7 +871,7 @@ class FactorModel:
         mfdask.engine.topk.TopKOutput
             Path, rows written, blocks and wall time.
         """
-        from mfdask.engine import topk
+        from mfdask.models import topk
 
         return topk.recommend_all(
             self,
@@ -897,9 +897,9 @@ class FactorModel:
         """The ``n`` most similar items to every item, computed on the workers, as Parquet.
 
         The batch twin of :meth:`similar_items` (same scores, same ``shrinkage``); see
-        :func:`mfdask.engine.topk.similar_items_all`.
+        :func:`mfdask.models.topk.similar_items_all`.
         """
-        from mfdask.engine import topk
+        from mfdask.models import topk
 
         return topk.similar_items_all(
             self,

@@ -6,6 +6,10 @@ the items fixed, so a user who was not in the fit (or whose history changed sinc
 be scored without refitting. Users in the history who are known to the model get the
 new factors, computed from the given history only (implicit's ``recalculate_user``).
 
+This module reads a model into a :class:`~mfdask.engine.foldin.FoldIn` (item arrays and
+settings, :func:`fold_in_spec`) and is the client API; the histories, the solves and the
+top-k on arrays are in :mod:`mfdask.engine.foldin`, shared with the batch job.
+
 What each model solves (kernels in :mod:`mfdask.kernels.foldin`):
 
 - ``ALS``: the exact normal equations of a user half-step,
@@ -42,7 +46,6 @@ manifest, so one bad user does not fail a job over millions.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
@@ -51,340 +54,17 @@ import scipy.sparse as sp
 
 from mfdask._warnings import MfdaskWarning
 from mfdask.data import schema
-from mfdask.data.hashing import hash_keys
 from mfdask.data.implicit import positive_cut
-from mfdask.data.training import InputError
-from mfdask.errors import ALSNumericalError, EmptyHistoryError
-from mfdask.kernels.als import solve_rows_cholesky
-from mfdask.kernels.foldin import bpr_fold_in, svd_fold_in, warp_fold_in
+from mfdask.engine.foldin import UNKNOWN_ITEM_POLICIES as UNKNOWN_ITEM_POLICIES
+from mfdask.engine.foldin import WEIGHT as WEIGHT
+from mfdask.engine.foldin import FoldIn, History, build_history, score_top_k
+from mfdask.engine.foldin import top_k_block as top_k_block
+from mfdask.engine.foldin import user_seeds as user_seeds
+from mfdask.errors import EmptyHistoryError
 from mfdask.kernels.warp import MAX_RANK_WEIGHT
-from mfdask.recommend import DEFAULT_CHUNK_CELLS, chunk_rows, top_k_of_scores
 
 if TYPE_CHECKING:
     from mfdask.models.base import FactorModel
-
-WEIGHT = "weight"
-"""Column of event counts in a history frame (events-trained models)."""
-
-UNKNOWN_ITEM_POLICIES = ("error", "skip")
-
-_STREAM_FOLD_IN = 0x464F4C44  # "FOLD": the hash stream of the per-user seeds
-
-
-# --------------------------------------------------------------------------- histories
-
-
-@dataclass
-class History:
-    """Histories as CSR rows, one row per user, items in the model's dense indices.
-
-    Attributes
-    ----------
-    user_ids : (n_rows,) array
-        Original user ids, ascending.
-    indptr : (n_rows + 1,) int64
-    indices : (nnz,) int32
-        Dense item indices, ascending within a row.
-    values : (nnz,) float32
-        Rating or weight of each interaction.
-    positive : (nnz,) bool
-        Whether it is a positive for an implicit model.
-    skipped : int
-        Rows dropped because their item is unknown (``unknown_items="skip"``).
-    """
-
-    user_ids: np.ndarray
-    indptr: np.ndarray
-    indices: np.ndarray
-    values: np.ndarray
-    positive: np.ndarray
-    skipped: int = 0
-
-    @property
-    def n_rows(self) -> int:
-        return len(self.user_ids)
-
-    def seen(self, n_items: int) -> sp.csr_matrix:
-        """Every history item per row (positive or not), as a CSR of ones."""
-        return sp.csr_matrix(
-            (np.ones(len(self.indices), np.int8), self.indices, self.indptr),
-            shape=(self.n_rows, n_items),
-        )
-
-    def positives(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``indptr, indices, values`` of the positives only."""
-        before = np.concatenate([[0], np.cumsum(self.positive, dtype=np.int64)])
-        return (
-            before[self.indptr],
-            np.ascontiguousarray(self.indices[self.positive]),
-            np.ascontiguousarray(self.values[self.positive]),
-        )
-
-    def select(self, rows: np.ndarray) -> History:
-        """The histories of the rows where the boolean mask ``rows`` is set."""
-        lengths = np.diff(self.indptr)
-        keep = np.repeat(rows, lengths)
-        indptr = np.zeros(int(rows.sum()) + 1, np.int64)
-        np.cumsum(lengths[rows], out=indptr[1:])
-        return History(
-            user_ids=self.user_ids[rows],
-            indptr=indptr,
-            indices=self.indices[keep],
-            values=self.values[keep],
-            positive=self.positive[keep],
-            skipped=self.skipped,
-        )
-
-    def n_positives(self) -> np.ndarray:
-        before = np.concatenate([[0], np.cumsum(self.positive, dtype=np.int64)])
-        return np.diff(before[self.indptr])
-
-
-def _history_values(
-    frame: pd.DataFrame, spec: FoldIn, where: str
-) -> tuple[np.ndarray, np.ndarray, bool]:
-    """``(values, positive, summed)`` of a history frame under the model's data rules."""
-    n = len(frame)
-    if schema.RATING in frame.columns:
-        values = pd.to_numeric(frame[schema.RATING], errors="coerce").to_numpy(np.float64)
-        bad = ~np.isfinite(values)
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            raise InputError(
-                f"{where}: rating is missing or not a number in row {row} "
-                f"(user_id={frame[schema.USER_ID].iloc[row]!r}, "
-                f"item_id={frame[schema.ITEM_ID].iloc[row]!r})"
-            )
-        threshold = spec.threshold
-        positive = values >= threshold if threshold is not None else np.ones(n, bool)
-        return values.astype(np.float32), positive, False
-    if spec.threshold is None:
-        raise InputError(
-            f"{where} has no {schema.RATING!r} column: {spec.model_name} folds users in "
-            "from their ratings"
-        )
-    if WEIGHT in frame.columns:
-        values = pd.to_numeric(frame[WEIGHT], errors="coerce").to_numpy(np.float64)
-        if (~np.isfinite(values)).any() or (values < 0).any():
-            row = int(np.flatnonzero(~(np.isfinite(values) & (values >= 0)))[0])
-            raise InputError(f"{where}: weight must be a finite number >= 0 (row {row})")
-        return values.astype(np.float32), values > 0, True
-    return np.ones(n, np.float32), np.ones(n, bool), False
-
-
-def build_history(
-    frame: pd.DataFrame,
-    spec: FoldIn,
-    *,
-    unknown_items: str = "error",
-    where: str = "history",
-) -> History:
-    """The histories in ``frame`` as :class:`History` rows (vectorised, no per-user loop).
-
-    Raises
-    ------
-    InputError
-        Missing columns or a non-numeric rating/weight.
-    UnknownIdError
-        An item the model does not know, named (``unknown_items="error"``).
-    """
-    from mfdask.models.base import UnknownIdError
-
-    if unknown_items not in UNKNOWN_ITEM_POLICIES:
-        raise ValueError(
-            f"unknown_items must be one of {list(UNKNOWN_ITEM_POLICIES)}, got {unknown_items!r}"
-        )
-    if not isinstance(frame, pd.DataFrame):
-        raise InputError(
-            f"{where} must be a pandas DataFrame with user_id, item_id[, rating] "
-            f"(got a {type(frame).__name__}); for Parquet at scale use the batch job "
-            "(`mfdask recommend MODEL OUTPUT --history PATH`)"
-        )
-    missing = [c for c in (schema.USER_ID, schema.ITEM_ID) if c not in frame.columns]
-    if missing:
-        raise InputError(
-            f"{where} is missing column(s) {missing}; it has {list(frame.columns)} "
-            "(expected user_id, item_id[, rating or weight] in original ids)"
-        )
-    if frame[schema.USER_ID].isna().any():
-        raise InputError(f"{where} has missing user ids (NaN/None)")
-    values, positive, summed = _history_values(frame, spec, where)
-    items = pd.Index(frame[schema.ITEM_ID])
-    model_items = spec.item_index
-    if len(items) and items.dtype != model_items.dtype:
-        try:
-            items = items.astype(model_items.dtype)
-        except (TypeError, ValueError) as exc:
-            raise UnknownIdError(
-                f"{where}: item ids {list(items[:5])} are not of the model's id type "
-                f"{model_items.dtype}"
-            ) from exc
-    item = model_items.get_indexer(items)
-    unknown = item < 0
-    skipped = int(unknown.sum())
-    if skipped and unknown_items == "error":
-        names = list(pd.unique(items[unknown]))
-        raise UnknownIdError(
-            f"{where} has {skipped} row(s) with item id(s) the model does not know: "
-            f"{names[:10]}"
-            + (f" and {len(names) - 10} more" if len(names) > 10 else "")
-            + "; pass unknown_items='skip' to drop them (they are counted)"
-        )
-    keep = ~unknown
-    # Users are listed before unknown rows go, so that a user left with nothing is an
-    # empty row (reported), not silently absent.
-    user_codes, user_ids = pd.factorize(frame[schema.USER_ID].to_numpy(), sort=True)
-    user_codes = user_codes[keep]
-    item = item[keep]
-    values, positive = values[keep], positive[keep]
-    # Sort by (user, item); duplicates of a pair keep the last row, or sum weights.
-    order = np.lexsort((np.arange(len(item)), item, user_codes))
-    u, i, v, p = user_codes[order], item[order], values[order], positive[order]
-    last = np.ones(len(u), bool)
-    if len(u):
-        last[:-1] = (u[1:] != u[:-1]) | (i[1:] != i[:-1])
-    if summed and not last.all():
-        group = np.concatenate([[0], np.cumsum(last[:-1])])
-        v = np.bincount(group, weights=v).astype(np.float32)
-        p = v > 0
-        u, i = u[last], i[last]
-    else:
-        u, i, v, p = u[last], i[last], v[last], p[last]
-    indptr = np.zeros(len(user_ids) + 1, np.int64)
-    np.cumsum(np.bincount(u, minlength=len(user_ids)), out=indptr[1:])
-    return History(
-        user_ids=np.asarray(user_ids),
-        indptr=indptr,
-        indices=np.ascontiguousarray(i, dtype=np.int32),
-        values=np.ascontiguousarray(v, dtype=np.float32),
-        positive=np.ascontiguousarray(p, dtype=bool),
-        skipped=skipped,
-    )
-
-
-def user_seeds(random_state: Any, user_ids: np.ndarray) -> np.ndarray:
-    """``(n,) uint64`` seeds of the SGD fold-ins: a hash of (random_state, user id)."""
-    seed = 0 if random_state is None else int(random_state)
-    keys = pd.util.hash_array(np.asarray(user_ids, dtype=object))
-    return hash_keys(seed, _STREAM_FOLD_IN, keys)
-
-
-# --------------------------------------------------------------------------- solvers
-
-
-@dataclass(frozen=True)
-class FoldIn:
-    """Everything a worker needs to fold users into one model: item arrays, settings.
-
-    Built once on the client by :func:`fold_in_spec` and shipped (broadcast) as a whole:
-    it holds the item side only, never a user factor.
-
-    Attributes
-    ----------
-    kind : {"als", "svd", "bpr", "warp"}
-    model_name : str
-        The model's class name (for messages).
-    threshold : float or None
-        ``positive_threshold`` of an implicit model; None for SVD.
-    item_ids : (n_items,) array
-        Original item ids (position = dense index).
-    item_vectors : (n_items, d) float32
-        The items' score vectors (as the model's ``_score_vectors()[1]``).
-    settings : dict
-        The model's hyper-parameters that the kernel needs.
-    arrays : dict
-        Extra item arrays (SVD: factors and biases apart; ALS: the Gram matrix).
-    """
-
-    kind: str
-    item_ids: np.ndarray
-    item_vectors: np.ndarray
-    settings: dict[str, Any]
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
-    model_name: str = ""
-    threshold: float | None = None
-
-    @property
-    def n_items(self) -> int:
-        return len(self.item_ids)
-
-    @property
-    def item_index(self) -> pd.Index:
-        return pd.Index(self.item_ids, name=schema.ITEM_ID)
-
-    def needs_positive(self) -> bool:
-        return self.threshold is not None
-
-    def usable(self, hist: History) -> np.ndarray:
-        """Rows with an interaction to fold in from (implicit models: a positive)."""
-        counts = hist.n_positives() if self.needs_positive() else np.diff(hist.indptr)
-        return counts > 0
-
-    def solve(self, hist: History) -> tuple[np.ndarray, np.ndarray | None]:
-        """``(factors (n_rows, k) float32, user bias (n_rows,) float32 or None)``."""
-        s = self.settings
-        n = hist.n_rows
-        if self.kind == "als":
-            indptr, indices, values = hist.positives()
-            if s["binary"]:
-                values = np.ones(len(indices), np.float32)
-            elif s.get("log_epsilon") is not None:  # as the fit's weighting="log"
-                values = np.log1p(values.astype(np.float64) / s["log_epsilon"]).astype(np.float32)
-            y = self.item_vectors
-            out = np.zeros((n, y.shape[1]), np.float32)
-            failed = solve_rows_cholesky(
-                indptr, indices, values, y, self.arrays["gram"], out,
-                s["regularization"], s["count_scaled"], s["alpha"], s["offset"], 0, n,
-            )  # fmt: skip
-            if failed >= 0:
-                raise ALSNumericalError(
-                    f"folding in user {hist.user_ids[failed]!r} failed: the normal equations "
-                    "are not positive definite (the history's weights make them indefinite); "
-                    "raise the model's regularization or use confidence='paper'"
-                )
-            return out, None
-        seeds = user_seeds(s["random_state"], hist.user_ids)
-        rates = np.asarray(s["rates"], np.float64)
-        if self.kind == "svd":
-            q, b = self.arrays["factors"], self.arrays["bias"]
-            out = np.empty((n, q.shape[1]), np.float32)
-            bias = np.empty(n, np.float32)
-            svd_fold_in(
-                hist.indptr, hist.indices, hist.values, q, b, s["global_mean"], rates,
-                rates * s["bias_rate_ratio"], s["regularization"], s["bias_regularization"],
-                s["init_scale"], seeds, out, bias,
-            )  # fmt: skip
-            return out, bias
-        y = self.item_vectors
-        out = np.empty((n, y.shape[1]), np.float32)
-        values = np.where(hist.positive, 1.0, 0.0).astype(np.float32)
-        if self.kind == "bpr":
-            bpr_fold_in(
-                hist.indptr, hist.indices, values, 0.5, y, s["user_dims"], rates,
-                s["regularization"], s["init_scale"], seeds, out,
-            )  # fmt: skip
-        else:
-            warp_fold_in(
-                hist.indptr, hist.indices, values, 0.5, y, s["user_dims"], rates,
-                s["regularization"], s["max_sampled"], s["adagrad"], s["init_scale"],
-                seeds, out, s.get("max_rank_weight", MAX_RANK_WEIGHT),
-            )  # fmt: skip
-        return out, None
-
-    def user_vectors(self, factors: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
-        """Score vectors of folded users, the counterpart of :attr:`item_vectors`."""
-        if self.kind == "svd":
-            mu = self.settings["global_mean"]
-            ones = np.ones((len(factors), 1), np.float32)
-            return np.hstack([factors, ones, (mu + bias)[:, None]]).astype(np.float32)
-        return factors
-
-    def model_factors(
-        self, factors: np.ndarray, bias: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """The model's ``user_factors_`` layout (no bias column) and its user bias."""
-        k = int(self.settings["factors"])
-        return np.ascontiguousarray(factors[:, :k]), bias
 
 
 def _fit_epochs(model: FactorModel) -> list[dict[str, Any]]:
@@ -600,26 +280,6 @@ def _ids_of(user_ids: Any) -> pd.Index:
     return pd.Index(list(user_ids))
 
 
-def score_top_k(
-    uvec: np.ndarray,
-    ivec: np.ndarray,
-    exclude: sp.csr_matrix | None,
-    n: int,
-    chunk_cells: int = DEFAULT_CHUNK_CELLS,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``n`` columns of ``uvec @ ivec.T`` per row, minus ``exclude``, chunk by chunk."""
-    k = min(n, ivec.shape[0])
-    idx = np.empty((len(uvec), k), np.int64)
-    val = np.empty((len(uvec), k), np.float32)
-    step = chunk_rows(ivec.shape[0], chunk_cells)
-    for start in range(0, len(uvec), step):
-        stop = min(start + step, len(uvec))
-        scores = np.asarray(uvec[start:stop] @ ivec.T, dtype=np.float32)
-        mask = exclude[start:stop] if exclude is not None else None
-        idx[start:stop], val[start:stop] = top_k_of_scores(scores, n, mask)
-    return idx, val
-
-
 def recommend_with_history(
     model: FactorModel,
     user_ids: Any,
@@ -699,47 +359,3 @@ def recommend_with_history(
     )
     out.attrs["skipped"] = hist.skipped
     return out
-
-
-def top_k_block(
-    spec: FoldIn,
-    frame: pd.DataFrame,
-    n: int,
-    *,
-    unknown_items: str = "error",
-    filter_seen: bool = True,
-    chunk_cells: int = DEFAULT_CHUNK_CELLS,
-    where: str = "history",
-) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Fold in every user of ``frame`` (whole histories) and keep their top ``n`` items.
-
-    The worker side of the batch job (:func:`mfdask.engine.foldin.recommend_history_all`):
-    users without a usable interaction are left out and counted rather than raised.
-
-    Returns
-    -------
-    DataFrame
-        ``user_id, rank, item_id, score`` (original ids).
-    dict
-        ``users`` folded in, ``empty_users`` left out, ``skipped_rows`` (unknown items).
-    """
-    hist = build_history(frame, spec, unknown_items=unknown_items, where=where)
-    usable = spec.usable(hist)
-    empty = int((~usable).sum())
-    if empty:
-        hist = hist.select(usable)
-    factors, bias = spec.solve(hist)
-    uvec = spec.user_vectors(factors, bias)
-    exclude = hist.seen(spec.n_items) if filter_seen else None
-    idx, val = score_top_k(uvec, spec.item_vectors, exclude, n, chunk_cells)
-    keep = idx >= 0
-    ranks = np.broadcast_to(np.arange(1, idx.shape[1] + 1, dtype=np.int32), idx.shape)
-    out = pd.DataFrame(
-        {
-            schema.USER_ID: np.repeat(hist.user_ids, keep.sum(axis=1)),
-            "rank": ranks[keep],
-            schema.ITEM_ID: spec.item_ids[idx[keep]],
-            "score": val[keep],
-        }
-    )
-    return out, {"users": hist.n_rows, "empty_users": empty, "skipped_rows": hist.skipped}
