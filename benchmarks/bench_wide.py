@@ -175,6 +175,7 @@ def run_mfdask(
     n_workers: int = 2,
     n_blocks: int | None = None,
     model_name: str = "als",
+    recommend_method: str = "exact",
 ) -> dict[str, Any]:
     import dask.dataframe as dd
     from distributed import Client, LocalCluster
@@ -231,15 +232,28 @@ def run_mfdask(
             out["save s"] = time.perf_counter() - started
             if recommend:
                 started = time.perf_counter()
-                recs = model.recommend_all(n=10, path=scratch / "recs", overwrite=True)
+                recs = model.recommend_all(
+                    n=10, path=scratch / "recs", overwrite=True, method=recommend_method
+                )
+                out["recommend method"] = recommend_method
                 out["recommend_all s"] = time.perf_counter() - started
                 out["recommendations"] = recs.rows
+        spilled = client.run(_bytes_spilled)
+        out["spilled GiB"] = round(sum(spilled.values()) / 2**30, 3)
+        # A worker restarted by its nanny (memory limit) is a new process: count them.
+        out["worker processes"] = len(mon.worker_peaks)
         out["client peak GiB"] = mon.client_peak / 2**30
         out["worker peak GiB"] = sorted(round(v / 2**30, 2) for v in mon.worker_peaks.values())[-2:]
     finally:
         client.close()
         cluster.close()
     return out
+
+
+def _bytes_spilled(dask_worker: Any) -> float:
+    """Bytes this worker ever wrote to its spill directory (0 when nothing spilled)."""
+    metrics = getattr(dask_worker.data, "cumulative_metrics", {})
+    return float(metrics.get(("disk-write", "bytes"), 0.0))
 
 
 def run_implicit(data: Path, iterations: int) -> dict[str, Any]:
@@ -300,6 +314,12 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="also time the exact recommend_all of every user's top 10 (users x items work)",
     )
+    parser.add_argument(
+        "--recommend-method",
+        default="exact",
+        choices=("exact", "ann", "auto"),
+        help="recommend_all's method (ann needs mfdask[ann])",
+    )
     parser.add_argument("--scratch", default=None)
     parser.add_argument("--phase-only", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -316,6 +336,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.workers,
                 args.n_blocks,
                 args.model,
+                args.recommend_method,
             )
         else:
             result = run_implicit(data, args.iterations)

@@ -307,6 +307,42 @@ def test_routed_half_steps_give_the_broadcast_floats(client, clustered, n_blocks
     assert [h["loss"] for h in a.history_] == [h["loss"] for h in b.history_]
 
 
+@pytest.mark.parametrize("n_blocks", [1, 3])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"regularization_scaling": "count"},
+        {"confidence": "implicit", "regularization_scaling": "none", "alpha": 20.0},
+    ],
+)
+def test_reduced_item_half_solves_the_per_row_cg(client, clustered, n_blocks, params):
+    """The item half by reduced products (forced on small data) runs each item's CG as
+    the per-row kernel does; only the order of the float32 sums differs. An item with no
+    positive (only low ratings) stays at zero, as in the kernel."""
+    import dask
+
+    frame, _ = clustered
+    unrated = pd.DataFrame({"user_id": frame.user_id.unique()[:5], "item_id": 999, "rating": 1.0})
+    frame = pd.concat([frame, unrated], ignore_index=True)
+    fits = {}
+    for routing in ("broadcast", "reduce"):
+        with dask.config.set({"mfdask.als.routing": routing}):
+            fits[routing] = ALS(
+                factors=6, iterations=4, n_blocks=n_blocks, random_state=0, **params
+            ).fit(dd.from_pandas(frame, 4))
+    a, b = fits["broadcast"], fits["reduce"]
+    assert b.metrics_["traffic"]["item_half"]["reduced"]
+    assert not a.metrics_["traffic"]["item_half"]["reduced"]
+    scale = np.abs(a.item_factors_).max()
+    np.testing.assert_allclose(b.item_factors_, a.item_factors_, atol=1e-4 * scale)
+    np.testing.assert_allclose(b.user_factors_, a.user_factors_, atol=1e-4 * scale)
+    assert not b.item_factors_[b.item_index([999])[0]].any()
+    pd.testing.assert_frame_equal(
+        a.recommend(frame.user_id.unique()[:20], n=5)[["user_id", "item_id"]],
+        b.recommend(frame.user_id.unique()[:20], n=5)[["user_id", "item_id"]],
+    )
+
+
 def test_auto_routing_routes_only_the_large_side(client, clustered):
     frame, _ = clustered
     dense = pd.DataFrame(
@@ -354,3 +390,14 @@ def test_traffic_counts_the_routed_rows_between_workers(client, clustered):
     assert 0 < t["item_half"]["rows_between_workers"] < expected
     assert t["item_half"]["rows"] == t["item_half"]["rows_between_workers"]
     assert t["item_half"]["bytes_between_workers"] == t["item_half"]["rows_between_workers"] * 16
+
+
+def test_default_blocks_bound_the_largest_factor_block():
+    from mfdask.engine.als import BLOCK_BYTES, default_blocks
+
+    assert default_blocks(2, 6040, 64) == 2  # ML-1M: one block per worker
+    # 20M users x 64 factors = 5.1 GB: 2.6 GB per worker, 5 blocks of <= 512 MiB each.
+    blocks = default_blocks(2, 20_000_000, 64)
+    assert blocks == 10 and blocks % 2 == 0
+    assert 20_000_000 * 64 * 4 / blocks <= BLOCK_BYTES
+    assert default_blocks(3, 10, 8) == 3

@@ -43,6 +43,7 @@ the numba kernels release the GIL, so the ranges run in parallel.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -70,6 +71,7 @@ from mfdask.engine.resilience import WorkerLostError, collect, gather
 from mfdask.engine.state import FactorBlocks, SeenBlocks
 from mfdask.errors import ALSNumericalError
 from mfdask.kernels.als import (
+    cg_products_rows,
     objective_rows_parts,
     penalty_rows,
     route_columns,
@@ -263,7 +265,7 @@ def routed_source(gram: np.ndarray, whole: np.ndarray | None, *slices: np.ndarra
     return Source(factors=factors, gram=gram, rest=rest)
 
 
-ROUTINGS = ("auto", "route", "broadcast")
+ROUTINGS = ("auto", "route", "broadcast", "reduce")
 
 ROUTE_ABOVE_BYTES = 64 * 2**20
 """With ``routing="auto"``, a source side of more float32 bytes than this is routed."""
@@ -276,6 +278,178 @@ def routing_for(mode: str, n_src_rows: int, k: int, above_bytes: int) -> bool:
     if mode == "auto":
         return n_src_rows * k * 4 > above_bytes
     return mode == "route"
+
+
+def reduction_for(
+    mode: str, spec: SolveSpec, n_src_rows: int, n_dst_rows: int, n_blocks: int, routes: bool
+) -> bool:
+    """Whether the item half solves by reduced CG products instead of routing users.
+
+    Only the CG solver can (Cholesky needs each row's whole ``k x k`` matrix, which
+    would be ``n_dst k^2`` floats per source block), and only when the source blocks
+    still index the destination globally (the user half is not routed). With
+    ``mode="auto"`` it replaces routing when its traffic, ``2 (cg_steps + 1)`` passes of
+    one ``k``-vector per destination row and source block, is below the source side
+    itself (what routing moves at most): at 10M users and 100k items on 2 blocks that
+    is 1.6M against 10M rows.
+    """
+    if spec.solver != "cg" or mode not in ("auto", "reduce"):
+        return False
+    if mode == "reduce":
+        return True
+    passes = 2 * (int(spec.cg_steps) + 1) * int(n_blocks)
+    return routes and passes * n_dst_rows < n_src_rows
+
+
+@dataclass
+class ReducedCG:
+    """The destination side's conjugate-gradient state in a reduced half-step.
+
+    All destination rows at once (the item side: small next to the users); CG runs per
+    row exactly as in :func:`~mfdask.kernels.als.solve_rows_cg_parts`, with the sums over
+    each row's observed entries summed from the source blocks' products.
+
+    Attributes
+    ----------
+    x, r, p : (n_dst, k) float32
+        The iterate, residual and search direction of every row.
+    rs : (n_dst,) float32
+        ``|r|^2`` of every row.
+    active : (n_dst,) bool
+        Rows still stepping (a row stops as the kernel's does: on ``|r|^2 < 1e-20`` or
+        a non-positive curvature ``p . A p``; a row without entries is zero).
+    """
+
+    x: np.ndarray
+    r: np.ndarray
+    p: np.ndarray
+    rs: np.ndarray
+    active: np.ndarray
+
+
+def column_counts(block: RowBlock) -> np.ndarray:
+    """Entries per column of one block (summed: each destination row's ``n_i``)."""
+    return np.bincount(block.indices, minlength=block.n_cols).astype(np.int64)
+
+
+def sum_parts(*parts: np.ndarray) -> np.ndarray:
+    """The sum of same-shaped arrays, in the order given, without stacking them."""
+    total = np.array(parts[0], copy=True)
+    for part in parts[1:]:
+        total += part
+    return total
+
+
+def interleave_rows(n_rows: int, *blocks: np.ndarray) -> np.ndarray:
+    """The whole side from its residue blocks (row ``g`` is row ``g // R`` of block ``g % R``)."""
+    full = np.empty((n_rows, blocks[0].shape[1]), dtype=np.float32)
+    for b, f in enumerate(blocks):
+        full[b :: len(blocks)] = f
+    return full
+
+
+def cg_products(
+    block: RowBlock, factors: np.ndarray, vectors: np.ndarray, spec: SolveSpec, residual: bool
+) -> np.ndarray:
+    """One source block's share of the destination's CG products (runs on its worker).
+
+    See :func:`~mfdask.kernels.als.cg_products_rows`; with several threads each takes a
+    range of rows into its own output, summed here.
+    """
+    k = factors.shape[1]
+    args = (float(spec.alpha), float(spec.confidence_offset), bool(residual))
+    ranges = row_ranges(block.indptr, k, _thread_count(spec))
+
+    def run(lo: int, hi: int) -> np.ndarray:
+        out = np.zeros((block.n_cols, k), dtype=np.float32)
+        cg_products_rows(block.indptr, block.indices, block.data, factors, vectors, *args,
+                         out, lo, hi)  # fmt: skip
+        return out
+
+    if len(ranges) == 1:
+        return run(*ranges[0])
+    return sum_parts(*_executor(len(ranges)).map(lambda r: run(*r), ranges))
+
+
+def _cg_terms(
+    gram: np.ndarray, counts: np.ndarray, spec: SolveSpec
+) -> tuple[np.ndarray, np.ndarray]:
+    lam = float(spec.regularization) * (
+        counts.astype(np.float32) if spec.count_scaled else np.ones(len(counts), np.float32)
+    )
+    return gram.astype(np.float32), lam.astype(np.float32)[:, None]
+
+
+def begin_reduced_cg(
+    previous: np.ndarray,
+    residual: np.ndarray,
+    gram: np.ndarray,
+    counts: np.ndarray,
+    spec: SolveSpec,
+) -> ReducedCG:
+    """``r = b - A x`` from the warm start ``previous`` and the summed residual products
+    (``residual`` already holds ``b - sum (C - 1)(y . x) y``; ``YᵀY x + lam x`` is taken
+    here)."""
+    g, lam = _cg_terms(gram, counts, spec)
+    empty = counts == 0
+    x = np.array(previous, dtype=np.float32, copy=True)
+    x[empty] = 0.0
+    r = residual - x @ g - lam * x
+    r[empty] = 0.0
+    return ReducedCG(x=x, r=r, p=r.copy(), rs=np.einsum("ij,ij->i", r, r), active=~empty)
+
+
+def cg_directions(state: ReducedCG) -> np.ndarray:
+    """The search directions the source blocks multiply next."""
+    return state.p
+
+
+def step_reduced_cg(
+    state: ReducedCG, products: np.ndarray, gram: np.ndarray, counts: np.ndarray, spec: SolveSpec
+) -> ReducedCG:
+    """One CG step of every active row, from ``sum (C - 1)(y . p) y`` over its entries."""
+    g, lam = _cg_terms(gram, counts, spec)
+    active = state.active & (state.rs >= 1e-20)
+    ap = state.p @ g + lam * state.p + products
+    pap = np.einsum("ij,ij->i", state.p, ap)
+    active &= pap > 0.0
+    step = np.divide(state.rs, pap, out=np.zeros_like(pap), where=active)[:, None]
+    x = state.x + step * state.p
+    r = state.r - step * ap
+    rs_new = np.einsum("ij,ij->i", r, r)
+    beta = np.divide(rs_new, state.rs, out=np.zeros_like(rs_new), where=active)[:, None]
+    p = np.where(active[:, None], r + beta * state.p, np.float32(0.0)).astype(np.float32)
+    rs = np.where(active, rs_new, state.rs).astype(np.float32)
+    return ReducedCG(x=x, r=r, p=p, rs=rs, active=active)
+
+
+def reduced_block(state: ReducedCG, block: int, n_blocks: int) -> np.ndarray:
+    """Destination block ``block``'s new factors (its residue rows of the CG iterate)."""
+    out = np.ascontiguousarray(state.x[block::n_blocks], dtype=np.float32)
+    if not np.isfinite(out).all():
+        raise ALSNumericalError(
+            f"ALS produced NaN/inf factors in block {block}: raise regularization or lower alpha"
+        )
+    return out
+
+
+BLOCK_BYTES = 512 * 2**20
+"""With no ``n_blocks`` given, the largest factor block one side may have (float32 bytes)."""
+
+
+def default_blocks(n_workers: int, n_rows: int, k: int) -> int:
+    """Blocks per side when ``n_blocks`` is not given: one per worker, or more when the
+    larger side's block would pass ``mfdask.als.block-bytes`` (default
+    :data:`BLOCK_BYTES`).
+
+    A half-step holds a block's previous and new factors until its solve ends, so one
+    block per worker would double the largest side on every worker (20M users at 64
+    factors: 2 x 2.6 GB on each of 2 workers). In blocks of at most 512 MiB a worker's
+    extra is one block. Blocks stay a multiple of the workers, so each has as many.
+    """
+    limit = int(dask.config.get("mfdask.als.block-bytes", BLOCK_BYTES))
+    per_worker = n_rows * k * 4 / max(1, n_workers)
+    return max(1, n_workers) * max(1, math.ceil(per_worker / max(1, limit)))
 
 
 @lru_cache(maxsize=4)
@@ -406,6 +580,14 @@ class HalfStep:
     in_place : list of int
         Routed: for each destination block, the source block on its own worker that it
         reads whole where it is (nothing taken, sent or copied), or -1.
+    n_dst : int
+        Rows of the destination side.
+    reduced_from : list of Future, or None
+        Reduced: the source side's rating blocks (columns index the destination).
+    counts : Future or None
+        Reduced: entries per destination row (for ``lam_i`` and empty rows).
+    passes : int
+        Reduced: products computed per half-step (``cg_steps + 1``).
     """
 
     dst_blocks: list[Future]
@@ -414,12 +596,22 @@ class HalfStep:
     n_src: int
     needed: list[list[Future]] | None = None
     in_place: list[int] | None = None
+    n_dst: int = 0
     rows_sent: int = 0
     rows_crossing: int = 0
+    reduced_from: list[Future] | None = None
+    counts: Future | None = None
+    passes: int = 0
 
     @property
     def routed(self) -> bool:
         return self.needed is not None
+
+    @property
+    def reduced(self) -> bool:
+        """Solved by reduced CG products (:func:`reduction_for`): the source's rating
+        blocks (``reduced_from``) multiply the destination's vectors where they are."""
+        return self.reduced_from is not None
 
     def traffic(self, k: int) -> dict[str, Any]:
         """Factor rows and bytes a half-step moves to its destinations per iteration.
@@ -428,13 +620,20 @@ class HalfStep:
         between workers; a block read in place moves nothing); broadcast: the whole
         source to each worker holding destination blocks but its own.
         """
-        if self.routed:
+        if self.reduced:
+            # Each pass sends every source worker the vectors and takes back its sum of
+            # products; the destination's CG state stays on one worker.
+            per_pass = 2 * self.n_dst
+            rows = per_pass * self.passes * len(set(self.src_where))
+            crossing = per_pass * self.passes * max(0, len(set(self.src_where)) - 1)
+        elif self.routed:
             rows, crossing = self.rows_sent, self.rows_crossing
         else:
             rows = self.n_src * len(set(self.dst_where))
             crossing = self.n_src * max(0, len(set(self.dst_where)) - 1)
         return {
             "routed": self.routed,
+            "reduced": self.reduced,
             "rows": int(rows),
             "rows_between_workers": int(crossing),
             "bytes_between_workers": int(crossing) * k * 4,
@@ -616,10 +815,32 @@ class BlockALS:
         src_where: list[str],
         n_src: int,
         k: int,
+        src_half: HalfStep | None = None,
     ) -> HalfStep:
-        """A half-step's wiring; plans the routes (one pass over the ratings) when routed."""
-        half = HalfStep(dst_blocks, dst_where, src_where, n_src)
-        if not routing_for(self.routing, n_src, k, self.route_above_bytes):
+        """A half-step's wiring; plans the routes (one pass over the ratings) when routed.
+
+        ``src_half`` (the other half, wired before) offers its rating blocks for a
+        reduced solve (:func:`reduction_for`)."""
+        n_dst = self.n_items if src_half is not None else self.n_users
+        half = HalfStep(dst_blocks, dst_where, src_where, n_src, n_dst=n_dst)
+        routes = routing_for(self.routing, n_src, k, self.route_above_bytes)
+        if (
+            src_half is not None
+            and not src_half.routed
+            and reduction_for(self.routing, self.spec, n_src, n_dst, self.n_blocks, routes)
+        ):
+            half.reduced_from = list(src_half.dst_blocks)
+            half.passes = int(self.spec.cg_steps) + 1
+            half.counts = self._tree(
+                sum_parts,
+                [
+                    self._pinned(column_counts, b, where=w)
+                    for b, w in zip(half.reduced_from, src_where, strict=True)
+                ],
+            )
+            collect(self.client, [half.counts], self._watched)
+            return half
+        if not routes:
             return half
         # Each destination reads the first source block on its own worker in place.
         half.in_place = [next((s for s, w_src in enumerate(src_where) if w_src == w), -1)
@@ -674,8 +895,9 @@ class BlockALS:
                 self.user_blocks, self._user_where, self._item_where, self.n_items, k
             )
             self._item_half = self._wire(
-                self.item_blocks, self._item_where, self._user_where, self.n_users, k
-            )
+                self.item_blocks, self._item_where, self._user_where, self.n_users, k,
+                src_half=self._user_half,
+            )  # fmt: skip
             self.user_blocks = self._user_half.dst_blocks
             self.item_blocks = self._item_half.dst_blocks
         self.user_factors = self._blocks_of(user_factors, self._user_where)
@@ -740,16 +962,58 @@ class BlockALS:
     # -- iterations ---------------------------------------------------------------
     def _gram(self, factor_blocks: list[Future], where: list[str]) -> Future:
         """``srcᵀsrc`` as a tree reduction of per-block partials (fan-in GRAM_FAN_IN)."""
-        level = [
-            self._pinned(partial_gram, f, where=w)
-            for f, w in zip(factor_blocks, where, strict=True)
-        ]
+        return self._tree(
+            sum_grams,
+            [
+                self._pinned(partial_gram, f, where=w)
+                for f, w in zip(factor_blocks, where, strict=True)
+            ],
+        )
+
+    def _tree(self, add: Callable[..., Any], level: list[Future]) -> Future:
+        """``add`` over ``level`` as a tree of fan-in :data:`GRAM_FAN_IN`."""
         while len(level) > 1:
             level = [
-                self.client.submit(sum_grams, *level[i : i + GRAM_FAN_IN], pure=False)
+                self.client.submit(add, *level[i : i + GRAM_FAN_IN], pure=False)
                 for i in range(0, len(level), GRAM_FAN_IN)
             ]
         return level[0]
+
+    def _solve_reduced(
+        self, half: HalfStep, src_factors: list[Future], previous: list[Future]
+    ) -> list[Future]:
+        """The destination's CG with every sum over observed entries reduced from the
+        source blocks (:class:`ReducedCG`): ``cg_steps + 1`` passes, each sending the
+        destination's vectors to the source blocks and summing their products back."""
+        if half.reduced_from is None:
+            raise RuntimeError("_solve_reduced needs a half-step wired as reduced")
+        src = list(zip(half.reduced_from, src_factors, half.src_where, strict=True))
+        gram = self._gram(src_factors, half.src_where)
+        submit = self.client.submit
+
+        def products(vectors: Future, residual: bool) -> Future:
+            return self._tree(
+                sum_parts,
+                [
+                    self._pinned(cg_products, b, f, vectors, self.spec, residual, where=w)
+                    for b, f, w in src
+                ],
+            )
+
+        x = submit(interleave_rows, half.n_dst, *previous, pure=False)
+        state = submit(
+            begin_reduced_cg, x, products(x, True), gram, half.counts, self.spec, pure=False
+        )
+        for _ in range(int(self.spec.cg_steps)):
+            p = submit(cg_directions, state, pure=False)
+            state = submit(
+                step_reduced_cg, state, products(p, False), gram, half.counts, self.spec,
+                pure=False,
+            )  # fmt: skip
+        return [
+            self._pinned(reduced_block, state, b, self.n_blocks, where=w)
+            for b, w in enumerate(half.dst_where)
+        ]
 
     def _sources(self, half: HalfStep, factor_blocks: list[Future]) -> list[Future]:
         """What each destination block of ``half`` solves against, from the source factors."""
@@ -792,8 +1056,11 @@ class BlockALS:
         user_half, item_half = self._halves()
         user_sources = self._user_sources or self._sources(user_half, self.item_factors)
         self.user_factors = self._solve(user_half, user_sources, self.user_factors)
-        item_sources = self._sources(item_half, self.user_factors)
-        self.item_factors = self._solve(item_half, item_sources, self.item_factors)
+        if item_half.reduced:
+            self.item_factors = self._solve_reduced(item_half, self.user_factors, self.item_factors)
+        else:
+            item_sources = self._sources(item_half, self.user_factors)
+            self.item_factors = self._solve(item_half, item_sources, self.item_factors)
         self._user_sources = self._sources(user_half, self.item_factors)
 
     def loss(self) -> float:

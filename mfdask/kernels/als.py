@@ -318,6 +318,53 @@ def penalty_rows(
     return total
 
 
+@njit(nogil=True, cache=True, fastmath=True)
+def cg_products_rows(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    factors: np.ndarray,
+    vectors: np.ndarray,
+    alpha: float,
+    offset: float,
+    residual: bool,
+    out: np.ndarray,
+    start: int,
+    stop: int,
+) -> None:
+    """Add one block's share of the *other* side's CG products into ``out`` (in place).
+
+    The block's rows ``start..stop-1`` are the source side of a half-step (users, for
+    the item half) with column indices into the destination rows (items), and
+    ``vectors`` holds one ``(k,)`` vector per destination row. For every observed entry
+    ``(u, i)`` with confidence ``C_ui = offset + alpha * r``::
+
+        residual=False:  out[i] += (C_ui - 1) (x_u . v_i) x_u        (a share of A_i v_i)
+        residual=True:   out[i] += (C_ui - (C_ui - 1) (x_u . v_i)) x_u
+                                       (a share of b_i - (A_i - Y^T Y - lam_i I) v_i)
+
+    Summed over the source blocks these are the sums over ``obs(i)`` that
+    :func:`solve_rows_cg_parts` forms row by row, so the destination's CG runs without
+    any source row leaving its block: only ``vectors`` and ``out``, one ``k``-vector per
+    destination row, move.
+    """
+    k = factors.shape[1]
+    for row in range(start, stop):
+        lo = indptr[row]
+        hi = indptr[row + 1]
+        if hi == lo:
+            continue
+        for j in range(lo, hi):
+            i = indices[j]
+            c = np.float32(offset + alpha * data[j])
+            dot = np.float32(0.0)
+            for q in range(k):
+                dot += factors[row, q] * vectors[i, q]
+            w = (c - (c - np.float32(1.0)) * dot) if residual else (c - np.float32(1.0)) * dot
+            for q in range(k):
+                out[i, q] += w * factors[row, q]
+
+
 @njit(nogil=True, cache=True)
 def route_columns(
     indices: np.ndarray, n_cols: int, n_src_blocks: int, in_place: int

@@ -10,9 +10,10 @@ import numpy as np
 from mfdask.data import schema
 from mfdask.data.implicit import positive_cut
 from mfdask.data.training import TrainingData, map_ratings
-from mfdask.engine.als import BlockALS, SolveSpec
+from mfdask.engine.als import BlockALS, SolveSpec, default_blocks
 from mfdask.engine.blocks import positive_counts
 from mfdask.engine.checkpoint import BlockFiles
+from mfdask.engine.cluster import worker_addresses
 from mfdask.engine.state import FactorBlocks, keeps_on_workers
 from mfdask.engine.trainer import FitResult, IterationReport, Objective, State
 from mfdask.models.base import (
@@ -371,7 +372,8 @@ class _ALSObjective(Objective):
             m._spec(),
             positive_threshold=threshold,
             binary=binary,
-            n_blocks=m._resumable_blocks(),
+            n_blocks=m._resumable_blocks()
+            or default_blocks(len(worker_addresses(client)), max(data.n_users, data.n_items), k),
             seen_on_workers=self.on_workers[0],
             keep_on_workers=self.on_workers,
         )
