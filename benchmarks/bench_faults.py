@@ -104,7 +104,7 @@ def run_model(name: str, args, train: Path, test: Path, work: Path) -> list[dict
             metric, clean_score = _metric(clean, test)
 
             def kill(record):
-                if record.get("iteration", record.get("epoch")) == KILL_AFTER and not kill.done:
+                if record["iteration"] == KILL_AFTER and not kill.done:
                     kill.done = True
                     cluster.kill_worker(1)
 
@@ -142,7 +142,7 @@ def run_model(name: str, args, train: Path, test: Path, work: Path) -> list[dict
             warm(test)
 
             def crash(record):
-                if record.get("iteration", record.get("epoch")) == CRASH_AFTER:
+                if record["iteration"] == CRASH_AFTER:
                     raise _Crash
 
             try:

@@ -52,7 +52,7 @@ def scenarios():
         "svd": (SVD, {"factors": 8, "epochs": 8, **one}, False),
         "svd_bold_val": (
             SVD,
-            {"factors": 8, "epochs": 12, "lr_schedule": "bold_driver", **one},
+            {"factors": 8, "epochs": 12, "learning_rate_schedule": "bold_driver", **one},
             True,
         ),
         "svd_ckpt_val": (
@@ -61,7 +61,7 @@ def scenarios():
                 "factors": 8,
                 "epochs": 30,
                 "checkpoint_every": 2,
-                "lr_schedule": "constant",
+                "learning_rate_schedule": "constant",
                 "early_stopping_rounds": 2,
                 **one,
             },

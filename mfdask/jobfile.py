@@ -181,24 +181,25 @@ def coerce_params(
         An unknown name (with the valid names and the closest match) or a value of the
         wrong type (with the expected type and the default).
     """
-    valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    valid = cls._param_names()
+    renamed = cls.renamed_params  # old names pass through: the model warns and maps them
     out: dict[str, Any] = {}
     for name, value in values.items():
-        if name not in valid:
+        if name not in valid and name not in renamed:
             close = difflib.get_close_matches(name, valid, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise JobFileError(
                 f"{source}: {cls.__name__} has no hyper-parameter {name!r}{hint}; "
                 f"valid: {', '.join(valid)}"
             )
-        kinds, nullable = _kinds(cls, name)
+        kinds, nullable = _kinds(cls, renamed.get(name, name))
         try:
             if text:
                 out[name] = _from_text(str(value), kinds, nullable)
             else:
                 out[name] = _from_toml(value, kinds, nullable)
         except ValueError:
-            default = inspect.signature(cls.__init__).parameters[name].default
+            default = inspect.signature(cls.__init__).parameters[renamed.get(name, name)].default
             raise JobFileError(
                 f"{source}: {cls.__name__} {name} must be {_describe(kinds, nullable)} "
                 f"(default {default!r}), got {value!r}"

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mfdask._warnings import HistoryRecord
+
 LOSS_KEYS = ("loss", "train_rmse", "objective")
 """History fields that hold the training objective, in order of preference."""
 
@@ -57,7 +59,7 @@ def loss_curve(history: Sequence[Mapping[str, Any]]) -> tuple[str, list[float], 
     """``(name, x, y)`` of the training objective in ``history`` (empty if none recorded)."""
     for key in LOSS_KEYS:
         points = [
-            (float(r.get("epoch", r.get("iteration", i + 1))), float(r[key]))
+            (float(HistoryRecord(r).get("iteration", i + 1)), float(r[key]))
             for i, r in enumerate(history)
             if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])
         ]
@@ -78,7 +80,7 @@ def _validation_curves(history: Sequence[Mapping[str, Any]]) -> dict[str, list[t
         for key, value in r.items():
             if key.startswith(VALIDATION_PREFIXES) and isinstance(value, (int, float)):
                 if math.isfinite(value):
-                    x = float(r.get("epoch", r.get("iteration", i + 1)))
+                    x = float(HistoryRecord(r).get("iteration", i + 1))
                     out.setdefault(key, []).append((x, float(value)))
     return out
 
@@ -102,7 +104,7 @@ def plot_losses(
     for ax, (name, (key, x, y)) in zip(axes.ravel(), curves.items(), strict=False):
         ax.plot(x, y, marker="o", markersize=3, label=f"train {key}")
         ax.set_title(name)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("iteration (epoch for SGD models)")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
         validation = _validation_curves(histories[name])

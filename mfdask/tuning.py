@@ -53,6 +53,7 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 
+from mfdask._progress import progress_bar
 from mfdask.data import schema
 from mfdask.data.dataset import Dataset, is_dataset, open_dataset
 from mfdask.data.split import DEFAULT_MIN_POSITIVES, assign_test
@@ -580,15 +581,7 @@ def tune(
                 raise optuna.TrialPruned(f"pruned after iteration {len(scores)}")
             return float(arr[best])
 
-        bar = None
-        if show_progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(
-                total=n_trials,
-                unit="trial",
-                disable=os.environ.get("MFDASK_NO_PROGRESS") == "1",
-            )
+        bar = progress_bar(show_progress, n_trials, "trial")
 
         def progress(study: Any, trial: Any) -> None:
             if bar is None:

@@ -28,6 +28,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from mfdask._progress import progress_bar
 from mfdask.errors import FetchError
 
 log = logging.getLogger("mfdask")
@@ -131,11 +132,7 @@ def _download(url: str, out: Path, timeout: float, progress: bool) -> str:
     md5 = hashlib.md5()
     with urllib.request.urlopen(url, timeout=timeout) as response, open(out, "wb") as f:
         total = int(response.headers.get("Content-Length") or 0) or None
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=total, unit="B", unit_scale=True, desc=out.name, file=sys.stderr)
+        bar = progress_bar(progress, total, "B", unit_scale=True, desc=out.name, file=sys.stderr)
         try:
             for chunk in iter(lambda: response.read(1 << 20), b""):
                 f.write(chunk)

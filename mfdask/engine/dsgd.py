@@ -97,7 +97,6 @@ from __future__ import annotations
 
 import itertools
 import operator
-import os
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -110,6 +109,7 @@ import dask.dataframe as dd
 import numpy as np
 from distributed import Client, Future, get_worker
 
+from mfdask._progress import progress_bar
 from mfdask.data.training import LocalRatings
 from mfdask.engine.blocks import (
     RowBlock,
@@ -1231,9 +1231,7 @@ def train(
     reports: list[EpochReport] = []
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=epochs, unit="epoch", disable=os.environ.get("MFDASK_NO_PROGRESS") == "1")
+        bar = progress_bar(True, epochs, "epoch")
     try:
         for epoch in range(epochs):
             report = engine.run_epoch(make_kernel(epoch, reports), epoch, seed, shuffle_strata)

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextvars
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -48,6 +47,8 @@ from typing import Any
 
 import numpy as np
 
+from mfdask._progress import progress_bar
+from mfdask._warnings import HistoryRecord
 from mfdask.engine.als import BlockALS
 from mfdask.engine.checkpoint import BlockFiles, Checkpoint, FitCheckpoints
 from mfdask.engine.cluster import session
@@ -84,15 +85,6 @@ _LEGACY_ARRAYS = {
     "best_item_factors": "best.item.factors",
 }
 """Array names of ALS checkpoints written before the trainer (read back under the new)."""
-
-
-def progress_bar(show: bool, total: int, unit: str) -> Any:
-    """A tqdm bar over ``total`` iterations, or None (``MFDASK_NO_PROGRESS=1`` hides it)."""
-    if not show:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit=unit, disable=os.environ.get("MFDASK_NO_PROGRESS") == "1")
 
 
 @dataclass(frozen=True)
@@ -603,7 +595,7 @@ class Trainer:
 
         def step(iteration: int) -> bool:
             report = driver.run(iteration)
-            record = objective.record(iteration, report)
+            record = HistoryRecord(objective.record(iteration, report))
             for key in objective.finite_keys:
                 if key in record and not math.isfinite(record[key]):
                     raise ModelFitError(
@@ -659,7 +651,7 @@ class Trainer:
                 arrays = {_LEGACY_ARRAYS.get(k, k): a for k, a in point.arrays.items()}
                 driver.seed = int(point.state.get("seed", 0))
                 objective.load_state(point.state)
-                history[:] = list(point.state["history"])
+                history[:] = [HistoryRecord(r) for r in point.state["history"]]
                 best.restore(arrays, point.state.get("best"))
             if bar is not None:
                 bar.n = len(history)

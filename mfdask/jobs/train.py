@@ -180,7 +180,7 @@ def _resolve_init(args: argparse.Namespace, job: dict[str, Any], settings: dict[
 
 def _progress(total: int | None):
     def report(record: dict[str, Any]) -> None:
-        epoch = record.get("epoch", record.get("iteration", "?"))
+        epoch = record.get("iteration", "?")
         parts = [f"epoch {epoch}" + (f"/{total}" if total else "")]
         for key in ("loss", "train_rmse", "validation_rmse", "auc", "validation"):
             value = record.get(key)

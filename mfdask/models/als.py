@@ -141,6 +141,8 @@ class ALS(FactorModel):
         is a positive).
     random_state : int or None
         Seed of the initial factors.
+        Default 0 in every model, so that a job run twice gives the same model; None
+        draws fresh entropy (kept for a restart within the fit).
     n_threads : int or None
         Threads per block solve on a worker; None uses the worker's threads.
     n_blocks : int or None
@@ -212,7 +214,7 @@ class ALS(FactorModel):
         weighting: str | None = None,
         epsilon: float = 1.0,
         positive_threshold: float = schema.DEFAULT_POSITIVE_THRESHOLD,
-        random_state: int | None = None,
+        random_state: int | None = 0,
         n_threads: int | None = None,
         n_blocks: int | None = None,
         calculate_training_loss: bool = True,

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
+from mfdask._warnings import FitMetrics, HistoryRecord, warn_renamed
 from mfdask.data import schema
 from mfdask.data.dataset import Dataset, atomic_directory, open_dataset, write_json_atomic
 from mfdask.data.training import TrainingData, as_training_data
@@ -131,6 +132,10 @@ class FactorModel:
     similar_items_shrinkage: ClassVar[float] = 10.0
     """Default ``shrinkage`` (β) of :meth:`similar_items`: cosine × n/(n + β)."""
     search_space: ClassVar[dict[str, dict[str, Any]]] = {}
+    renamed_params: ClassVar[dict[str, str]] = {}
+    """Old constructor names -> new ones, accepted for one release with a
+    ``DeprecationWarning`` (in the constructor, :meth:`set_params`, job files, saved
+    models) and readable as attributes."""
     """The default search space of :func:`mfdask.tune`: parameter -> ``{"low", "high",
     "log"}`` (an integer range when both bounds are integers) or ``{"choices": [...]}``."""
 
@@ -305,7 +310,51 @@ class FactorModel:
     @classmethod
     def _param_names(cls) -> list[str]:
         sig = inspect.signature(cls.__init__)
-        return [p for p in sig.parameters if p != "self"]
+        plain = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        return [n for n, p in sig.parameters.items() if n != "self" and p.kind in plain]
+
+    @classmethod
+    def _new_param_names(cls, params: dict[str, Any], warn: bool = True) -> dict[str, Any]:
+        """``params`` with the old names of :attr:`renamed_params` replaced by the new."""
+        out = {}
+        for name, value in params.items():
+            new = cls.renamed_params.get(name)
+            if new is not None and warn:
+                warn_renamed(name, new, f"{cls.__name__} parameter ", stacklevel=4)
+            out[new or name] = value
+        return out
+
+    def _take_renamed(self, renamed: dict[str, Any]) -> None:
+        """Store constructor arguments given under an old name (``**renamed``), as the new."""
+        for name, value in renamed.items():
+            new = self.renamed_params.get(name)
+            if new is None:
+                raise TypeError(
+                    f"{type(self).__name__}.__init__() got an unexpected keyword argument {name!r}"
+                )
+            warn_renamed(name, new, f"{type(self).__name__} parameter ", stacklevel=4)
+            setattr(self, new, value)
+            self.__dict__.setdefault("_given_names", {})[new] = name
+
+    def _given_name(self, name: str) -> str:
+        """The name the user gave parameter ``name`` under (old or new), for messages."""
+        return str(self.__dict__.get("_given_names", {}).get(name, name))
+
+    if not TYPE_CHECKING:  # old names read and write the new attribute (hidden from mypy)
+
+        def __getattr__(self, name: str) -> Any:
+            new = type(self).renamed_params.get(name)
+            if new is None:
+                raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+            warn_renamed(name, new, f"{type(self).__name__} attribute ")
+            return getattr(self, new)
+
+        def __setattr__(self, name: str, value: Any) -> None:
+            new = type(self).renamed_params.get(name)
+            if new is not None:
+                warn_renamed(name, new, f"{type(self).__name__} attribute ")
+                name = new
+            object.__setattr__(self, name, value)
 
     def get_params(self) -> dict[str, Any]:
         """The constructor arguments, as stored (scikit-learn convention)."""
@@ -314,7 +363,7 @@ class FactorModel:
     def set_params(self, **params: Any) -> FactorModel:
         """Set constructor arguments by name; unknown names raise ``ValueError``."""
         valid = set(self._param_names())
-        for name, value in params.items():
+        for name, value in self._new_param_names(params).items():
             if name not in valid:
                 raise ValueError(
                     f"{type(self).__name__} has no parameter {name!r}; valid: {sorted(valid)}"
@@ -371,7 +420,7 @@ class FactorModel:
         self.items_ = data.items
         self.fingerprint_ = data.fingerprint
         self.history_ = []
-        self.metrics_ = {}
+        self.metrics_ = FitMetrics()
         self.user_positives_ = self.item_popularity_ = None
         started = time.perf_counter()
         try:
@@ -500,7 +549,7 @@ class FactorModel:
 
     def _record_epoch(self, record: dict[str, Any], callback: EpochCallback | None) -> bool:
         """Keep ``record`` in ``history_`` and call ``callback``; False means stop."""
-        self.history_.append(record)
+        self.history_.append(HistoryRecord(record))
         if callback is not None and callback(record) is False:
             return False
         return True
@@ -1155,7 +1204,7 @@ def load_model(
     try:
         meta = json.loads(meta_path.read_text())
         cls = model_class(meta["class"])
-        model = cls(**meta["params"])
+        model = cls(**cls._new_param_names(meta["params"], warn=False))
         layout = meta.get("layout", {})
         k = int(meta.get("factors", 0))
         model.user_ids_, model.user_factors_, uextra = _read_side(
@@ -1200,8 +1249,8 @@ def load_model(
         model.__dict__["_item_counts"] = (model.seen_items_, counts.astype(np.int64))
     model.fingerprint_ = meta["fingerprint"]
     model._set_feedback(meta.get("feedback", schema.FEEDBACK_RATINGS))
-    model.metrics_ = meta.get("metrics", {})
-    model.history_ = meta.get("history", [])
+    model.metrics_ = FitMetrics(meta.get("metrics", {}))
+    model.history_ = [HistoryRecord(r) for r in meta.get("history", [])]
     model._restore(uextra, iextra, meta.get("state", {}))
     if dataset is not None:
         model.check_dataset(dataset)

@@ -139,6 +139,8 @@ class BPR(PairwiseModel):
     random_state : int or None
         Seeds the initial factors, the visiting orders and the negatives. With one
         thread per cell a fit is reproducible for a given ``n_blocks``.
+        Default 0 in every model, so that a job run twice gives the same model; None
+        draws fresh entropy (kept for a restart within the fit).
     n_threads : int or None
         Hogwild threads per cell; None uses the worker's threads.
     n_blocks : int or None
@@ -212,7 +214,7 @@ class BPR(PairwiseModel):
         weighting: str | None = None,
         negative_samples: int | None = None,
         positive_threshold: float = schema.DEFAULT_POSITIVE_THRESHOLD,
-        random_state: int | None = None,
+        random_state: int | None = 0,
         n_threads: int | None = None,
         n_blocks: int | None = None,
         show_progress: bool = False,
@@ -266,7 +268,7 @@ class BPR(PairwiseModel):
         s = report.stats
         n = s["triples"]
         return {
-            "epoch": report.epoch + 1,
+            "iteration": report.epoch + 1,
             "objective": (s["loss"] + s["penalty"]) / n if n else float("nan"),
             "loss": s["loss"] / n if n else float("nan"),
             "auc": s["correct"] / n if n else float("nan"),

@@ -71,7 +71,7 @@ def _fit_epochs(model: FactorModel) -> list[dict[str, Any]]:
     """The epoch records of the model's first fit (what ``partial_fit`` added left out),
     up to the epoch it kept with early stopping."""
     records = [h for h in getattr(model, "history_", []) or [] if not h.get("update")]
-    best = model.metrics_.get("best_epoch") if getattr(model, "metrics_", None) else None
+    best = model.metrics_.get("best_iteration") if getattr(model, "metrics_", None) else None
     if isinstance(best, int) and best > 0:
         records = records[:best]
     return records
@@ -93,8 +93,8 @@ def _sgd_rates(model: FactorModel, epochs: int | None) -> np.ndarray:
             rates = [model.epoch_learning_rate(e) for e in range(n)]
         else:
             lr = float(cast(_FixedRate, model).learning_rate)
-            decay = float(getattr(model, "lr_decay", 1.0))
-            schedule = getattr(model, "lr_schedule", "constant")
+            decay = float(getattr(model, "learning_rate_decay", 1.0))
+            schedule = getattr(model, "learning_rate_schedule", "constant")
             rates = [lr * (decay**e if schedule == "decay" else 1.0) for e in range(n)]
     if epochs is not None:
         rates = (

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from mfdask._warnings import HistoryRecord
 from mfdask.data import schema
 from mfdask.data.dataset import id_map_fingerprint
 from mfdask.data.training import TrainingData, as_training_data, map_ratings
@@ -202,7 +203,7 @@ def partial_fit(
     }
     with warm_start(model, n_iter, identity):
         model.fit(data, validation=validation, callback=callback)
-    model.history_ = old_history + [{**r, "update": number} for r in model.history_]
+    model.history_ = old_history + [HistoryRecord({**r, "update": number}) for r in model.history_]
     updates.append(
         {
             "update": number,

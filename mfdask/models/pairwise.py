@@ -276,7 +276,7 @@ class PairwiseObjective(Objective):
         m = self.model
         m.metrics_["train_seconds"] = result.seconds
         if result.early_stopping:
-            m.metrics_["best_epoch"] = (result.best_iteration or 0) + 1
+            m.metrics_["best_iteration"] = (result.best_iteration or 0) + 1
             m.metrics_[m.validation_metric] = result.best_score
         m._set_factors(result.user, result.item)
         if self.engine.seen is not None:  # placed again if a worker was lost

@@ -111,7 +111,7 @@ class _SVDObjective(Objective):
         self.validation_key = None if validation is None else "validation_rmse"
         # With a schedule fixed in advance the next epoch may be submitted before this
         # one is collected; the bold driver needs this epoch's loss first.
-        self.looks_ahead = model.lr_schedule != "bold_driver"
+        self.looks_ahead = model.learning_rate_schedule != "bold_driver"
         self.shuffle_strata = bool(model.shuffle_strata)
         self.advice = (
             f"lower learning_rate (now {model.learning_rate}) or raise regularization "
@@ -160,7 +160,7 @@ class _SVDObjective(Objective):
         self.rates.append(rate)
         self.losses.append(report.stats["sse"] / max(report.stats["n"], 1))
         return {
-            "epoch": iteration + 1,
+            "iteration": iteration + 1,
             "learning_rate": self.rates[iteration],
             "train_rmse": math.sqrt(self.losses[-1]),
         }
@@ -179,7 +179,7 @@ class _SVDObjective(Objective):
     def finish(self, result: FitResult) -> None:
         m = self.model
         if result.early_stopping:
-            m.metrics_["best_epoch"] = (result.best_iteration or 0) + 1
+            m.metrics_["best_iteration"] = (result.best_iteration or 0) + 1
             m.metrics_["validation_rmse"] = result.best_score
         elif result.best_score is not None:
             m.metrics_["validation_rmse"] = m.history_[-1]["validation_rmse"]
@@ -188,7 +188,7 @@ class _SVDObjective(Objective):
         if self.engine.seen is not None:  # placed again if a worker was lost
             m.seen_items_ = self.engine.seen
         m.metrics_["train_rmse"] = m.history_[-1]["train_rmse"]
-        m.metrics_["epochs_run"] = len(m.history_)
+        m.metrics_["iterations_run"] = len(m.history_)
         m.metrics_["n_ratings"] = self.engine.nnz
 
 
@@ -230,7 +230,7 @@ class SVD(FactorModel):
     Hogwild threads per cell (:mod:`mfdask.engine.dsgd`).
 
     Learning rate per epoch ``e``: ``"constant"``; ``"decay"``:
-    ``learning_rate · lr_decay^e``; ``"bold_driver"`` (Battiti 1989, as Gemulla et al.
+    ``learning_rate · learning_rate_decay^e``; ``"bold_driver"`` (Battiti 1989, as Gemulla et al.
     use it): after an epoch whose training loss fell, multiply by 1.05, otherwise halve.
     The bias rate follows the same schedule.
 
@@ -271,14 +271,20 @@ class SVD(FactorModel):
         Passes over the ratings (fewer with early stopping).
     init_scale : float
         Standard deviation of the initial factors.
-    lr_schedule : {"constant", "decay", "bold_driver"}
-    lr_decay : float
-        Per-epoch factor for ``lr_schedule="decay"``.
+    learning_rate_schedule : {"constant", "decay", "bold_driver"}
+        (``lr_schedule`` before 0.1: still accepted, with a ``DeprecationWarning``.)
+    learning_rate_decay : float
+        Per-epoch factor for ``learning_rate_schedule="decay"`` (``lr_decay`` before 0.1).
+        BPR and WARP use the same name for their inverse-time decay
+        ``learning_rate / (1 + learning_rate_decay · e)``: the same knob (how fast the
+        step shrinks), each model's usual form of it.
     early_stopping_rounds : int or None
         With ``validation``: stop after this many epochs without a better validation
         RMSE and keep the best epoch. None trains every epoch (and still reports it).
     random_state : int or None
         Seed of the initial factors, the rating order and the strata.
+        Default 0 in every model, so that a job run twice gives the same model; None
+        draws fresh entropy (kept for a restart within the fit).
     n_blocks : int or None
         ``B`` of the ``B x B`` cells; None is one per worker.
     n_threads : int or None
@@ -307,13 +313,18 @@ class SVD(FactorModel):
     rating_range_ : (float, float)
         Training minimum and maximum: predictions are clipped to it.
     history_ : list of dict
-        Per epoch: ``epoch``, ``learning_rate``, ``train_rmse`` (running error of the
-        pass), ``validation_rmse`` with ``validation``, ``seconds``.
+        Per epoch: ``iteration`` (the epoch, 1-based; ``epoch`` before 0.1),
+        ``learning_rate``, ``train_rmse`` (running error of the pass), ``validation_rmse``
+        with ``validation``, ``seconds``.
     """
 
     model_name: ClassVar[str] = "svd"
     regularization: float  # always given (the base allows None for the implicit models)
     implicit: ClassVar[bool] = False
+    renamed_params: ClassVar[dict[str, str]] = {
+        "lr_schedule": "learning_rate_schedule",
+        "lr_decay": "learning_rate_decay",
+    }
     search_space: ClassVar[dict[str, dict[str, Any]]] = {
         "learning_rate": {"low": 0.003, "high": 0.06, "log": True},
         "regularization": {"low": 0.005, "high": 0.3, "log": True},
@@ -329,8 +340,8 @@ class SVD(FactorModel):
         bias_regularization: float | None = 0.01,
         epochs: int = 50,
         init_scale: float = 0.03,
-        lr_schedule: str = "decay",
-        lr_decay: float = 0.95,
+        learning_rate_schedule: str = "decay",
+        learning_rate_decay: float = 0.95,
         early_stopping_rounds: int | None = 3,
         random_state: int | None = 0,
         n_blocks: int | None = None,
@@ -339,6 +350,7 @@ class SVD(FactorModel):
         show_progress: bool = False,
         checkpoint_dir: str | None = None,
         checkpoint_every: int = 5,
+        **renamed: Any,
     ) -> None:
         self.factors = factors
         self.learning_rate = learning_rate
@@ -347,8 +359,8 @@ class SVD(FactorModel):
         self.bias_regularization = bias_regularization
         self.epochs = epochs
         self.init_scale = init_scale
-        self.lr_schedule = lr_schedule
-        self.lr_decay = lr_decay
+        self.learning_rate_schedule = learning_rate_schedule
+        self.learning_rate_decay = learning_rate_decay
         self.early_stopping_rounds = early_stopping_rounds
         self.random_state = random_state
         self.n_blocks = n_blocks
@@ -357,6 +369,7 @@ class SVD(FactorModel):
         self.show_progress = show_progress
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_every = checkpoint_every
+        self._take_renamed(renamed)  # lr_schedule, lr_decay: the names before 0.1
 
     # ------------------------------------------------------------------ parameters
     def _validate_params(self) -> None:
@@ -365,21 +378,24 @@ class SVD(FactorModel):
         for name in ("n_threads", "n_blocks", "early_stopping_rounds"):
             if getattr(self, name) is not None:
                 _check_positive_int(name, getattr(self, name))
-        for name in ("learning_rate", "init_scale", "lr_decay", "bias_learning_rate"):
+        for name in ("learning_rate", "init_scale", "learning_rate_decay", "bias_learning_rate"):
             value = getattr(self, name)
             if value is None and name == "bias_learning_rate":
                 continue
             if not _finite(value) or value <= 0:
-                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+                raise ValueError(
+                    f"{self._given_name(name)} must be a finite number > 0, got {value!r}"
+                )
         for name in ("regularization", "bias_regularization"):
             value = getattr(self, name)
             if value is None and name == "bias_regularization":
                 continue
             if not _finite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
+        if self.learning_rate_schedule not in LR_SCHEDULES:
             raise ValueError(
-                f"lr_schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}"
+                f"{self._given_name('learning_rate_schedule')} must be one of "
+                f"{list(LR_SCHEDULES)}, got {self.learning_rate_schedule!r}"
             )
         if self.random_state is not None and not isinstance(self.random_state, (int, np.integer)):
             raise ValueError(f"random_state must be an int or None, got {self.random_state!r}")
@@ -421,14 +437,14 @@ class SVD(FactorModel):
         self._run_trainer(_SVDObjective(self, data, validation), self.epochs, "epoch", callback)
 
     def _rate(self, epoch: int, losses: list[float], rates: list[float]) -> float:
-        """The factor learning rate of ``epoch`` under ``lr_schedule``.
+        """The factor learning rate of ``epoch`` under ``learning_rate_schedule``.
 
         ``losses`` are the mean squared errors of the epochs so far (bold driver).
         """
-        if self.lr_schedule == "constant":
+        if self.learning_rate_schedule == "constant":
             return float(self.learning_rate)
-        if self.lr_schedule == "decay":
-            return float(self.learning_rate * self.lr_decay**epoch)
+        if self.learning_rate_schedule == "decay":
+            return float(self.learning_rate * self.learning_rate_decay**epoch)
         if epoch < 2:  # bold driver: needs two losses to compare
             return float(self.learning_rate)
         return rates[-1] * (1.05 if losses[-1] < losses[-2] else 0.5)

@@ -182,6 +182,8 @@ class WARP(PairwiseModel):
         Ratings at or above it are positives.
     random_state : int or None
         Seeds the initial factors, the visiting orders and the negatives.
+        Default 0 in every model, so that a job run twice gives the same model; None
+        draws fresh entropy (kept for a restart within the fit).
     n_threads : int or None
         Hogwild threads per cell; None uses the worker's threads.
     n_blocks : int or None
@@ -243,7 +245,7 @@ class WARP(PairwiseModel):
         init_scale: float = 0.1,
         weighting: str | None = None,
         positive_threshold: float = schema.DEFAULT_POSITIVE_THRESHOLD,
-        random_state: int | None = None,
+        random_state: int | None = 0,
         n_threads: int | None = None,
         n_blocks: int | None = None,
         show_progress: bool = False,
@@ -341,7 +343,7 @@ class WARP(PairwiseModel):
         s = report.stats
         n = s["positives"]
         return {
-            "epoch": report.epoch + 1,
+            "iteration": report.epoch + 1,
             "objective": (s["loss"] + s["penalty"]) / n if n else float("nan"),
             "loss": s["loss"] / n if n else float("nan"),
             "auc": s["correct"] / n if n else float("nan"),
