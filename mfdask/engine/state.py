@@ -20,7 +20,7 @@ Whether a side stays on the workers is decided by :func:`keeps_on_workers`: only
 the cluster outlives the fit (a client the caller made, not a ``LocalCluster`` started for
 the call) and the side is large, or when the Dask config ``mfdask.state.keep`` says
 ``"workers"`` (``"client"`` always gathers). Blocks live as long as the client: save the
-model (:meth:`~mfdask.models.base.FactorModel.save`) before closing it.
+model (``model.save(path)``) before closing it.
 """
 
 from __future__ import annotations
