@@ -20,7 +20,6 @@ or a ``LocalCluster`` started for the call.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import time
@@ -142,17 +141,6 @@ def _report_skipped(prepared: Prepared, what: str, model: FactorModel) -> None:
             MfdaskWarning,
             stacklevel=3,
         )
-
-
-def _light_copy(model: FactorModel) -> FactorModel:
-    """The model without what prediction does not need (seen items, history, titles)."""
-    light = copy.copy(model)
-    light.seen_items_ = None
-    light.history_ = []
-    light.items_ = None
-    light.metrics_ = {}
-    light._validator = None
-    return light
 
 
 def _check_k(k: Any) -> int:
@@ -446,7 +434,7 @@ def evaluate(
         )
         _check_known(test_p)
         if rating:
-            light = _light_copy(model)
+            light = model._prediction_copy()
             out.update(
                 evaluation.rating_means(client, test_p, light.predict_indices, type(model).__name__)
             )

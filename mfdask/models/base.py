@@ -20,6 +20,7 @@ returns ``self`` (the scikit-learn convention).
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import os
@@ -553,6 +554,17 @@ class FactorModel:
         if callback is not None and callback(record) is False:
             return False
         return True
+
+    def _prediction_copy(self) -> FactorModel:
+        """A shallow copy without what prediction does not need (seen items, history,
+        titles, metrics, a placed validation): what evaluation ships to the workers."""
+        light = copy.copy(self)
+        light.seen_items_ = None
+        light.history_ = []
+        light.items_ = None
+        light.metrics_ = FitMetrics()
+        light._validator = None
+        return light
 
     def _validation_score(self, validation: Any) -> float:
         """``validation_metric`` at ``validation_k`` on held-out ratings (ranking models).
