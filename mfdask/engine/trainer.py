@@ -26,7 +26,7 @@ The trainer sees arrays, engines (:class:`~mfdask.engine.dsgd.DSGD`,
 never imports a model. Which file to open for what:
 
 ========================================  ==============================================
-``mfdask/models/<name>.py``               the estimator, its parameters and its objective
+``<model>.py`` among the models           the estimator, its parameters and its objective
 ``mfdask/engine/trainer.py`` (this file)   the loop: checkpoints, validation, progress
 ``mfdask/engine/pipeline.py``             DSGD look-ahead and fused epochs
 ``mfdask/engine/resilience.py``           waiting on the cluster, recovery, ``run_fit``
