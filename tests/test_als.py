@@ -337,6 +337,11 @@ def test_reduced_item_half_solves_the_per_row_cg(client, clustered, n_blocks, pa
     np.testing.assert_allclose(b.item_factors_, a.item_factors_, atol=1e-4 * scale)
     np.testing.assert_allclose(b.user_factors_, a.user_factors_, atol=1e-4 * scale)
     assert not b.item_factors_[b.item_index([999])[0]].any()
+    # The loss without item rating blocks (the reduced fit places none) takes the item
+    # penalty from the reduction's counts.
+    np.testing.assert_allclose(
+        [h["loss"] for h in b.history_], [h["loss"] for h in a.history_], rtol=1e-4
+    )
     pd.testing.assert_frame_equal(
         a.recommend(frame.user_id.unique()[:20], n=5)[["user_id", "item_id"]],
         b.recommend(frame.user_id.unique()[:20], n=5)[["user_id", "item_id"]],

@@ -555,6 +555,14 @@ def block_penalty(block: RowBlock, factors: np.ndarray, spec: SolveSpec) -> floa
     return penalty + _ridge_penalty(factors, spec)
 
 
+def counts_penalty(
+    counts: np.ndarray, factors: np.ndarray, block: int, n_blocks: int, spec: SolveSpec
+) -> float:
+    """:func:`block_penalty` of residue block ``block`` from the side's entry counts."""
+    _, lam = _cg_terms(np.zeros((1, 1)), counts[block::n_blocks], spec)
+    return float((lam[:, 0].astype(np.float64) * np.einsum("ij,ij->i", factors, factors)).sum())
+
+
 def _take_rows(full: np.ndarray, block: int, n_blocks: int) -> np.ndarray:
     return np.ascontiguousarray(full[block::n_blocks])
 
@@ -700,6 +708,7 @@ class BlockALS:
         route_above_bytes: int | None = None,
         seen_on_workers: bool = False,
         keep_on_workers: tuple[bool, bool] = (False, False),
+        factors: int | None = None,
     ) -> None:
         self.client = client
         self.seen_on_workers = bool(seen_on_workers)
@@ -717,6 +726,9 @@ class BlockALS:
         self._ratings = ratings
         self._positive = (float(positive_threshold), bool(binary))
         self.n_blocks = int(n_blocks or len(worker_addresses(client)))
+        # Known factors let placement see that the item half will be reduced: it then
+        # reads only the user blocks, and the item-major copy of the ratings is not made.
+        self.items_reduced = factors is not None and self._reduces_items(int(factors))
         self.user_blocks: list[Future] = []
         self.item_blocks: list[Future] = []
         self._place(first=True)
@@ -740,8 +752,12 @@ class BlockALS:
         client = self.client
         parts = persist_partitions(client, self._ratings)
         user_full = place_row_blocks(client, parts, self.n_blocks, self.n_users, self.n_items)
-        item_full = place_row_blocks(
-            client, parts, self.n_blocks, self.n_items, self.n_users, transpose=True
+        item_full = (
+            []
+            if self.items_reduced
+            else place_row_blocks(
+                client, parts, self.n_blocks, self.n_items, self.n_users, transpose=True
+            )
         )
         del parts
         if self.seen_on_workers:  # again after a rebuild: the lost worker's blocks went too
@@ -769,7 +785,13 @@ class BlockALS:
         self.item_blocks = self._compact(item_full, *self._positive)
         # Where each block lives, fixed until the next rebuild: tasks are pinned there.
         self._user_where = _placed(block_workers(client, self.user_blocks))
-        self._item_where = _placed(block_workers(client, self.item_blocks))
+        # Item factor block b lives with item rating block b, or with user block b when
+        # there are no item rating blocks (a reduced item half).
+        self._item_where = (
+            list(self._user_where)
+            if self.items_reduced
+            else _placed(block_workers(client, self.item_blocks))
+        )
         self._watched = self._user_where + self._item_where
         self._user_half: HalfStep | None = None  # src = items
         self._item_half: HalfStep | None = None  # src = users
@@ -785,7 +807,18 @@ class BlockALS:
         self._place()
 
     # -- placement ---------------------------------------------------------------
+    def _reduces_items(self, k: int) -> bool:
+        """Whether the item half will be reduced (:func:`reduction_for`), the user half
+        broadcasting its (small) item source."""
+        users_routed = routing_for(self.routing, self.n_items, k, self.route_above_bytes)
+        items_routed = routing_for(self.routing, self.n_users, k, self.route_above_bytes)
+        return not users_routed and reduction_for(
+            self.routing, self.spec, self.n_users, self.n_items, self.n_blocks, items_routed
+        )
+
     def _compact(self, blocks: list[Future], threshold: float, binary: bool) -> list[Future]:
+        if not blocks:
+            return []
         where = block_workers(self.client, blocks)
         out = [
             self.client.submit(
@@ -898,8 +931,14 @@ class BlockALS:
                 self.item_blocks, self._item_where, self._user_where, self.n_users, k,
                 src_half=self._user_half,
             )  # fmt: skip
+            if self.items_reduced and not self._item_half.reduced:
+                raise RuntimeError(
+                    f"BlockALS was placed for a reduced item half at another factor count "
+                    f"than {k}: pass factors={k}"
+                )
             self.user_blocks = self._user_half.dst_blocks
-            self.item_blocks = self._item_half.dst_blocks
+            if not self.items_reduced:
+                self.item_blocks = self._item_half.dst_blocks
         self.user_factors = self._blocks_of(user_factors, self._user_where)
         self.item_factors = self._blocks_of(item_factors, self._item_where)
         self._user_sources = None
@@ -1082,10 +1121,20 @@ class BlockALS:
                 strict=True,
             )
         ]
-        penalties = [
-            self._pinned(block_penalty, b, f, self.spec, where=w)
-            for b, f, w in zip(self.item_blocks, self.item_factors, self._item_where, strict=True)
-        ]
+        _, item_half = self._halves()
+        items = list(zip(self.item_factors, self._item_where, strict=True))
+        if self.items_reduced:  # no item rating blocks: the counts the reduction keeps
+            counts = item_half.counts
+            r = self.n_blocks
+            penalties = [
+                self._pinned(counts_penalty, counts, f, b, r, self.spec, where=w)
+                for b, (f, w) in enumerate(items)
+            ]
+        else:
+            penalties = [
+                self._pinned(block_penalty, b, f, self.spec, where=w)
+                for b, (f, w) in zip(self.item_blocks, items, strict=True)
+            ]
         errors = gather(self.client, parts, self._watched)
         pens = gather(self.client, penalties, self._watched)
         total = sum(e + p for e, p in errors) + sum(pens)

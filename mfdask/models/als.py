@@ -378,6 +378,7 @@ class _ALSObjective(Objective):
             or default_blocks(len(worker_addresses(client)), max(data.n_users, data.n_items), k),
             seen_on_workers=self.on_workers[0],
             keep_on_workers=self.on_workers,
+            factors=k,
         )
 
     def begin(self, engine: BlockALS) -> dict[str, Any]:
