@@ -1031,11 +1031,17 @@ class BlockALS:
         submit = self.client.submit
 
         def products(vectors: Future, residual: bool) -> Future:
+            # A worker's blocks are summed where they are: one array per worker moves.
+            per_worker: dict[str, list[Future]] = {}
+            for b, f, w in src:
+                per_worker.setdefault(w, []).append(
+                    self._pinned(cg_products, b, f, vectors, self.spec, residual, where=w)
+                )
             return self._tree(
                 sum_parts,
                 [
-                    self._pinned(cg_products, b, f, vectors, self.spec, residual, where=w)
-                    for b, f, w in src
+                    parts[0] if len(parts) == 1 else self._pinned(sum_parts, *parts, where=w)
+                    for w, parts in per_worker.items()
                 ],
             )
 
