@@ -28,14 +28,23 @@ def twin(line: str, sep: str, n_fields: int):
     if len(fields) != n_fields:
         return kparse.STATUS_FIELD_COUNT, len(fields)
     u, i, r, t = fields
-    if "" in (u, i, r, t):
+    # The first problem in field order is the one reported (``0,0,x,`` is "not a
+    # number" in the rating, before the empty timestamp).
+    if "" in (u, i):
+        return kparse.STATUS_EMPTY_FIELD, None
+    if r == "":
         return kparse.STATUS_EMPTY_FIELD, None
     try:
         rating = float(r)
-        ts = int(t)
     except ValueError:
         return kparse.STATUS_NOT_NUMBER, None
     if not np.isfinite(rating) or r.lower().lstrip("+-") in ("nan", "inf", "infinity"):
+        return kparse.STATUS_NOT_NUMBER, None
+    if t == "":
+        return kparse.STATUS_EMPTY_FIELD, None
+    try:
+        ts = int(t)
+    except ValueError:
         return kparse.STATUS_NOT_NUMBER, None
 
     def as_int(x: str) -> int | None:
@@ -155,3 +164,26 @@ def test_ml100k_items_genres(ml100k_dir):
     row = items.set_index("item_id").loc[1]
     assert (row.title, row.genres) == ("Toy Story (1995)", "Animation|Children's|Comedy")
     assert items["genres"].str.len().gt(0).all()
+
+
+def test_first_problem_in_field_order_is_reported():
+    """A bad rating is named before an empty timestamp after it (seen by the twin test)."""
+    data = b"0,0,x,\n0,0,,x\n"
+    buf = np.frombuffer(data, np.uint8)
+    status = np.empty(2, np.int8)
+    kparse.parse_block(
+        buf,
+        np.frombuffer(b",", np.uint8),
+        np.array([0, 1, 2, 3], np.int8),
+        *(np.empty(2, np.int64) for _ in range(2)),
+        np.empty(2),
+        np.empty(2, np.int64),
+        np.empty((2, 2), np.bool_),
+        np.empty((0, 4), np.int64),
+        status,
+        np.empty(2, np.int32),
+        np.empty(2, np.int64),
+    )
+    assert status.tolist() == [kparse.STATUS_NOT_NUMBER, kparse.STATUS_EMPTY_FIELD]
+    assert twin("0,0,x,", ",", 4)[0] == kparse.STATUS_NOT_NUMBER
+    assert twin("0,0,,x", ",", 4)[0] == kparse.STATUS_EMPTY_FIELD
