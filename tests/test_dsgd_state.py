@@ -183,3 +183,16 @@ def test_validation_and_early_stopping_on_kept_state(client, frame):
     assert model.distributed and svd.distributed
     assert [h["ndcg"] for h in model.history_] == [h["ndcg"] for h in plain.history_]
     np.testing.assert_array_equal(model.user_factors_, plain.user_factors_)
+
+
+def test_similar_users_searches_the_blocks_where_they_are(pair):
+    _name, blocks, plain = pair
+    users = plain.user_ids_[[7, 0, 200]]
+    for n in (5, 1000):
+        got = blocks.similar_users(users, n=n)
+        want = plain.similar_users(users, n=n)
+        assert len(got) == len(want) == (3 * 5 if n == 5 else 3 * (plain.n_users - 1))
+        pd.testing.assert_frame_equal(
+            got.drop(columns="score"), want.drop(columns="score"), check_dtype=False
+        )
+        np.testing.assert_allclose(got.score, want.score, rtol=1e-5, atol=1e-6)

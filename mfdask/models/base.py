@@ -902,9 +902,33 @@ class FactorModel:
         return (counts / (counts + beta)).astype(np.float32)
 
     def similar_users(self, user_ids: Any, n: int = 10) -> pd.DataFrame:
-        """The ``n`` most similar users to each of ``user_ids`` by cosine of factors."""
+        """The ``n`` most similar users to each of ``user_ids`` by cosine of factors.
+
+        When the user factors live on the workers each block is searched where it is
+        (:mod:`mfdask.engine.neighbours`): only the queries' rows and ``n`` candidates
+        per block and query travel, never the user matrix.
+        """
         n = _check_positive_int("n", n)
         idx = self.user_index(user_ids)
+        held = self.__dict__.get("_user_factors")
+        if (
+            isinstance(held, FactorBlocks)
+            and type(self)._user_embeddings is FactorModel._user_embeddings
+        ):
+            from mfdask.engine.neighbours import nearest_rows
+
+            found, scores = nearest_rows(held, idx, n)
+            width = found.shape[1]
+            keep = found.ravel() >= 0
+            ids = self.user_ids_.to_numpy()
+            return pd.DataFrame(
+                {
+                    schema.USER_ID: ids[np.repeat(idx, width)[keep]],
+                    "rank": np.tile(np.arange(1, width + 1, dtype=np.int32), len(idx))[keep],
+                    "similar_user_id": ids[found.ravel()[keep]],
+                    "score": scores.ravel()[keep],
+                }
+            )
         return self._similar(
             idx, self._user_embeddings(), self.user_ids_, n, schema.USER_ID, "similar_user_id"
         )
