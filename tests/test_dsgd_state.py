@@ -196,3 +196,32 @@ def test_similar_users_searches_the_blocks_where_they_are(pair):
             got.drop(columns="score"), want.drop(columns="score"), check_dtype=False
         )
         np.testing.assert_allclose(got.score, want.score, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_partial_fit_of_kept_state_starts_on_the_workers(client, frame, name, monkeypatch):
+    users = frame.user_id.unique()
+    first = frame[~frame.user_id.isin(users[-20:])]  # 20 users (and their items) come later
+    models = {}
+    for mode in ("workers", "client"):
+        with keep(mode, drawn_on_workers=True):
+            model = MODELS[name]().fit(first)
+            if mode == "workers":
+                assert model.distributed
+
+                def no_gather(self):
+                    raise AssertionError("partial_fit gathered a factor matrix")
+
+                with monkeypatch.context() as patch:
+                    patch.setattr(FactorBlocks, "to_numpy", no_gather)
+                    model.partial_fit(frame, iterations=1)
+                assert model.distributed
+            else:
+                model.partial_fit(frame, iterations=1)
+            models[mode] = model
+    kept, plain = models["workers"], models["client"]
+    assert kept.n_users == plain.n_users == frame.user_id.nunique()
+    np.testing.assert_array_equal(kept.user_factors_, plain.user_factors_)
+    np.testing.assert_array_equal(kept.item_factors_, plain.item_factors_)
+    if getattr(plain, "item_bias_", None) is not None:
+        np.testing.assert_array_equal(kept.item_bias_, plain.item_bias_)

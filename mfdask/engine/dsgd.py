@@ -555,16 +555,40 @@ class Drawn:
         return self.block(0, 1, n_rows)
 
 
+@dataclass(frozen=True, eq=False)
+class Overlaid:
+    """A :class:`Drawn` array whose first rows are replaced by fitted blocks: the start of
+    a ``partial_fit`` of a model held on the workers.
+
+    ``fitted`` holds ``(n_old, c)`` rows (``c <= base.columns``) in the same residue
+    blocks, so in block ``b`` they are the first rows (global rows keep their block and
+    local index when rows are appended). ``column`` (``(n_old,)``, optional) fills column
+    ``c`` of those rows (a fitted bias next to the factors).
+    """
+
+    base: Drawn
+    fitted: FactorBlocks
+    column: np.ndarray | None = None
+
+
 def _compose_state(
     names: tuple[str, ...], block: int, n_blocks: int, n_rows: int, *parts: Any
 ) -> State:
     """One state block from its arrays' parts (a task on the block's worker): a block
-    array already (scattered, or a :class:`FactorBlocks` / checkpoint block), or a
-    :class:`Drawn` spec drawn here."""
+    array already (scattered, or a :class:`FactorBlocks` / checkpoint block), a
+    :class:`Drawn` spec drawn here, or ``(spec, fitted block, column)`` of an
+    :class:`Overlaid` array."""
     out: State = {}
     for name, part in zip(names, parts, strict=True):
         if isinstance(part, Drawn):
             out[name] = part.block(block, n_blocks, n_rows)
+        elif isinstance(part, tuple):
+            spec, fitted, column = part
+            drawn = spec.block(block, n_blocks, n_rows)
+            drawn[: len(fitted), : fitted.shape[1]] = fitted
+            if column is not None:
+                drawn[: len(column), fitted.shape[1]] = column
+            out[name] = drawn
         else:  # training tasks copy their inputs: the source block is never written
             out[name] = np.ascontiguousarray(part)
     return out
@@ -583,6 +607,8 @@ def _array_sizes(state: Mapping[str, Any], n_rows: int) -> dict[str, tuple[tuple
     """Shape and dtype of each named state array, whatever form it is given in."""
     out = {}
     for name, arr in state.items():
+        if isinstance(arr, Overlaid):
+            arr = arr.base
         if isinstance(arr, Drawn):
             shape: tuple[int, ...] = (n_rows, arr.columns) if arr.columns else (n_rows,)
             out[name] = (shape, np.dtype(np.float32).str)
@@ -820,6 +846,13 @@ class DSGD:
         """
         for what, state, n in (("user", user, self.n_users), ("item", item, self.n_items)):
             for name, arr in state.items():
+                if isinstance(arr, Overlaid):
+                    if arr.fitted.n_blocks != self.n_blocks or arr.fitted.n_rows > n:
+                        raise ValueError(
+                            f"{what} state {name!r} lays {arr.fitted.n_rows} rows in "
+                            f"{arr.fitted.n_blocks} blocks over {n} rows in {self.n_blocks}"
+                        )
+                    continue
                 rows = arr.n_rows if isinstance(arr, (FactorBlocks, BlockFiles)) else None
                 if not isinstance(arr, Drawn) and (rows or arr.shape[0]) != n:
                     raise ValueError(
@@ -854,6 +887,9 @@ class DSGD:
             for arr in sources:
                 if isinstance(arr, FactorBlocks):
                     parts.append(arr.blocks[w])
+                elif isinstance(arr, Overlaid):
+                    column = None if arr.column is None else arr.column[w::b]
+                    parts.append((arr.base, arr.fitted.blocks[w], column))
                 elif isinstance(arr, Drawn):
                     parts.append(arr)
                 else:

@@ -586,7 +586,8 @@ class FactorModel:
 
     # ------------------------------------------------------------------ state
     def _check_fitted(self) -> None:
-        if not hasattr(self, "item_factors_"):
+        # The held state, not the item_factors_ property: that gathers a distributed side.
+        if self.__dict__.get("_item_factors") is None:
             raise NotFittedError(
                 f"this {type(self).__name__} is not fitted: call fit() or load_model() first"
             )

@@ -104,9 +104,18 @@ def grown_training_data(model: FactorModel, train: Any) -> TrainingData:
     )
 
 
-def _fitted_sides(model: FactorModel) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    user = {"factors": np.asarray(model.user_factors_, np.float32)}
-    item = {"factors": np.asarray(model.item_factors_, np.float32)}
+def _fitted_sides(model: FactorModel) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The fitted factors (and biases) to start from; a side held on the workers stays
+    there as :class:`~mfdask.engine.state.FactorBlocks` (laid over the fresh start block
+    by block when the update keeps the state there, gathered where it is used otherwise)."""
+    from mfdask.engine.state import FactorBlocks
+
+    sides = []
+    for name in ("_user_factors", "_item_factors"):
+        held = model.__dict__.get(name)
+        sides.append(held if isinstance(held, FactorBlocks) else np.asarray(held, np.float32))
+    user: dict[str, Any] = {"factors": sides[0]}
+    item: dict[str, Any] = {"factors": sides[1]}
     for side, name in ((user, "user_bias_"), (item, "item_bias_")):
         bias = getattr(model, name, None)
         if bias is not None:
@@ -163,9 +172,11 @@ def warm_start(model: FactorModel, iterations: int, identity: dict[str, Any]) ->
     setattr(model, hook, start)
     setattr(model, count, iterations)
     model._update_of = identity
+    model.__dict__["_warm_sides"] = (user, item)  # for a start composed on the workers
     try:
         yield
     finally:
+        model.__dict__.pop("_warm_sides", None)
         model.__dict__.pop(hook, None)
         setattr(model, count, saved_count)
         model.__dict__.pop("_update_of", None)
@@ -179,7 +190,7 @@ def partial_fit(
     callback: EpochCallback | None = None,
 ) -> FactorModel:
     """See :meth:`mfdask.models.base.FactorModel.partial_fit` and the module docstring."""
-    if not hasattr(model, "item_factors_"):
+    if "_item_factors" not in model.__dict__:  # (without gathering a distributed side)
         raise NotFittedError(
             f"partial_fit continues a fitted {type(model).__name__}: call fit() (or "
             "load_model()) first"

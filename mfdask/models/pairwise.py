@@ -247,7 +247,7 @@ class PairwiseObjective(Objective):
         return self.model._fit_identity(self.data, engine.digest(), engine.n_blocks)
 
     def initial_state(self, rng: np.random.Generator) -> tuple[State, State]:
-        return initial_dsgd_state(self.model, self.data, rng)
+        return initial_dsgd_state(self.model, self.data, rng, self.engine.n_blocks)
 
     def sampling_seed(self, rng: np.random.Generator) -> int:
         seed = self.model.random_state

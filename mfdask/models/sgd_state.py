@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from mfdask.data.training import TrainingData
+from mfdask.engine.dsgd import Drawn, Overlaid
 from mfdask.engine.state import FactorBlocks, gather_below_bytes, keeps_on_workers
 
 
@@ -46,7 +47,9 @@ def dsgd_placement(client: Any, data: TrainingData, factors: int) -> tuple[bool,
     )
 
 
-def initial_dsgd_state(model: Any, data: TrainingData, rng: np.random.Generator) -> tuple[Any, Any]:
+def initial_dsgd_state(
+    model: Any, data: TrainingData, rng: np.random.Generator, n_blocks: int
+) -> tuple[Any, Any]:
     """The start of an SVD, BPR or WARP fit.
 
     When both sides are at most the gather threshold
@@ -56,15 +59,49 @@ def initial_dsgd_state(model: Any, data: TrainingData, rng: np.random.Generator)
     a large side block by block on the workers, a small one on the client by the same
     function. The draw depends on the sizes only, not on whether the state stays on the
     workers at the end, so a model fitted on a ``LocalCluster`` started for the call is
-    the model fitted on a running cluster. A warm start (``partial_fit`` wraps
-    ``_initial_state`` on the instance) goes through the client.
+    the model fitted on a running cluster.
+
+    A warm start (``partial_fit``, :mod:`mfdask.models.incremental`) of small sides goes
+    through the client (the instance's wrapped ``_initial_state``). A large side whose
+    fitted factors are held on the workers in ``n_blocks`` blocks is composed there: each
+    block draws its rows and lays the fitted rows over them
+    (:class:`~mfdask.engine.dsgd.Overlaid`), so the update never gathers the side.
     """
     k = int(model.factors)
     large = [n * k * 4 > gather_below_bytes() for n in (data.n_users, data.n_items)]
-    if not any(large) or "_initial_state" in model.__dict__:
+    warm = model.__dict__.get("_warm_sides")
+    if not any(large) or ("_initial_state" in model.__dict__ and warm is None):
         return model._initial_state(data, rng)
     specs = model._drawn_state(int(rng.integers(0, 2**62)))
     sides = []
     for side, (spec, n) in enumerate(zip(specs, (data.n_users, data.n_items), strict=True)):
-        sides.append(spec if large[side] else {name: d.full(n) for name, d in spec.items()})
+        if warm is not None:
+            sides.append(_warm_side(spec, n, warm[side], large[side], n_blocks))
+        else:
+            sides.append(spec if large[side] else {name: d.full(n) for name, d in spec.items()})
     return sides[0], sides[1]
+
+
+def _warm_side(
+    spec: dict[str, Drawn], n: int, fitted: dict[str, Any], large: bool, n_blocks: int
+) -> dict[str, Any]:
+    """One side's ``partial_fit`` start: fresh draws by global row, the fitted rows (and
+    biases) laid over them, on the workers when the fitted factors are blocks there."""
+    from mfdask.models.incremental import _overlay
+
+    factors, bias = fitted["factors"], fitted.get("bias")
+    if not (large and isinstance(factors, FactorBlocks) and factors.n_blocks == n_blocks):
+        fresh = {name: d.full(n) for name, d in spec.items()}
+        return _overlay(fresh, {**fitted, "factors": np.asarray(factors, np.float32)})
+    state: dict[str, Any] = {}
+    for name, d in spec.items():
+        if name == "factors":
+            column = bias if bias is not None and "bias" not in spec else None
+            state[name] = Overlaid(d, factors, None if d.columns <= factors.k else column)
+        elif name == "bias" and bias is not None:
+            full = d.full(n)
+            full[: len(bias)] = bias
+            state[name] = full
+        else:
+            state[name] = d
+    return state

@@ -150,7 +150,7 @@ class _SVDObjective(Objective):
         return identity
 
     def initial_state(self, rng: np.random.Generator) -> tuple[State, State]:
-        return initial_dsgd_state(self.model, self.data, rng)
+        return initial_dsgd_state(self.model, self.data, rng, self.engine.n_blocks)
 
     def kernel(self, iteration: int) -> SVDStep:
         return self.model._step(self.model._rate(iteration, self.losses, self.rates))
