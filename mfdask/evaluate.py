@@ -143,6 +143,38 @@ def _report_skipped(prepared: Prepared, what: str, model: FactorModel) -> None:
         )
 
 
+class _BlockPredictor:
+    """``predict_indices`` of a model restricted to one user block's users, given the
+    block's factor rows (picklable, built on the client, called on the block's worker)."""
+
+    def __init__(self, light: FactorModel) -> None:
+        self.light = light
+
+    def __call__(self, factors: np.ndarray, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        self.light.user_factors_ = factors
+        return self.light.predict_indices(users, items)
+
+
+def _rating_on_blocks(
+    client: Any, model: FactorModel, held: FactorBlocks, test: Prepared
+) -> dict[str, float]:
+    """Rating errors of a model whose user factors live on the workers: each user block's
+    test ratings are predicted where the block is (a copy of the model scattered whole
+    would hold futures that its tasks cannot wait on)."""
+    base = model._prediction_copy()
+    items = base.__dict__.get("_item_factors")
+    if isinstance(items, FactorBlocks):
+        base.item_factors_ = items.to_numpy()
+    r = held.n_blocks
+    predictors = [
+        _BlockPredictor(base._user_block_copy(np.arange(b, model.n_users, r, dtype=np.int64)))
+        for b in range(r)
+    ]
+    return evaluation.rating_means_on_blocks(
+        client, test, held, predictors, type(model).__name__, model.n_users, model.n_items
+    )
+
+
 def _check_k(k: Any) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
@@ -434,10 +466,16 @@ def evaluate(
         )
         _check_known(test_p)
         if rating:
-            light = model._prediction_copy()
-            out.update(
-                evaluation.rating_means(client, test_p, light.predict_indices, type(model).__name__)
-            )
+            held = model.__dict__.get("_user_factors")
+            if isinstance(held, FactorBlocks):  # predicted next to each user block
+                out.update(_rating_on_blocks(client, model, held, test_p))
+            else:
+                light = model._prediction_copy()
+                out.update(
+                    evaluation.rating_means(
+                        client, test_p, light.predict_indices, type(model).__name__
+                    )
+                )
         if ranking:
             out.update(
                 _rank(

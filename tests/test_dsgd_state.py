@@ -225,3 +225,18 @@ def test_partial_fit_of_kept_state_starts_on_the_workers(client, frame, name, mo
     np.testing.assert_array_equal(kept.item_factors_, plain.item_factors_)
     if getattr(plain, "item_bias_", None) is not None:
         np.testing.assert_array_equal(kept.item_bias_, plain.item_bias_)
+
+
+def test_rating_evaluation_predicts_next_to_each_user_block(client, frame):
+    from mfdask.evaluate import evaluate_rating
+
+    test = frame.sample(frac=0.2, random_state=2)
+    with keep("workers"):
+        blocks = MODELS["svd"]().fit(frame)
+    with keep("client"):
+        plain = MODELS["svd"]().fit(frame)
+    assert blocks.distributed
+    on_blocks, gathered = evaluate_rating(blocks, test), evaluate_rating(plain, test)
+    assert on_blocks["count"] == gathered["count"] == len(test)
+    for key in ("rmse", "mae"):
+        assert on_blocks[key] == pytest.approx(gathered[key], rel=1e-9), key

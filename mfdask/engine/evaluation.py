@@ -24,7 +24,7 @@ knows which model it evaluates.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -224,6 +224,26 @@ def _rating_partition(part: pd.DataFrame, predict: Predict, name: str) -> Rating
     return total
 
 
+BlockPredict = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+"""Predicted ratings of ``(local user rows, item_idx)`` pairs of one user block, given the
+block's ``(rows, k)`` factors first."""
+
+
+def _rating_block(
+    block: RowBlock, factors: np.ndarray, predict: BlockPredict, name: str
+) -> RatingSums:
+    """Error sums of one user block's test ratings, on the worker of its factor block."""
+    local = np.repeat(np.arange(block.n_local_rows, dtype=np.int64), np.diff(block.indptr))
+    part = pd.DataFrame(
+        {
+            schema.USER_IDX: local,
+            schema.ITEM_IDX: block.indices.astype(np.int64),
+            schema.RATING: block.data,
+        }
+    )
+    return _rating_partition(part, lambda u, i: predict(factors, u, i), name)
+
+
 # --------------------------------------------------------------------------- client side
 
 
@@ -304,6 +324,40 @@ def rating_means(client: Any, test: Prepared, predict: Predict, name: str) -> di
     )
     total = RatingSums()
     for s in parts:
+        total = total + s
+    return total.means()
+
+
+def rating_means_on_blocks(
+    client: Any,
+    test: Prepared,
+    factors: FactorBlocks,
+    predictors: Sequence[BlockPredict],
+    name: str,
+    n_users: int,
+    n_items: int,
+) -> dict[str, float]:
+    """RMSE, MAE and count when the user factors live on the workers: the test ratings
+    are cut into the factors' user blocks and block ``b`` is predicted by
+    ``predictors[b]`` next to factor block ``b`` (only the ratings move)."""
+    blocks = place_row_blocks(client, test.parts, factors.n_blocks, n_users, n_items)
+    futures = [
+        client.submit(
+            _rating_block,
+            rb,
+            f,
+            predict,
+            name,
+            workers=[where],
+            allow_other_workers=True,
+            pure=False,
+        )
+        for rb, f, predict, where in zip(
+            blocks, factors.blocks, predictors, factors.where, strict=True
+        )
+    ]
+    total = RatingSums()
+    for s in gather(client, futures, []):
         total = total + s
     return total.means()
 

@@ -645,6 +645,19 @@ class FactorModel:
         """
         return self.user_factors_, self.item_factors_
 
+    def _user_block_copy(self, rows: np.ndarray) -> FactorModel:
+        """A shallow copy whose users are the global ``rows`` (local indices
+        ``0..len(rows) - 1``), without factors: set ``user_factors_`` to their rows to
+        predict next to a user block. Subclasses slice their per-user arrays too."""
+        light = copy.copy(self)
+        light.__dict__["_user_factors"] = None
+        light.user_ids_ = self.user_ids_[rows]
+        for name in ("user_positives_",):
+            values = self.__dict__.get(name)
+            if values is not None:
+                light.__dict__[name] = np.asarray(values)[rows]
+        return light
+
     def _user_score_extra(self, users: np.ndarray) -> np.ndarray | None:
         """Columns that :meth:`_score_vectors` appends to the factor rows of ``users``
         (``(len(users), e)``, or ``(1, e)`` when the same for every user), or None when

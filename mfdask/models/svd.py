@@ -576,6 +576,12 @@ class SVD(FactorModel):
         uvec = np.hstack([self.user_factors_, self._user_score_extra(users)])
         return uvec.astype(np.float32), self._item_score_vectors()
 
+    def _user_block_copy(self, rows: np.ndarray) -> SVD:
+        light = super()._user_block_copy(rows)
+        assert isinstance(light, SVD)
+        light.user_bias_ = np.ascontiguousarray(self.user_bias_[rows])
+        return light
+
     def _user_score_extra(self, users: np.ndarray) -> np.ndarray:
         """``[1, mu + b_u]`` per user."""
         mu_b = (self.global_mean_ + self.user_bias_[users]).astype(np.float32)
