@@ -260,7 +260,7 @@ def test_distributed_dsgd_state_survives_a_killed_worker(tmp_path, split, name):
             kill = kill_after(cluster, 3)
 
             def callback(record):
-                if record["epoch"] == 2:  # the checkpoint's copies outlive Dask's replica
+                if record["iteration"] == 2:  # the checkpoint's copies outlive Dask's replica
                     time.sleep(5)  # pruning (the memory manager runs every 2 s)
                 kill(record)
 
