@@ -234,7 +234,14 @@ def test_event_defaults_and_rating_defaults():
     assert als.resolved_params("events")["weighting"] == ALS.EVENT_DEFAULTS["weighting"]
     assert ALS(alpha=7.0).resolved_params("events")["alpha"] == 7.0
     assert BPR().resolved_params("ratings")["epochs"] == 60
-    assert WARP().resolved_params("events")["weighting"] == "log"
+    assert BPR().resolved_params("events")["weighting"] == "log"
+    assert WARP().resolved_params("events")["weighting"] == "binary"
+    # use_bias and learning_rate_decay resolve by feedback too, ratings as before.
+    assert BPR().resolved_params("ratings")["learning_rate_decay"] == 0.0
+    assert BPR().resolved_params("events")["learning_rate_decay"] == 0.01
+    assert WARP().resolved_params("ratings")["use_bias"] is True
+    assert WARP().resolved_params("events")["use_bias"] is False
+    assert WARP(use_bias=True).resolved_params("events")["use_bias"] is True
 
 
 @pytest.mark.parametrize("weighting", ["binary", "linear", "log", "bm25"])
@@ -249,7 +256,7 @@ def test_als_ranks_a_users_group_first_on_play_counts(client, weighting):
 @pytest.mark.parametrize("cls", [BPR, WARP])
 def test_pairwise_models_fit_play_counts_with_weighted_steps(client, cls):
     frame = play_counts()
-    model = cls(factors=8, epochs=15, random_state=0).fit(frame)
+    model = cls(factors=8, epochs=15, random_state=0, weighting="log").fit(frame)
     assert model.params_["weighting"] == "log"
     recs = model.recommend(frame.user_id.unique()[:20], n=5)
     assert in_group(recs) > 0.9

@@ -237,7 +237,7 @@ def test_sgd_fold_in_is_seeded_per_user_and_fits_the_history(client, split, make
         fold = dict(zip(folded.user_id, folded.factors, strict=True))
         pos = held[held.rating >= 4]
         u = np.stack([fold[x] for x in pos.user_id])
-        if model.use_bias:
+        if model._p("use_bias"):
             u = np.hstack([u, np.ones((len(u), 1), np.float32)])
         s_pos = (u * items[model.item_index(pos.item_id)]).sum(1)
         rng = np.random.default_rng(0)

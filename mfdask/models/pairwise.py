@@ -61,10 +61,10 @@ class PairwiseModel(FactorModel):
     # Parameters both subclasses store (declarations only; see FactorModel):
     epochs: int | None
     learning_rate: float | None
-    learning_rate_decay: float
+    learning_rate_decay: float | None
     item_regularization: float | None
     negative_regularization: float | None
-    use_bias: bool
+    use_bias: bool | None
     init_scale: float
     weighting: str | None
     # Learned:
@@ -87,7 +87,10 @@ class PairwiseModel(FactorModel):
             raise ValueError(
                 f"weighting must be one of {list(WEIGHTINGS)} or None, got {self.weighting!r}"
             )
-        _check_nonnegative("learning_rate_decay", self.learning_rate_decay)
+        if self.learning_rate_decay is not None:
+            _check_nonnegative("learning_rate_decay", self.learning_rate_decay)
+        if self.use_bias is not None and not isinstance(self.use_bias, (bool, np.bool_)):
+            raise ValueError(f"use_bias must be True, False or None, got {self.use_bias!r}")
         _check_nonnegative("init_scale", self.init_scale)
         for name in ("regularization", "item_regularization", "negative_regularization"):
             if getattr(self, name) is not None:
@@ -107,7 +110,8 @@ class PairwiseModel(FactorModel):
         An inverse-time schedule (Robbins-Monro conditions hold for any decay > 0);
         ``learning_rate_decay = 0`` keeps it constant.
         """
-        return float(self._p("learning_rate")) / (1.0 + float(self.learning_rate_decay) * epoch)
+        decay = float(self._p("learning_rate_decay"))
+        return float(self._p("learning_rate")) / (1.0 + decay * epoch)
 
     # ------------------------------------------------------------------ fitting
     def _initial_state(
@@ -122,13 +126,13 @@ class PairwiseModel(FactorModel):
         if rng is None:
             rng = np.random.default_rng(self.random_state)
         k = int(self.factors)
-        extra = 1 if self.use_bias else 0
+        extra = 1 if self._p("use_bias") else 0
         std = float(self.init_scale) / np.sqrt(k)
         users = np.zeros((data.n_users, k + extra), dtype=np.float32)
         items = np.zeros((data.n_items, k + extra), dtype=np.float32)
         users[:, :k] = rng.standard_normal((data.n_users, k), dtype=np.float32) * std
         items[:, :k] = rng.standard_normal((data.n_items, k), dtype=np.float32) * std
-        if self.use_bias:
+        if extra:
             users[:, k] = 1.0  # fixed: x_ui = p_u·q_i + 1·b_i
         return {"factors": users}, {"factors": items}
 
@@ -137,7 +141,7 @@ class PairwiseModel(FactorModel):
         block drawn on its worker by global row: the distribution of
         :meth:`_initial_state` (other floats), the bias column 1 / 0."""
         k = int(self.factors)
-        extra = 1 if self.use_bias else 0
+        extra = 1 if self._p("use_bias") else 0
         std = float(self.init_scale) / np.sqrt(k)
         user = {"factors": Drawn(k + extra, normal=k, scale=std, seed=seed, fill=1.0)}
         item = {"factors": Drawn(k + extra, normal=k, scale=std, seed=seed + 1, fill=0.0)}
@@ -158,7 +162,7 @@ class PairwiseModel(FactorModel):
         k = int(self.factors)
         self.user_factors_ = columns(user["factors"], 0, k)
         self.item_factors_ = columns(item["factors"], 0, k)
-        if self.use_bias:
+        if self._p("use_bias"):
             self.item_bias_ = column_vector(item["factors"], k)
         else:
             self.item_bias_ = None
