@@ -290,6 +290,17 @@ MFDASK_GRID: dict[str, list[dict[str, Any]]] = {
         {"negative_samples": n, "regularization": r, "weighting": w}
         for n, r, w in itertools.product([1, 5, 10, 20], [0.01, 0.05], ["log", "binary"])
     ],
+    # The second round, around the defaults of now (epochs, decay, λ, bias; two seeds).
+    "bpr2": [
+        {"epochs": e, "learning_rate_decay": d, "regularization": r, "random_state": s}
+        for e, d, r, s in itertools.product([100, 200], [0.0, 0.01], [0.03, 0.05], [0, 1])
+    ],
+    "warp2": [
+        {"epochs": e, "regularization": r, "use_bias": b, "weighting": w, "random_state": s}
+        for e, r, b, w, s in itertools.product(
+            [40, 80], [1.0, 2.0], [True, False], ["log", "binary"], [0, 1]
+        )
+    ],
 }
 
 
@@ -297,7 +308,7 @@ def tune_mfdask(validation: Problem, models: list[str]) -> list[dict]:
     rows = []
     for name in models:
         for params in MFDASK_GRID.get(name, []):
-            m = run_mfdask(name, validation, params)
+            m = run_mfdask(name.rstrip("2"), validation, params)
             rows.append({"model": name, **params, "val ndcg@10": m["ndcg@10"]})
             print(rows[-1], flush=True)
     return rows
@@ -306,7 +317,9 @@ def tune_mfdask(validation: Problem, models: list[str]) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="peers at BEST, no grids")
-    parser.add_argument("--tune-mfdask", default="", help="models to grid (als,bpr,warp)")
+    parser.add_argument(
+        "--tune-mfdask", default="", help="models to grid (als,bpr,warp,bpr2,warp2)"
+    )
     parser.add_argument("--models", default="als,bpr,warp")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     root = lastfm_root()
