@@ -311,7 +311,7 @@ def test_routed_half_steps_give_the_broadcast_floats(client, clustered, n_blocks
 @pytest.mark.parametrize(
     "params",
     [
-        {"regularization_scaling": "count"},
+        {"regularization_scaling": "count", "regularization_offset": 5.0},
         {"confidence": "implicit", "regularization_scaling": "none", "alpha": 20.0},
     ],
 )

@@ -377,7 +377,7 @@ def _cg_terms(
     lam = float(spec.regularization) * (
         counts.astype(np.float32) if spec.count_scaled else np.ones(len(counts), np.float32)
     )
-    return gram.astype(np.float32), lam.astype(np.float32)[:, None]
+    return spec.ridged(gram).astype(np.float32), lam.astype(np.float32)[:, None]
 
 
 def begin_reduced_cg(
@@ -560,7 +560,8 @@ def counts_penalty(
 ) -> float:
     """:func:`block_penalty` of residue block ``block`` from the side's entry counts."""
     _, lam = _cg_terms(np.zeros((1, 1)), counts[block::n_blocks], spec)
-    return float((lam[:, 0].astype(np.float64) * np.einsum("ij,ij->i", factors, factors)).sum())
+    penalty = float((lam[:, 0].astype(np.float64) * np.einsum("ij,ij->i", factors, factors)).sum())
+    return penalty + _ridge_penalty(factors, spec)
 
 
 def _take_rows(full: np.ndarray, block: int, n_blocks: int) -> np.ndarray:
