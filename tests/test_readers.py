@@ -30,9 +30,7 @@ def twin(line: str, sep: str, n_fields: int):
     u, i, r, t = fields
     # The first problem in field order is the one reported (``0,0,x,`` is "not a
     # number" in the rating, before the empty timestamp).
-    if "" in (u, i):
-        return kparse.STATUS_EMPTY_FIELD, None
-    if r == "":
+    if "" in (u, i, r):
         return kparse.STATUS_EMPTY_FIELD, None
     try:
         rating = float(r)

@@ -37,7 +37,7 @@ import pandas as pd
 
 from mfdask.data import schema
 from mfdask.data.dataset import Dataset, id_map_fingerprint, is_dataset, open_dataset
-from mfdask.errors import InputError
+from mfdask.errors import InputError, UnknownIdError
 
 
 @dataclass(frozen=True)
@@ -169,6 +169,19 @@ def _checked_partition(part: pd.DataFrame, source: str, partition_info=None) -> 
 def _plain(value: object) -> object:
     """A NumPy scalar as the Python value it holds (for messages), anything else as is."""
     return value.item() if isinstance(value, np.generic) else value
+
+
+def as_id_type(values: pd.Index, index: pd.Index, what: str) -> pd.Index:
+    """``values`` cast to the id type of ``index`` (a model's id map), or
+    :class:`~mfdask.errors.UnknownIdError` naming the first few that cannot be."""
+    if not len(values) or values.dtype == index.dtype:
+        return values
+    try:
+        return values.astype(index.dtype)
+    except (TypeError, ValueError) as exc:
+        raise UnknownIdError(
+            f"{what} {list(values[:5])} are not of the model's id type {index.dtype}"
+        ) from exc
 
 
 def dense_index(ids: pd.Index, values: pd.Series) -> np.ndarray:

@@ -371,13 +371,19 @@ def cg_products(
     return sum_parts(*_executor(len(ranges)).map(lambda r: run(*r), ranges))
 
 
-def _cg_terms(
-    gram: np.ndarray, counts: np.ndarray, spec: SolveSpec
-) -> tuple[np.ndarray, np.ndarray]:
+def _row_lambdas(counts: np.ndarray, spec: SolveSpec) -> np.ndarray:
+    """``(n, 1) float32`` L2 weight of each row: ``λ``, or ``λ n`` with count scaling
+    (the ridge is in the Gram, as in :func:`solve_block`)."""
     lam = float(spec.regularization) * (
         counts.astype(np.float32) if spec.count_scaled else np.ones(len(counts), np.float32)
     )
-    return spec.ridged(gram).astype(np.float32), lam.astype(np.float32)[:, None]
+    return lam.astype(np.float32)[:, None]
+
+
+def _cg_terms(
+    gram: np.ndarray, counts: np.ndarray, spec: SolveSpec
+) -> tuple[np.ndarray, np.ndarray]:
+    return spec.ridged(gram).astype(np.float32), _row_lambdas(counts, spec)
 
 
 def begin_reduced_cg(
@@ -559,7 +565,7 @@ def counts_penalty(
     counts: np.ndarray, factors: np.ndarray, block: int, n_blocks: int, spec: SolveSpec
 ) -> float:
     """:func:`block_penalty` of residue block ``block`` from the side's entry counts."""
-    _, lam = _cg_terms(np.zeros((1, 1)), counts[block::n_blocks], spec)
+    lam = _row_lambdas(counts[block::n_blocks], spec)
     penalty = float((lam[:, 0].astype(np.float64) * np.einsum("ij,ij->i", factors, factors)).sum())
     return penalty + _ridge_penalty(factors, spec)
 
@@ -677,6 +683,9 @@ class BlockALS:
     keep_on_workers : (bool, bool)
         Whether :meth:`factors` leaves the (user, item) side as
         :class:`~mfdask.engine.state.FactorBlocks` on the workers instead of gathering it.
+    factors : int, optional
+        The factor count, when known at placement: a fit whose item half will be reduced
+        (:func:`reduction_for`) then places no item-major copy of the ratings.
     seen_on_workers : bool
         Keep the record of seen items as blocks on the workers
         (:class:`~mfdask.engine.state.SeenBlocks`, aligned with the user blocks) instead
@@ -849,13 +858,13 @@ class BlockALS:
         src_where: list[str],
         n_src: int,
         k: int,
+        n_dst: int,
         src_half: HalfStep | None = None,
     ) -> HalfStep:
         """A half-step's wiring; plans the routes (one pass over the ratings) when routed.
 
         ``src_half`` (the other half, wired before) offers its rating blocks for a
         reduced solve (:func:`reduction_for`)."""
-        n_dst = self.n_items if src_half is not None else self.n_users
         half = HalfStep(dst_blocks, dst_where, src_where, n_src, n_dst=n_dst)
         routes = routing_for(self.routing, n_src, k, self.route_above_bytes)
         if (
@@ -926,10 +935,10 @@ class BlockALS:
         k = self.k = int(item_factors.shape[1])
         if self._user_half is None or self._item_half is None:
             self._user_half = self._wire(
-                self.user_blocks, self._user_where, self._item_where, self.n_items, k
+                self.user_blocks, self._user_where, self._item_where, self.n_items, k, self.n_users
             )
             self._item_half = self._wire(
-                self.item_blocks, self._item_where, self._user_where, self.n_users, k,
+                self.item_blocks, self._item_where, self._user_where, self.n_users, k, self.n_items,
                 src_half=self._user_half,
             )  # fmt: skip
             if self.items_reduced and not self._item_half.reduced:

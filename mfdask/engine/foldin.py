@@ -47,6 +47,7 @@ import scipy.sparse as sp
 from mfdask.data import schema
 from mfdask.data.dataset import atomic_directory, write_json_atomic
 from mfdask.data.hashing import hash_keys
+from mfdask.data.training import as_id_type
 from mfdask.engine.cluster import session, wait_for, worker_addresses
 from mfdask.engine.topk import MANIFEST, OUTPUT_VERSION, TopKOutput, check_output_dir
 from mfdask.errors import ALSNumericalError, InputError, UnknownIdError
@@ -201,16 +202,8 @@ def build_history(
     if frame[schema.USER_ID].isna().any():
         raise InputError(f"{where} has missing user ids (NaN/None)")
     values, positive, summed = _history_values(frame, spec, where)
-    items = pd.Index(frame[schema.ITEM_ID])
     model_items = spec.item_index
-    if len(items) and items.dtype != model_items.dtype:
-        try:
-            items = items.astype(model_items.dtype)
-        except (TypeError, ValueError) as exc:
-            raise UnknownIdError(
-                f"{where}: item ids {list(items[:5])} are not of the model's id type "
-                f"{model_items.dtype}"
-            ) from exc
+    items = as_id_type(pd.Index(frame[schema.ITEM_ID]), model_items, f"{where}: item ids")
     item = model_items.get_indexer(items)
     unknown = item < 0
     skipped = int(unknown.sum())

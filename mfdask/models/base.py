@@ -38,7 +38,7 @@ import scipy.sparse as sp
 from mfdask._warnings import FitMetrics, HistoryRecord, warn_renamed
 from mfdask.data import schema
 from mfdask.data.dataset import Dataset, atomic_directory, open_dataset, write_json_atomic
-from mfdask.data.training import TrainingData, as_training_data
+from mfdask.data.training import TrainingData, as_id_type, as_training_data
 from mfdask.engine.state import FactorBlocks, SeenBlocks
 from mfdask.engine.warmup import warm_current_client
 from mfdask.errors import ModelFileError, ModelMismatchError, NotFittedError, UnknownIdError
@@ -619,13 +619,7 @@ class FactorModel:
         values = pd.Index(
             list(ids) if not isinstance(ids, (np.ndarray, pd.Index, pd.Series)) else ids
         )
-        if len(values) and values.dtype != index.dtype:
-            try:
-                values = values.astype(index.dtype)
-            except (TypeError, ValueError) as exc:
-                raise UnknownIdError(
-                    f"{kind} ids {list(values[:5])} are not of the model's id type {index.dtype}"
-                ) from exc
+        values = as_id_type(values, index, f"{kind} ids")
         pos = index.get_indexer(values)
         if (pos < 0).any():
             unknown = list(values[pos < 0][:10])
