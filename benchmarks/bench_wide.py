@@ -204,7 +204,9 @@ def run_mfdask(
             BPR(factors=4, epochs=1).fit(warm)
         else:
             ALS(factors=4, iterations=1).fit(warm)
-        with RSSMonitor() as mon:
+        pids_before = set(client.run(os.getpid).values())
+        phase_spill: dict[str, float] = {}
+        with RSSMonitor() as mon, ManagedMonitor(client) as managed:
             started = time.perf_counter()
             cpu_started = process_tree_cpu()
             if model_name == "bpr":
@@ -227,9 +229,11 @@ def run_mfdask(
             out["outside iterations s"] = out["fit s"] - sum(seconds)
             out["distributed"] = model.distributed
             out["traffic"] = model.metrics_.get("traffic")
+            phase_spill["fit"] = _spilled_gib(client)
             started = time.perf_counter()
             model.save(scratch / "model", overwrite=True)
             out["save s"] = time.perf_counter() - started
+            phase_spill["save"] = _spilled_gib(client) - sum(phase_spill.values())
             if recommend:
                 started = time.perf_counter()
                 recs = model.recommend_all(
@@ -238,16 +242,99 @@ def run_mfdask(
                 out["recommend method"] = recommend_method
                 out["recommend_all s"] = time.perf_counter() - started
                 out["recommendations"] = recs.rows
-        spilled = client.run(_bytes_spilled)
-        out["spilled GiB"] = round(sum(spilled.values()) / 2**30, 3)
-        # A worker restarted by its nanny (memory limit) is a new process: count them.
-        out["worker processes"] = len(mon.worker_peaks)
+                phase_spill["recommend_all"] = _spilled_gib(client) - sum(phase_spill.values())
+        out["spilled GiB"] = round(_spilled_gib(client), 3)
+        out["spilled GiB by phase"] = {k: round(v, 3) for k, v in phase_spill.items()}
+        out["managed peak GiB"] = managed.peaks()
+        # A worker restarted by its nanny (memory limit) is a new process.
+        out["worker restarts"] = len(set(client.run(os.getpid).values()) - pids_before)
         out["client peak GiB"] = mon.client_peak / 2**30
         out["worker peak GiB"] = sorted(round(v / 2**30, 2) for v in mon.worker_peaks.values())[-2:]
     finally:
         client.close()
         cluster.close()
     return out
+
+
+def _spilled_gib(client: Any) -> float:
+    """GiB the workers ever wrote to their spill directories (0 when nothing spilled)."""
+    return sum(client.run(_bytes_spilled).values()) / 2**30
+
+
+class ManagedMonitor:
+    """Each worker's memory as Dask sees it, polled, at that worker's highest process RSS.
+
+    Dask spills when a worker's process memory passes ``spill`` (0.7 of its limit) or its
+    managed memory passes ``target`` (0.6). Polled every ``interval`` seconds with
+    ``client.run``; at each worker's highest RSS it keeps the managed bytes in memory and
+    on disk by key prefix (the task name before its token), the unmanaged rest and the
+    tasks executing, so that a spill can be traced to what caused it.
+    """
+
+    def __init__(self, client: Any, interval: float = 1.0) -> None:
+        self.client = client
+        self.interval = interval
+        self._started = time.perf_counter()
+        self._peaks: dict[str, dict[str, Any]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                seen = self.client.run(_memory_by_prefix)
+            except Exception:  # a worker restarting: try again at the next poll
+                seen = {}
+            for address, sample in seen.items():
+                if sample["rss GiB"] > self._peaks.get(address, {"rss GiB": -1.0})["rss GiB"]:
+                    sample["at s"] = round(time.perf_counter() - self._started, 1)
+                    self._peaks[address] = sample
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> ManagedMonitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def peaks(self) -> list[dict[str, Any]]:
+        """Per worker, at its RSS peak: GiB in all, managed in memory, spilled, top keys."""
+        return list(self._peaks.values())
+
+
+def _memory_by_prefix(dask_worker: Any) -> dict[str, Any]:
+    """This worker's RSS and managed memory (GiB), the largest key prefixes, what runs."""
+    from dask.utils import key_split
+
+    data = dask_worker.data
+    fast = getattr(data, "fast", data)
+    slow = getattr(data, "slow", None)
+    weights = getattr(fast, "weights", {})
+    spilled = getattr(slow, "weight_by_key", {}) if slow is not None else {}
+    in_memory: dict[str, float] = {}
+    on_disk: dict[str, float] = {}
+    for key in list(fast.keys()):
+        name = key_split(key)
+        in_memory[name] = in_memory.get(name, 0.0) + float(weights.get(key, 0)) / 2**30
+    for key, size in list(spilled.items()):
+        name = key_split(key)
+        on_disk[name] = on_disk.get(name, 0.0) + float(size.disk) / 2**30
+
+    def top(sizes: dict[str, float]) -> dict[str, float]:
+        return {k: round(v, 3) for k, v in sorted(sizes.items(), key=lambda kv: -kv[1])[:4]}
+
+    rss = dask_worker.monitor.get_process_memory() / 2**30
+    managed = sum(in_memory.values())
+    return {
+        "rss GiB": round(rss, 3),
+        "managed GiB": round(managed, 3),
+        "unmanaged GiB": round(rss - managed, 3),
+        "in memory": top(in_memory),
+        "spilled": top(on_disk),
+        "executing": sorted({key_split(ts.key) for ts in dask_worker.state.executing}),
+    }
 
 
 def _bytes_spilled(dask_worker: Any) -> float:
