@@ -67,7 +67,9 @@ from mfdask.engine.blocks import (
 )
 from mfdask.engine.checkpoint import BlockFiles, block_digest, combine_digests
 from mfdask.engine.cluster import worker_addresses
+from mfdask.engine.finite import all_finite
 from mfdask.engine.resilience import WorkerLostError, collect, gather
+from mfdask.engine.sizes import sized
 from mfdask.engine.state import FactorBlocks, SeenBlocks
 from mfdask.errors import ALSNumericalError
 from mfdask.kernels.als import (
@@ -122,6 +124,7 @@ class SolveSpec:
         return gram + float(self.ridge) * np.eye(gram.shape[0], dtype=gram.dtype)
 
 
+@sized
 @dataclass
 class Source:
     """What every destination block of a half-iteration receives.
@@ -301,6 +304,7 @@ def reduction_for(
     return routes and passes * n_dst_rows < n_src_rows
 
 
+@sized
 @dataclass
 class ReducedCG:
     """The destination side's conjugate-gradient state in a reduced half-step.
@@ -432,7 +436,7 @@ def step_reduced_cg(
 def reduced_block(state: ReducedCG, block: int, n_blocks: int) -> np.ndarray:
     """Destination block ``block``'s new factors (its residue rows of the CG iterate)."""
     out = np.ascontiguousarray(state.x[block::n_blocks], dtype=np.float32)
-    if not np.isfinite(out).all():
+    if not all_finite(out):
         raise ALSNumericalError(
             f"ALS produced NaN/inf factors in block {block}: raise regularization or lower alpha"
         )
@@ -519,7 +523,7 @@ def solve_block(
             f"(confidence {'1 + ' if offset else ''}alpha * r with alpha={spec.alpha}): "
             "raise regularization, raise alpha, or use confidence='paper'"
         )
-    if not np.isfinite(out).all():
+    if not all_finite(out):
         raise ALSNumericalError(
             f"ALS produced NaN/inf factors in block {block.block}: raise regularization "
             f"(now {spec.regularization}) or lower alpha (now {spec.alpha})"

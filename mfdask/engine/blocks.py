@@ -33,10 +33,12 @@ from distributed import Client, Future
 from mfdask.data import schema
 from mfdask.data.training import LocalRatings
 from mfdask.engine.cluster import wait_for, worker_addresses
+from mfdask.engine.sizes import sized
 from mfdask.errors import DuplicateRatingError
 from mfdask.kernels.csr import coo_to_csr
 
 
+@sized
 @dataclass
 class RowBlock:
     """One block of rows of a sparse matrix, as CSR over local rows.

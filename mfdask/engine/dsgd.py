@@ -132,6 +132,7 @@ from mfdask.engine.exchange import (
 )
 from mfdask.engine.resilience import collect as collect_futures
 from mfdask.engine.resilience import gather
+from mfdask.engine.sizes import sized
 from mfdask.engine.state import FactorBlocks, SeenBlocks, StateLostError
 from mfdask.errors import PlanError
 from mfdask.kernels.init import hashed_normal_rows
@@ -150,6 +151,7 @@ block; 1.4 MB for a worker's half of ML-1M). Above it samplers search the CSR ro
 
 
 # ---------------------------------------------------------------------- data on workers
+@sized
 @dataclass
 class Cell:
     """The ratings of one (user block, item block) cell, in local indices.
@@ -190,6 +192,7 @@ class Cell:
         return len(self.values)
 
 
+@sized
 @dataclass
 class UserShard:
     """A user block on its worker: its CSR rows and their cut into cells.

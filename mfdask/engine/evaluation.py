@@ -36,6 +36,7 @@ import scipy.sparse as sp
 from mfdask.data import schema
 from mfdask.engine.blocks import RowBlock, persist_partitions, place_row_blocks
 from mfdask.engine.cluster import worker_addresses
+from mfdask.engine.finite import all_finite
 from mfdask.engine.resilience import gather
 from mfdask.engine.state import FactorBlocks, SeenBlocks
 from mfdask.errors import InputError
@@ -203,7 +204,7 @@ def _rank_block(
 
 
 def _all_finite(factors: np.ndarray, block: int) -> bool:
-    return bool(np.isfinite(factors).all())
+    return all_finite(factors)
 
 
 def _rating_partition(part: pd.DataFrame, predict: Predict, name: str) -> RatingSums:

@@ -49,6 +49,7 @@ from mfdask.data.dataset import atomic_directory, write_json_atomic
 from mfdask.data.hashing import hash_keys
 from mfdask.data.training import as_id_type
 from mfdask.engine.cluster import session, wait_for, worker_addresses
+from mfdask.engine.sizes import sized
 from mfdask.engine.topk import MANIFEST, OUTPUT_VERSION, TopKOutput, check_output_dir
 from mfdask.errors import ALSNumericalError, InputError, UnknownIdError
 from mfdask.kernels.als import solve_rows_cholesky
@@ -69,6 +70,7 @@ _STREAM_FOLD_IN = 0x464F4C44  # "FOLD": the hash stream of the per-user seeds
 # --------------------------------------------------------------------------- histories
 
 
+@sized
 @dataclass
 class History:
     """Histories as CSR rows, one row per user, items in the model's dense indices.

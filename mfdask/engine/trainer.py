@@ -53,6 +53,7 @@ from mfdask.engine.als import BlockALS
 from mfdask.engine.checkpoint import BlockFiles, Checkpoint, FitCheckpoints
 from mfdask.engine.cluster import session
 from mfdask.engine.dsgd import DSGD
+from mfdask.engine.finite import all_finite
 from mfdask.engine.pipeline import EpochPipeline
 from mfdask.engine.resilience import run_fit
 from mfdask.engine.state import FactorBlocks
@@ -390,7 +391,7 @@ class _DSGDDriver:
 
 
 def _finite_block(block: np.ndarray, b: int) -> bool:
-    return bool(np.isfinite(block).all())
+    return all_finite(block)
 
 
 class _ALSDriver:
