@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import dask
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
@@ -406,3 +407,22 @@ def test_default_blocks_bound_the_largest_factor_block():
     assert blocks == 10 and blocks % 2 == 0
     assert 20_000_000 * 64 * 4 / blocks <= BLOCK_BYTES
     assert default_blocks(3, 10, 8) == 3
+    # Workers of 6 GiB: blocks of at most 1/24 of that (256 MiB), 20 in all; with 2
+    # threads a worker solves two at once, so half that size.
+    gib = 2**30
+    assert default_blocks(2, 20_000_000, 64, memory_limit=6 * gib) == 20
+    assert default_blocks(2, 20_000_000, 64, memory_limit=6 * gib, threads=2) == 40
+    assert default_blocks(2, 20_000_000, 64, memory_limit=64 * gib) == 10  # 512 MiB cap
+    assert default_blocks(2, 6040, 64, memory_limit=gib) == 2
+    with dask.config.set({"mfdask.als.block-bytes": 2**30}):  # a set size wins
+        assert default_blocks(2, 20_000_000, 64, memory_limit=6 * gib) == 6
+
+
+def test_worker_capacity_reads_the_smallest_limit_and_most_threads(client):
+    from mfdask.engine.cluster import worker_capacity
+
+    limit, threads = worker_capacity(client)
+    info = client.scheduler_info()["workers"].values()
+    limits = [w["memory_limit"] for w in info if w["memory_limit"]]
+    assert limit == (min(limits) if limits else None)
+    assert threads == max(w["nthreads"] for w in info)

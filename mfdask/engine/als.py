@@ -446,18 +446,38 @@ def reduced_block(state: ReducedCG, block: int, n_blocks: int) -> np.ndarray:
 BLOCK_BYTES = 512 * 2**20
 """With no ``n_blocks`` given, the largest factor block one side may have (float32 bytes)."""
 
+BLOCK_SHARE_OF_MEMORY = 1 / 24
+"""With no ``n_blocks`` given, a factor block is also at most this share of the smallest
+worker memory limit, per worker thread (256 MiB for a 1-thread worker of 6 GiB).
 
-def default_blocks(n_workers: int, n_rows: int, k: int) -> int:
+A worker holds its share of a side's factors plus, while a block is solved, that block's
+new copy (one per thread). Dask starts spilling a worker's results to disk once they
+pass 60 % of its limit (``distributed.worker.memory.target``) or its process memory
+passes 70 % (``spill``); with 20M users at 64 factors on 2 workers of 6 GiB the share
+alone is 2.4 GiB, and with 512 MiB blocks the new copy took the results to the 3.6 GiB
+target and the workers spilled 13 GiB in 3 iterations. A block of 1/24 of the limit
+keeps the new copies to about 4 % of it."""
+
+
+def default_blocks(
+    n_workers: int, n_rows: int, k: int, memory_limit: int | None = None, threads: int = 1
+) -> int:
     """Blocks per side when ``n_blocks`` is not given: one per worker, or more when the
-    larger side's block would pass ``mfdask.als.block-bytes`` (default
-    :data:`BLOCK_BYTES`).
+    larger side's block would pass ``mfdask.als.block-bytes`` (default: the smaller of
+    :data:`BLOCK_BYTES` and :data:`BLOCK_SHARE_OF_MEMORY` of ``memory_limit`` per thread).
 
     A half-step holds a block's previous and new factors until its solve ends, so one
     block per worker would double the largest side on every worker (20M users at 64
-    factors: 2 x 2.6 GB on each of 2 workers). In blocks of at most 512 MiB a worker's
-    extra is one block. Blocks stay a multiple of the workers, so each has as many.
+    factors: 2 x 2.6 GB on each of 2 workers). In smaller blocks a worker's extra is one
+    block per thread. Blocks stay a multiple of the workers, so each has as many.
     """
-    limit = int(dask.config.get("mfdask.als.block-bytes", BLOCK_BYTES))
+    configured = dask.config.get("mfdask.als.block-bytes", None)
+    if configured is not None:
+        limit = int(configured)
+    else:
+        limit = BLOCK_BYTES
+        if memory_limit:
+            limit = min(limit, int(memory_limit * BLOCK_SHARE_OF_MEMORY / max(1, threads)))
     per_worker = n_rows * k * 4 / max(1, n_workers)
     return max(1, n_workers) * max(1, math.ceil(per_worker / max(1, limit)))
 

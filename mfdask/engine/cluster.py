@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from distributed import Client, LocalCluster, default_client
 
@@ -168,6 +169,28 @@ def live_workers(client: Client) -> list[str]:
     if not workers:
         raise ClusterError("the Dask cluster has no workers: start at least one `dask worker`")
     return workers
+
+
+def worker_capacity(client: Client) -> tuple[int | None, int]:
+    """``(memory_limit, threads)``: the smallest memory limit of the workers (bytes; None
+    when none has one) and the most threads any of them runs.
+
+    Asked of the scheduler, over the workers :func:`worker_addresses` lists. What block
+    sizes are chosen from: a worker holds one new block per thread next to its share of
+    a side's factors.
+    """
+    workers = set(worker_addresses(client))
+
+    def capacity(dask_scheduler: Any) -> list[tuple[int, int]]:
+        return [
+            (int(ws.memory_limit or 0), int(ws.nthreads))
+            for address, ws in dask_scheduler.workers.items()
+            if address in workers
+        ]
+
+    rows = client.run_on_scheduler(capacity) or [(0, 1)]
+    limits = [m for m, _ in rows if m > 0]
+    return (min(limits) if limits else None), max(max(t for _, t in rows), 1)
 
 
 def worker_addresses(client: Client) -> list[str]:

@@ -13,7 +13,7 @@ from mfdask.data.training import TrainingData, map_ratings
 from mfdask.engine.als import BlockALS, SolveSpec, default_blocks
 from mfdask.engine.blocks import positive_counts
 from mfdask.engine.checkpoint import BlockFiles
-from mfdask.engine.cluster import worker_addresses
+from mfdask.engine.cluster import worker_addresses, worker_capacity
 from mfdask.engine.state import FactorBlocks, keeps_on_workers
 from mfdask.engine.trainer import FitResult, IterationReport, Objective, State
 from mfdask.models.base import (
@@ -375,7 +375,12 @@ class _ALSObjective(Objective):
             positive_threshold=threshold,
             binary=binary,
             n_blocks=m._resumable_blocks()
-            or default_blocks(len(worker_addresses(client)), max(data.n_users, data.n_items), k),
+            or default_blocks(
+                len(worker_addresses(client)),
+                max(data.n_users, data.n_items),
+                k,
+                *worker_capacity(client),
+            ),
             seen_on_workers=self.on_workers[0],
             keep_on_workers=self.on_workers,
             factors=k,
