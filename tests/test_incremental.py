@@ -123,3 +123,149 @@ def test_partial_fit_with_validation(client, data):
     model.partial_fit(updated, iterations=2, validation=held)
     assert all("ndcg" in h for h in model.history_[3:])
     assert "_initial_state" not in model.__dict__ and "_update_of" not in model.__dict__
+
+
+# ---------------------------------------------------------------- placing what changed
+def _updated_twice(name, old, updated, keep=True, **kwargs):
+    import dask
+
+    with dask.config.set({"mfdask.partial-fit.keep-blocks": keep}):
+        model = MODELS[name]().set_params(**kwargs).fit(old)
+    return model.partial_fit(updated, iterations=2)
+
+
+def _assert_same_model(a, b):
+    assert list(a.user_ids_) == list(b.user_ids_) and list(a.item_ids_) == list(b.item_ids_)
+    np.testing.assert_allclose(a.user_factors_, b.user_factors_, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a.item_factors_, b.item_factors_, rtol=1e-5, atol=1e-6)
+    for name in ("user_bias_", "item_bias_"):
+        if getattr(a, name, None) is not None:
+            np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=1e-5, atol=1e-6)
+    assert (a.seen_items_ != b.seen_items_).nnz == 0
+    np.testing.assert_array_equal(a.item_counts_, b.item_counts_)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_partial_fit_places_only_the_added_ratings(client, data, name):
+    """Extending the kept blocks gives the model that placing everything again gives
+    (new users and items included)."""
+    old, updated = data
+    fast = _updated_twice(name, old, updated)
+    slow = _updated_twice(name, old, updated, keep=False)
+    assert fast.metrics_["updates"][-1]["placed"] == "added"
+    assert slow.metrics_["updates"][-1]["placed"] == "all"
+    assert fast.metrics_["updates"][-1]["new_users"] > 0
+    assert fast.metrics_["updates"][-1]["new_items"] > 0
+    _assert_same_model(fast, slow)
+    # The update keeps its own blocks: a second update extends them again.
+    more = pd.concat(
+        [
+            updated,
+            pd.DataFrame({"user_id": [10**6], "item_id": [updated.item_id[0]], "rating": [5.0]}),
+        ],
+        ignore_index=True,
+    )
+    fast.partial_fit(more, iterations=1)
+    assert fast.metrics_["updates"][-1]["placed"] == "added"
+    assert fast.n_users == slow.n_users + 1
+
+
+def test_partial_fit_of_a_model_without_its_blocks_places_everything(client, data, tmp_path):
+    """A loaded model, or one whose blocks are gone from the cluster, places all the
+    ratings again, and ends where the extended blocks would have taken it."""
+    old, updated = data
+    model = MODELS["als"]().fit(old)
+    model.save(tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert "_kept_blocks" not in loaded.__dict__
+    loaded.partial_fit(updated, iterations=2)
+    assert loaded.metrics_["updates"][-1]["placed"] == "all"
+    gone = MODELS["als"]().fit(old)
+    kept = gone.__dict__["_kept_blocks"]
+    client.cancel(kept.user + kept.item)
+    gone.partial_fit(updated, iterations=2)
+    assert gone.metrics_["updates"][-1]["placed"] == "all"
+    model.partial_fit(updated, iterations=2)
+    assert model.metrics_["updates"][-1]["placed"] == "added"
+    _assert_same_model(loaded, model)
+    _assert_same_model(gone, model)
+
+
+def test_partial_fit_with_a_changed_or_removed_rating_places_everything(client, data):
+    old, updated = data
+    changed = updated.copy()
+    row = int(np.flatnonzero(changed.rating.to_numpy() < 5)[0])
+    changed.loc[row, "rating"] += 1.0
+    removed = updated.iloc[1:].reset_index(drop=True)
+    for name in ("bpr", "als"):
+        for new in (changed, removed):
+            fast = _updated_twice(name, old, new)
+            assert fast.metrics_["updates"][-1]["placed"] == "all"
+            _assert_same_model(fast, _updated_twice(name, old, new, keep=False))
+
+
+def test_partial_fit_extension_keeps_the_duplicate_check(client, data):
+    from mfdask.errors import DuplicateRatingError
+
+    old, updated = data
+    model = MODELS["bpr"]().fit(old)
+    new = updated[~updated.index.isin(old.index)].head(1)
+    twice = pd.concat([updated, new], ignore_index=True)
+    with pytest.raises(DuplicateRatingError, match="duplicate rating"):
+        model.partial_fit(twice)
+
+
+def test_partial_fit_extends_log_weighted_events_but_not_bm25(client, data):
+    old, updated = data
+    events = {"user_id": "user_id", "item_id": "item_id", "rating": "weight"}
+    old_e, new_e = old.rename(columns=events), updated.rename(columns=events)
+    fast = _updated_twice("als", old_e, new_e, weighting="log")
+    assert fast.metrics_["updates"][-1]["placed"] == "added"
+    _assert_same_model(fast, _updated_twice("als", old_e, new_e, keep=False, weighting="log"))
+    bm25 = _updated_twice("als", old_e, new_e, weighting="bm25")
+    assert bm25.metrics_["updates"][-1]["placed"] == "all"
+    assert "_kept_blocks" not in bm25.__dict__
+
+
+def test_kept_blocks_stay_out_of_copies_and_pickles(client, data):
+    import copy
+    import pickle
+
+    old, _ = data
+    model = MODELS["svd"]().fit(old)
+    assert "_kept_blocks" in model.__dict__ and "_kept_ratings" in model.__dict__
+    for other in (copy.copy(model), pickle.loads(pickle.dumps(model))):
+        assert "_kept_blocks" not in other.__dict__ and "_kept_ratings" not in other.__dict__
+    model.fit(old.iloc[:-1])  # a new fit lets the old blocks go
+    assert len(model.__dict__["_kept_ratings"]) == len(old) - 1
+
+
+def test_merge_row_block_equals_building_the_block_from_everything():
+    from mfdask.engine.blocks import build_row_block, merge_row_block, split_partition
+
+    rng = np.random.default_rng(3)
+    pairs = rng.choice(40 * 30, 300, replace=False)
+    frame = pd.DataFrame(
+        {
+            "user_idx": (pairs // 30).astype("int32"),
+            "item_idx": (pairs % 30).astype("int32"),
+            "rating": rng.random(300).astype("float32"),
+        }
+    )
+    old = frame[(frame.user_idx < 35) & (frame.item_idx < 25)].iloc[::2]
+    new = frame.drop(old.index)
+    for b in range(3):
+        full = build_row_block(
+            b, 3, 40, 30, [split_partition(frame, 3, "user_idx", "item_idx", "rating")[b]]
+        )
+        base = build_row_block(
+            b, 3, 35, 25, [split_partition(old, 3, "user_idx", "item_idx", "rating")[b]]
+        )
+        pieces = [
+            split_partition(p, 3, "user_idx", "item_idx", "rating")[b]
+            for p in (new.iloc[:50], new.iloc[50:])
+        ]
+        merged = merge_row_block(base, 40, 30, pieces)
+        assert (merged.n_rows, merged.n_cols) == (40, 30)
+        for a in ("indptr", "indices", "data"):
+            np.testing.assert_array_equal(getattr(merged, a), getattr(full, a))

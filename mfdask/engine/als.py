@@ -58,10 +58,13 @@ from distributed import Client, Future, get_worker
 
 from mfdask.data.training import LocalRatings
 from mfdask.engine.blocks import (
+    BlockExtension,
+    KeptBlocks,
     RowBlock,
     assemble_seen,
     block_pattern,
     block_workers,
+    extend_row_blocks,
     persist_partitions,
     place_row_blocks,
 )
@@ -714,6 +717,13 @@ class BlockALS:
         Keep the record of seen items as blocks on the workers
         (:class:`~mfdask.engine.state.SeenBlocks`, aligned with the user blocks) instead
         of assembling it on the client.
+    extension : BlockExtension, optional
+        Blocks placed by an earlier fit and which of ``ratings`` they lack: when they fit
+        this placement (:meth:`~mfdask.engine.blocks.BlockExtension.usable`), only those
+        ratings are shuffled and merged into them (the same blocks as placing all).
+    keep_placed : bool
+        Keep the placed blocks (before compaction) as :attr:`placed` for a later
+        ``extension``.
 
     Attributes
     ----------
@@ -722,6 +732,10 @@ class BlockALS:
     n_positives : int
     digest : str
         Content digest of the ratings (identifies the data in checkpoints).
+    placed : KeptBlocks or None
+        With ``keep_placed``: the placed blocks (values as given, not compacted).
+    extended : bool
+        Whether the ratings were placed by extending ``extension``'s blocks.
 
     Every wait goes through :func:`mfdask.engine.resilience.gather`: a lost worker
     raises :class:`~mfdask.engine.resilience.WorkerLostError` instead of hanging on
@@ -743,8 +757,14 @@ class BlockALS:
         seen_on_workers: bool = False,
         keep_on_workers: tuple[bool, bool] = (False, False),
         factors: int | None = None,
+        extension: BlockExtension | None = None,
+        keep_placed: bool = False,
     ) -> None:
         self.client = client
+        self._extension = extension
+        self.keep_placed = bool(keep_placed)
+        self.placed: KeptBlocks | None = None
+        self.extended = False
         self.seen_on_workers = bool(seen_on_workers)
         self.keep_on_workers = (bool(keep_on_workers[0]), bool(keep_on_workers[1]))
         self.n_users = n_users
@@ -784,16 +804,41 @@ class BlockALS:
         half-steps are wired (and routes planned) by the next :meth:`initialize`.
         """
         client = self.client
-        parts = persist_partitions(client, self._ratings)
-        user_full = place_row_blocks(client, parts, self.n_blocks, self.n_users, self.n_items)
-        item_full = (
-            []
-            if self.items_reduced
-            else place_row_blocks(
-                client, parts, self.n_blocks, self.n_items, self.n_users, transpose=True
+        extension, self._extension = self._extension, None  # (a rebuild places everything)
+        added = None if extension is None else extension.added(self._ratings)
+        if (
+            added is not None
+            and extension is not None
+            and extension.usable(client, self.n_blocks, not self.items_reduced)
+        ):
+            parts = persist_partitions(client, added)
+            kept = extension.kept
+            user_full = extend_row_blocks(client, kept.user, parts, self.n_users, self.n_items)
+            item_full = (
+                []
+                if self.items_reduced
+                else extend_row_blocks(
+                    client, kept.item, parts, self.n_items, self.n_users, transpose=True
+                )
             )
-        )
+            self.extended = True
+        else:
+            parts = persist_partitions(client, self._ratings)
+            user_full = place_row_blocks(client, parts, self.n_blocks, self.n_users, self.n_items)
+            item_full = (
+                []
+                if self.items_reduced
+                else place_row_blocks(
+                    client, parts, self.n_blocks, self.n_items, self.n_users, transpose=True
+                )
+            )
+            self.extended = False
         del parts
+        self.placed = (
+            KeptBlocks(user_full, item_full, self.n_blocks, self.n_users, self.n_items, "")
+            if self.keep_placed
+            else None
+        )
         if self.seen_on_workers:  # again after a rebuild: the lost worker's blocks went too
             where = _placed(block_workers(client, user_full))
             self.seen: sp.csr_matrix | SeenBlocks = SeenBlocks(

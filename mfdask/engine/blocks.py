@@ -187,21 +187,9 @@ def place_row_blocks(
     Block ``b`` is placed on worker ``b % n_workers`` (sorted addresses), so the same
     cluster shape always gives the same layout.
     """
-    row_col, col_col = (
-        (schema.ITEM_IDX, schema.USER_IDX) if transpose else (schema.USER_IDX, schema.ITEM_IDX)
-    )
     row_name, col_name = ("item", "user") if transpose else ("user", "item")
     workers = worker_addresses(client)
-    splits = [
-        client.submit(split_partition, part, n_blocks, row_col, col_col, value_col, pure=False)
-        for part in partitions
-    ]
-    # Each block's piece of each split, taken where the split is: a block's worker then
-    # fetches only its own pieces, not every split's pieces for every block.
-    pieces = [
-        [client.submit(operator.getitem, s, b, pure=False) for s in splits] for b in range(n_blocks)
-    ]
-    del splits
+    pieces = _split_pieces(client, partitions, n_blocks, transpose, value_col)
     blocks = [
         client.submit(
             build_row_block,
@@ -218,12 +206,167 @@ def place_row_blocks(
         )
         for b in range(n_blocks)
     ]
+    _wait_blocks(client, blocks)
+    del pieces
+    return blocks
+
+
+def _split_pieces(
+    client: Client, partitions: list[Future], n_blocks: int, transpose: bool, value_col: str
+) -> list[list[Future]]:
+    """``pieces[b][p]``: block ``b``'s piece of partition ``p`` (:func:`split_partition`)."""
+    row_col, col_col = (
+        (schema.ITEM_IDX, schema.USER_IDX) if transpose else (schema.USER_IDX, schema.ITEM_IDX)
+    )
+    splits = [
+        client.submit(split_partition, part, n_blocks, row_col, col_col, value_col, pure=False)
+        for part in partitions
+    ]
+    # Each block's piece of each split, taken where the split is: a block's worker then
+    # fetches only its own pieces, not every split's pieces for every block.
+    return [
+        [client.submit(operator.getitem, s, b, pure=False) for s in splits] for b in range(n_blocks)
+    ]
+
+
+def _wait_blocks(client: Client, blocks: list[Future]) -> None:
     wait_for(client, blocks)
     for f in blocks:
         if f.status == "error":
             f.result()  # re-raise the worker's exception with its message
+
+
+def merge_row_block(
+    old: RowBlock,
+    n_rows: int,
+    n_cols: int,
+    pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    row_name: str = "row",
+    col_name: str = "column",
+) -> RowBlock:
+    """``old`` with the entries of ``pieces`` added, as a block of the ``(n_rows, n_cols)``
+    matrix (at least ``old``'s shape: grown id maps add rows at the end of each block).
+
+    The result is the block :func:`build_row_block` gives for the old entries and the new
+    together (the CSR of a set of distinct entries is unique), built on the worker that
+    holds ``old`` from its entries and the new pieces alone. A new entry at a position
+    ``old`` already has is a :class:`~mfdask.errors.DuplicateRatingError`.
+    """
+    local = np.repeat(np.arange(old.n_local_rows, dtype=np.int32), old.row_counts())
+    return build_row_block(
+        old.block,
+        old.n_blocks,
+        n_rows,
+        n_cols,
+        [(local, old.indices, old.data), *pieces],
+        row_name,
+        col_name,
+    )
+
+
+def extend_row_blocks(
+    client: Client,
+    blocks: list[Future],
+    partitions: list[Future],
+    n_rows: int,
+    n_cols: int,
+    transpose: bool = False,
+    value_col: str = schema.RATING,
+) -> list[Future]:
+    """Row blocks placed earlier (:func:`place_row_blocks`) with the ratings of
+    ``partitions`` added, as blocks of the ``(n_rows, n_cols)`` matrix.
+
+    Only the added ratings are shuffled: each block is merged with its pieces of them on
+    the worker that holds it (:func:`merge_row_block`), so the cost follows the added
+    ratings, not all of them. The old blocks are left as they are.
+    """
+    row_name, col_name = ("item", "user") if transpose else ("user", "item")
+    pieces = _split_pieces(client, partitions, len(blocks), transpose, value_col)
+    where = block_workers(client, blocks)
+    out = [
+        client.submit(
+            merge_row_block,
+            old,
+            n_rows,
+            n_cols,
+            pieces[b],
+            row_name,
+            col_name,
+            workers=None if w is None else [w],
+            allow_other_workers=True,
+            pure=False,
+        )
+        for b, (old, w) in enumerate(zip(blocks, where, strict=True))
+    ]
+    _wait_blocks(client, out)
     del pieces
-    return blocks
+    return out
+
+
+@dataclass
+class KeptBlocks:
+    """The row blocks a fit placed, kept with the fitted model so that an update can add
+    its new ratings to them (:func:`extend_row_blocks`) instead of placing all again.
+
+    Attributes
+    ----------
+    user, item : list of Future
+        User-major and item-major :class:`RowBlock` futures (``item`` empty when the fit
+        placed no item-major copy).
+    n_blocks, n_users, n_items : int
+        The layout and the matrix shape they were placed for.
+    values : str
+        What the block values are (the engine input: ``"rating"``, or an ALS weighting),
+        so that blocks are only extended with values computed the same way.
+    """
+
+    user: list[Future]
+    item: list[Future]
+    n_blocks: int
+    n_users: int
+    n_items: int
+    values: str
+
+    def alive(self, client: Client) -> bool:
+        """Whether every block is still held on ``client``'s cluster."""
+        futures = self.user + self.item
+        if not futures or any(f.client is not client or f.status != "finished" for f in futures):
+            return False
+        try:
+            where = client.who_has(futures)
+        except Exception:
+            return False
+        return all(where.get(f.key) for f in futures)
+
+
+@dataclass
+class BlockExtension:
+    """How an engine may place its ratings by extending kept blocks.
+
+    ``rows`` are the positions, in the engine's (client-side) ratings, of the ratings
+    that ``kept`` lacks; every other rating is in ``kept`` with the same value.
+    """
+
+    kept: KeptBlocks
+    rows: np.ndarray
+
+    def added(self, ratings: LocalRatings | dd.DataFrame) -> LocalRatings | None:
+        """The added ratings of ``ratings`` (None when they are not on the client)."""
+        if not isinstance(ratings, LocalRatings):
+            return None
+        frame = ratings.frame.iloc[self.rows].reset_index(drop=True)
+        return LocalRatings(frame, ratings.piece_rows)
+
+    def usable(self, client: Client, n_blocks: int, item_major: bool) -> bool:
+        """Whether the kept blocks fit a placement of ``n_blocks`` blocks per side (with an
+        item-major copy when ``item_major``) on ``client``'s cluster."""
+        kept = self.kept
+        return (
+            kept.n_blocks == n_blocks
+            and len(kept.user) == n_blocks
+            and (not item_major or len(kept.item) == n_blocks)
+            and kept.alive(client)
+        )
 
 
 def block_workers(client: Client, blocks: list[Future]) -> list[str | None]:

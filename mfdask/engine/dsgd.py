@@ -112,10 +112,13 @@ from distributed import Client, Future, get_worker
 from mfdask._progress import progress_bar
 from mfdask.data.training import LocalRatings
 from mfdask.engine.blocks import (
+    BlockExtension,
+    KeptBlocks,
     RowBlock,
     assemble_seen,
     block_pattern,
     block_workers,
+    extend_row_blocks,
     n_local_rows,
     persist_partitions,
     place_row_blocks,
@@ -763,6 +766,13 @@ class DSGD:
     seen_on_workers : bool
         Keep the training pattern as :class:`~mfdask.engine.state.SeenBlocks` aligned
         with the user blocks (:attr:`seen`), placed again after a lost worker.
+    extension : BlockExtension, optional
+        Row blocks placed by an earlier fit and which of ``ratings`` they lack: when they
+        fit this placement, only those ratings are shuffled and merged into them (the
+        same blocks as placing all; :func:`~mfdask.engine.blocks.extend_row_blocks`).
+    keep_placed : bool
+        Keep the row blocks as :attr:`placed` (a
+        :class:`~mfdask.engine.blocks.KeptBlocks`) for a later ``extension``.
 
     Notes
     -----
@@ -783,6 +793,8 @@ class DSGD:
         direct_exchange: bool | None = None,
         keep_on_workers: tuple[bool, bool] = (False, False),
         seen_on_workers: bool = False,
+        extension: BlockExtension | None = None,
+        keep_placed: bool = False,
     ) -> None:
         workers = worker_addresses(client)
         self.keep_on_workers = (bool(keep_on_workers[0]), bool(keep_on_workers[1]))
@@ -806,11 +818,29 @@ class DSGD:
             install(client)
         self._ratings = ratings  # kept to place the ratings again after a lost worker
         self._holdouts: list[tuple[dd.DataFrame | LocalRatings, list[Future]]] = []
-        parts = persist_partitions(client, ratings)
-        self._row_blocks = place_row_blocks(
-            client, parts, self.n_blocks, self.n_users, self.n_items, value_col=value_col
+        added = None if extension is None else extension.added(ratings)
+        self.extended = (
+            added is not None
+            and extension is not None
+            and extension.usable(client, self.n_blocks, item_major=False)
         )
+        if self.extended:
+            assert extension is not None and added is not None
+            parts = persist_partitions(client, added)
+            self._row_blocks = extend_row_blocks(
+                client, extension.kept.user, parts, self.n_users, self.n_items, value_col=value_col
+            )
+        else:
+            parts = persist_partitions(client, ratings)
+            self._row_blocks = place_row_blocks(
+                client, parts, self.n_blocks, self.n_users, self.n_items, value_col=value_col
+            )
         del parts
+        self.placed = (
+            KeptBlocks(list(self._row_blocks), [], self.n_blocks, self.n_users, self.n_items, "")
+            if keep_placed
+            else None
+        )
         self._workers = block_workers(client, self._row_blocks)
         self._shards = self._build_shards(self._row_blocks)
         self.seen: SeenBlocks | None = self._seen_blocks() if self.seen_on_workers else None
@@ -1295,6 +1325,10 @@ class DSGD:
             self.client, parts, self.n_blocks, self.n_users, self.n_items, value_col=self.value_col
         )
         del parts
+        if self.placed is not None:
+            self.placed = KeptBlocks(
+                list(self._row_blocks), [], self.n_blocks, self.n_users, self.n_items, ""
+            )
         self._workers = block_workers(self.client, self._row_blocks)
         self._shards = self._build_shards(self._row_blocks)
         if self.seen_on_workers:  # the lost worker's pattern blocks went with it

@@ -22,6 +22,7 @@ from mfdask.models.base import (
     _check_positive_int,
     _check_validation_metric,
 )
+from mfdask.models.incremental import block_extension, keep_blocks, keeps_blocks
 
 CONFIDENCE_OFFSETS = {"paper": 1.0, "implicit": 0.0}
 REGULARIZATION_SCALINGS = ("none", "count")
@@ -361,6 +362,7 @@ class _ALSObjective(Objective):
         m, data = self.model, self.data
         k = int(m.factors)
         ratings, threshold, binary = confidence_input(m, data)
+        self.values = placed_values(m, data)
         self.on_workers = (
             keeps_on_workers(client, data.n_users * k * 4),
             keeps_on_workers(client, data.n_items * k * 4),
@@ -384,6 +386,8 @@ class _ALSObjective(Objective):
             seen_on_workers=self.on_workers[0],
             keep_on_workers=self.on_workers,
             factors=k,
+            extension=None if self.values is None else block_extension(m, self.values),
+            keep_placed=self.values is not None and keeps_blocks(data),
         )
 
     def begin(self, engine: BlockALS) -> dict[str, Any]:
@@ -470,6 +474,19 @@ class _ALSObjective(Objective):
             m.metrics_["best_iteration"] = (result.best_iteration or 0) + 1
             m.metrics_[m.validation_metric] = result.best_score
         m.metrics_["n_positives"] = self.engine.n_positives
+        keep_blocks(m, self.data, engine, self.values or "")
+
+
+def placed_values(model: ALS, data: TrainingData) -> str | None:
+    """What the values of the placed blocks are (:func:`confidence_input`), as kept
+    blocks record it; None for ``bm25``, whose weights change with any added rating."""
+    weighting = model._p("weighting")
+    if weighting == "bm25":
+        return None
+    threshold = positive_cut(data.feedback, model.positive_threshold)
+    if weighting == "log":
+        return f"log(epsilon={float(model.epsilon)!r}, threshold={threshold!r})"
+    return "rating"
 
 
 # ---------------------------------------------------------------------- confidences

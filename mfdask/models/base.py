@@ -372,6 +372,14 @@ class FactorModel:
             setattr(self, name, value)
         return self
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The placed blocks kept for partial_fit (futures of this client's cluster) and
+        # the ratings they hold stay with this object: copies and pickles go without.
+        state = self.__dict__.copy()
+        for name in ("_kept_blocks", "_kept_ratings"):
+            state.pop(name, None)
+        return state
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
@@ -423,6 +431,8 @@ class FactorModel:
         self.history_ = []
         self.metrics_ = FitMetrics()
         self.user_positives_ = self.item_popularity_ = None
+        for name in ("_kept_blocks", "_kept_ratings", "_placed_added"):  # (incremental.KEPT)
+            self.__dict__.pop(name, None)  # the last fit's placed blocks go
         started = time.perf_counter()
         try:
             self._fit(data, validation, callback)

@@ -17,7 +17,20 @@ model's own fit starting from its fitted factors instead of a random start:
    epoch; WARP's Adagrad sums, which a fitted model does not keep, restart at 1).
 
 Everything a fit derives from the data (seen items, SVD's global mean and rating
-range, the number of positives) is recomputed from ``train``. The update is recorded:
+range, the number of positives) is recomputed from ``train``.
+
+Placing the ratings follows what changed. A fit on ratings held by the client (a pandas
+DataFrame) keeps its placed rating blocks on the cluster with the model
+(:class:`~mfdask.engine.blocks.KeptBlocks`, released by the next fit, not saved; the
+Dask config value ``mfdask.partial-fit.keep-blocks: false`` keeps none). When the
+update's ratings are again a frame on the client that holds every rating of that fit
+with the same value, only the ratings it adds are shuffled, each block merged with its
+new entries on its worker (:func:`~mfdask.engine.blocks.extend_row_blocks`): the same
+blocks, so the same factors, as placing everything, which is what happens otherwise (a
+loaded model, blocks lost with their worker or cluster, a rating changed or removed,
+another block count, ratings from a dataset or a Dask DataFrame, ALS's ``bm25``
+weighting, whose weights depend on all the data). ``metrics_["updates"][-1]
+["placed"]`` says which: ``"added"`` or ``"all"``. The update is recorded:
 ``history_`` keeps the earlier records and appends the new ones with ``"update": n``
 (the n-th update), ``metrics_["updates"]`` lists each update (iterations, new users and
 items, seconds), and the checkpoint identity of the run carries ``updated_from`` (the
@@ -38,7 +51,8 @@ import pandas as pd
 from mfdask._warnings import HistoryRecord
 from mfdask.data import schema
 from mfdask.data.dataset import id_map_fingerprint
-from mfdask.data.training import TrainingData, as_training_data, map_ratings
+from mfdask.data.training import LocalRatings, TrainingData, as_training_data, map_ratings
+from mfdask.engine.blocks import BlockExtension, KeptBlocks
 from mfdask.models.base import NotFittedError, _check_positive_int
 
 if TYPE_CHECKING:
@@ -72,6 +86,81 @@ def _grow(old: pd.Index, new: pd.Index) -> pd.Index:
             ) from exc
     extra = new.difference(old)
     return pd.Index(np.concatenate([old.to_numpy(), extra.to_numpy()]), name=old.name)
+
+
+KEPT = ("_kept_blocks", "_kept_ratings")
+"""The model attributes of the kept placement: blocks on the cluster and the ratings
+(``user_idx, item_idx, rating`` frame on the client) they hold. Never saved or pickled."""
+
+
+def keeps_blocks(data: TrainingData) -> bool:
+    """Whether a fit on ``data`` keeps its placed blocks for an update (module doc)."""
+    import dask
+
+    return isinstance(data.ratings, LocalRatings) and bool(
+        dask.config.get("mfdask.partial-fit.keep-blocks", True)
+    )
+
+
+def keep_blocks(model: FactorModel, data: TrainingData, engine: Any, values: str) -> None:
+    """At the end of a fit: keep the engine's placed blocks (``engine.placed``, a
+    :class:`~mfdask.engine.blocks.KeptBlocks` or None) with the model, their values
+    described by ``values``, and the client-side ratings they hold; note whether the
+    engine extended kept blocks (``engine.extended``) for the update's record."""
+    for name in KEPT:
+        model.__dict__.pop(name, None)
+    model.__dict__["_placed_added"] = bool(getattr(engine, "extended", False))
+    placed = getattr(engine, "placed", None)
+    if isinstance(placed, KeptBlocks) and isinstance(data.ratings, LocalRatings):
+        placed.values = values
+        model.__dict__["_kept_blocks"] = placed
+        model.__dict__["_kept_ratings"] = data.ratings.frame
+
+
+def block_extension(model: FactorModel, values: str) -> BlockExtension | None:
+    """The extension a ``partial_fit`` prepared for this fit (None in a plain fit, or
+    when the kept blocks hold other values)."""
+    extension = model.__dict__.get("_block_extension")
+    if isinstance(extension, BlockExtension) and extension.kept.values == values:
+        return extension
+    return None
+
+
+def _keys(frame: pd.DataFrame) -> np.ndarray:
+    """``(user_idx << 32) | item_idx`` as int64, one per rating."""
+    users = frame[schema.USER_IDX].to_numpy().astype(np.int64)
+    return (users << 32) | frame[schema.ITEM_IDX].to_numpy().astype(np.int64)
+
+
+def added_rows(old: pd.DataFrame, new: pd.DataFrame) -> np.ndarray | None:
+    """Positions of the ratings of ``new`` not in ``old`` (both indexed by the same, grown,
+    id maps), or None unless every rating of ``old`` is in ``new`` exactly once with the
+    same value (a rating changed or removed, or repeated: place everything again)."""
+    old_keys = _keys(old)
+    order = np.argsort(old_keys, kind="stable")
+    old_keys = old_keys[order]
+    new_keys = _keys(new)
+    pos = np.searchsorted(old_keys, new_keys)
+    np.minimum(pos, max(len(old_keys) - 1, 0), out=pos)
+    found = old_keys[pos] == new_keys if len(old_keys) else np.zeros(len(new_keys), bool)
+    if int(found.sum()) != len(old_keys):
+        return None
+    old_values = old[schema.RATING].to_numpy()[order[pos[found]]]
+    if not np.array_equal(old_values, new[schema.RATING].to_numpy()[found]):
+        return None
+    return np.flatnonzero(~found)
+
+
+def _extension(model: FactorModel, data: TrainingData) -> BlockExtension | None:
+    """What the update may place by extending the model's kept blocks (module doc)."""
+    kept = model.__dict__.get("_kept_blocks")
+    old = model.__dict__.get("_kept_ratings")
+    if not isinstance(kept, KeptBlocks) or old is None:
+        return None
+    if not isinstance(data.ratings, LocalRatings):
+        return None
+    rows = added_rows(old, data.ratings.frame)
+    return None if rows is None else BlockExtension(kept, rows)
 
 
 def grown_training_data(model: FactorModel, train: Any) -> TrainingData:
@@ -152,12 +241,18 @@ def _start_hook(model: FactorModel) -> str:
 
 
 @contextmanager
-def warm_start(model: FactorModel, iterations: int, identity: dict[str, Any]) -> Iterator[None]:
+def warm_start(
+    model: FactorModel,
+    iterations: int,
+    identity: dict[str, Any],
+    extension: BlockExtension | None = None,
+) -> Iterator[None]:
     """For the duration of one fit: start from the fitted factors, run ``iterations``.
 
     The model's initial-state hook is wrapped on the instance so that its fresh draws
     (for the grown id maps) get the fitted rows laid over them; the iteration count
-    (``iterations`` or ``epochs``) is set and then restored, as is the hook.
+    (``iterations`` or ``epochs``) is set and then restored, as is the hook. With
+    ``extension`` the fit's engine may extend the kept blocks (:func:`block_extension`).
     """
     hook = _start_hook(model)
     original = getattr(model, hook)
@@ -173,9 +268,12 @@ def warm_start(model: FactorModel, iterations: int, identity: dict[str, Any]) ->
     setattr(model, count, iterations)
     model._update_of = identity
     model.__dict__["_warm_sides"] = (user, item)  # for a start composed on the workers
+    if extension is not None:
+        model.__dict__["_block_extension"] = extension
     try:
         yield
     finally:
+        model.__dict__.pop("_block_extension", None)
         model.__dict__.pop("_warm_sides", None)
         model.__dict__.pop(hook, None)
         setattr(model, count, saved_count)
@@ -200,6 +298,7 @@ def partial_fit(
     )
     started = time.perf_counter()
     data = grown_training_data(model, train)
+    extension = _extension(model, data)
     old_history = list(getattr(model, "history_", []) or [])
     old_metrics = dict(getattr(model, "metrics_", {}) or {})
     updates = list(old_metrics.get("updates", []))
@@ -212,8 +311,9 @@ def partial_fit(
         "update": number,
         "iterations_before": len(old_history),
     }
-    with warm_start(model, n_iter, identity):
+    with warm_start(model, n_iter, identity, extension):
         model.fit(data, validation=validation, callback=callback)
+    del extension  # (the old blocks go unless the fit placed everything and kept them)
     model.history_ = old_history + [HistoryRecord({**r, "update": number}) for r in model.history_]
     updates.append(
         {
@@ -222,6 +322,7 @@ def partial_fit(
             "new_users": model.n_users - n_users,
             "new_items": model.n_items - n_items,
             "updated_from": identity["fingerprint"],
+            "placed": "added" if model.__dict__.pop("_placed_added", False) else "all",
             "seconds": time.perf_counter() - started,
         }
     )

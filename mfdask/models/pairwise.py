@@ -24,6 +24,7 @@ from mfdask.models.base import (
     _check_positive_int,
     _check_validation_metric,
 )
+from mfdask.models.incremental import block_extension, keep_blocks, keeps_blocks
 from mfdask.models.sgd_state import (
     column_vector,
     columns,
@@ -241,6 +242,8 @@ class PairwiseObjective(Objective):
             n_threads=m.n_threads,
             keep_on_workers=self.on_workers,
             seen_on_workers=self.on_workers[0],
+            extension=block_extension(m, "rating"),
+            keep_placed=keeps_blocks(data),
         )
 
     def begin(self, engine: DSGD) -> dict[str, Any]:
@@ -285,6 +288,7 @@ class PairwiseObjective(Objective):
         m._set_factors(result.user, result.item)
         if self.engine.seen is not None:  # placed again if a worker was lost
             m.seen_items_ = self.engine.seen
+        keep_blocks(m, self.data, self.engine, "rating")
         if m.history_:
             last = m.history_[-1]
             m.metrics_.update(

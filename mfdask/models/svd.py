@@ -30,6 +30,7 @@ from mfdask.models.base import (
     ModelFileError,
     _check_positive_int,
 )
+from mfdask.models.incremental import block_extension, keep_blocks, keeps_blocks
 from mfdask.models.sgd_state import dsgd_placement, initial_dsgd_state
 
 LR_SCHEDULES = ("constant", "decay", "bold_driver")
@@ -132,6 +133,8 @@ class _SVDObjective(Objective):
             n_threads=m.n_threads,
             keep_on_workers=self.on_workers,
             seen_on_workers=self.on_workers[0],
+            extension=block_extension(m, "rating"),
+            keep_placed=keeps_blocks(data),
         )
 
     def begin(self, engine: DSGD) -> dict[str, Any]:
@@ -187,6 +190,7 @@ class _SVDObjective(Objective):
         m.item_factors_, m.item_bias_ = result.item["factors"], result.item["bias"]
         if self.engine.seen is not None:  # placed again if a worker was lost
             m.seen_items_ = self.engine.seen
+        keep_blocks(m, self.data, self.engine, "rating")
         m.metrics_["train_rmse"] = m.history_[-1]["train_rmse"]
         m.metrics_["iterations_run"] = len(m.history_)
         m.metrics_["n_ratings"] = self.engine.nnz
