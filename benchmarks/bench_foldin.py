@@ -21,7 +21,8 @@ All fits run on one 2-worker ``LocalCluster`` (processes, one thread each); fits
 fold-ins of one comparison run back to back in the same process.
 
 Run: ``MFDASK_DATA=/work/shared/data python -m benchmarks foldin
-[--part foldin|update] [--models als,bpr,warp,svd] [--update-models als,bpr]``.
+[--part foldin|update] [--models als,bpr,warp,svd] [--update-models als,bpr] [--seeds 3]
+[--compare-placement]``.
 """
 
 from __future__ import annotations
@@ -178,7 +179,9 @@ def fold_in_rmse(frame: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def update(name: str, train: pd.DataFrame, test: pd.DataFrame, seeds: int = 1) -> dict[str, Any]:
+def update(
+    name: str, train: pd.DataFrame, test: pd.DataFrame, seeds: int = 1, compare: bool = False
+) -> dict[str, Any]:
     """partial_fit on the training part from a fit on 90 % of it, against a refit.
 
     Ranking models are scored by NDCG@10 on ``test``, SVD by RMSE (where lower is better,
@@ -187,8 +190,13 @@ def update(name: str, train: pd.DataFrame, test: pd.DataFrame, seeds: int = 1) -
     (the refits differ by about as much as the margin asked of the update, 0.3 % for ALS)
     and the means compared; times are summed, and each seed's update / refit time ratio
     is reported with their median (the pair of a seed runs back to back, so it shares
-    the machine's load).
+    the machine's load). With ``compare`` each seed also times a ``partial_fit`` of a
+    model fitted without keeping its placed blocks (Dask config
+    ``mfdask.partial-fit.keep-blocks: false``), which places all the ratings again: the
+    update as it was before the added ratings alone were placed, in the same run.
     """
+    import dask
+
     rng = np.random.default_rng(2)
     new = rng.random(len(train)) < ADD_RATINGS
     old = train[~new]
@@ -200,20 +208,41 @@ def update(name: str, train: pd.DataFrame, test: pd.DataFrame, seeds: int = 1) -
             return float(np.sqrt(np.mean(error**2)))
         return ndcg(model.recommend(users, n=K), test, users)["ndcg@10"]
 
-    updated, fresh, update_times, refit_times = [], [], [], []
+    updated, fresh, update_times, refit_times, placed = [], [], [], [], []
+    all_times: list[float] = []
+    same: list[bool] = []
     for seed in range(seeds):
         model = make(name).set_params(random_state=seed).fit(old)
         started = time.perf_counter()
         model.partial_fit(train, iterations=UPDATE_ITERATIONS)
         update_times.append(time.perf_counter() - started)
+        placed.append(model.metrics_["updates"][-1]["placed"])
         updated.append(quality(model))
         started = time.perf_counter()
         refit = make(name).set_params(random_state=seed).fit(train)
         refit_times.append(time.perf_counter() - started)
         fresh.append(quality(refit))
+        del refit
+        if compare:
+            with dask.config.set({"mfdask.partial-fit.keep-blocks": False}):
+                again = make(name).set_params(random_state=seed).fit(old)
+            started = time.perf_counter()
+            again.partial_fit(train, iterations=UPDATE_ITERATIONS)
+            all_times.append(time.perf_counter() - started)
+            same.append(bool(np.allclose(again.item_factors_, model.item_factors_, atol=1e-5)))
+            del again
     update_s, refit_s = sum(update_times), sum(refit_times)
     metric = "rmse" if name == "svd" else "ndcg@10"
     a, b = float(np.mean(updated)), float(np.mean(fresh))
+    placing_all: dict[str, Any] = {}
+    if compare:
+        ratios = np.array(all_times) / np.array(refit_times)
+        placing_all = {
+            "placing all: partial_fit s per seed": [round(t, 2) for t in all_times],
+            "placing all: time ratio per seed": [round(float(r), 3) for r in ratios],
+            "placing all: median time ratio": float(np.median(ratios)),
+            "placing all: same item factors": all(same),
+        }
     return {
         "model": name,
         "seeds": seeds,
@@ -231,6 +260,10 @@ def update(name: str, train: pd.DataFrame, test: pd.DataFrame, seeds: int = 1) -
             round(u / r, 3) for u, r in zip(update_times, refit_times, strict=True)
         ],
         "median time ratio": float(np.median(np.array(update_times) / np.array(refit_times))),
+        "partial_fit s per seed": [round(u, 2) for u in update_times],
+        "refit s per seed": [round(r, 2) for r in refit_times],
+        "placed": ",".join(sorted(set(placed))),
+        **placing_all,
         "load": round(os.getloadavg()[0], 1),
     }
 
@@ -294,6 +327,11 @@ def main() -> None:
     parser.add_argument("--models", default="als,bpr,warp,svd", help="fold-in models")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per partial_fit arm")
     parser.add_argument("--update-models", default="als,bpr,warp,svd", help="partial_fit models")
+    parser.add_argument(
+        "--compare-placement",
+        action="store_true",
+        help="also time each partial_fit placing all the ratings again (no kept blocks)",
+    )
     args = parser.parse_args()
     from distributed import Client, LocalCluster
 
@@ -317,12 +355,18 @@ def main() -> None:
                 out["fold_in_svd"] = svd
         if args.part in ("update", "all"):
             wanted = args.update_models.split(",")
-            rows = [update(m, train, test, args.seeds) for m in wanted if m != "svd"]
+            rows = [
+                update(m, train, test, args.seeds, args.compare_placement)
+                for m in wanted
+                if m != "svd"
+            ]
             title = "partial_fit (3 iterations) after 10 % more ratings vs a refit"
             if rows:
                 print_table(rows, title)
             if "svd" in wanted:
-                svd = update("svd", *split(frame, "random", 0.1), args.seeds)
+                svd = update(
+                    "svd", *split(frame, "random", 0.1), args.seeds, args.compare_placement
+                )
                 print_table([svd], title + " (SVD, RMSE on a random 90/10 split)")
                 rows.append(svd)
             out["update"] = rows

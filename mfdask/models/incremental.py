@@ -136,19 +136,22 @@ def added_rows(old: pd.DataFrame, new: pd.DataFrame) -> np.ndarray | None:
     """Positions of the ratings of ``new`` not in ``old`` (both indexed by the same, grown,
     id maps), or None unless every rating of ``old`` is in ``new`` exactly once with the
     same value (a rating changed or removed, or repeated: place everything again)."""
-    old_keys = _keys(old)
-    order = np.argsort(old_keys, kind="stable")
-    old_keys = old_keys[order]
-    new_keys = _keys(new)
+    # Both sides sorted by (user, item): the search then walks both in order, which is
+    # several times faster than looking up unsorted keys at random.
+    old_keys, new_keys = _keys(old), _keys(new)
+    old_order, new_order = np.argsort(old_keys), np.argsort(new_keys)
+    old_keys, new_keys = old_keys[old_order], new_keys[new_order]
+    if not len(old_keys):
+        return np.arange(len(new_keys), dtype=np.int64)
     pos = np.searchsorted(old_keys, new_keys)
-    np.minimum(pos, max(len(old_keys) - 1, 0), out=pos)
-    found = old_keys[pos] == new_keys if len(old_keys) else np.zeros(len(new_keys), bool)
+    np.minimum(pos, len(old_keys) - 1, out=pos)
+    found = old_keys[pos] == new_keys
     if int(found.sum()) != len(old_keys):
         return None
-    old_values = old[schema.RATING].to_numpy()[order[pos[found]]]
-    if not np.array_equal(old_values, new[schema.RATING].to_numpy()[found]):
+    old_values = old[schema.RATING].to_numpy()[old_order[pos[found]]]
+    if not np.array_equal(old_values, new[schema.RATING].to_numpy()[new_order[found]]):
         return None
-    return np.flatnonzero(~found)
+    return np.sort(new_order[~found])
 
 
 def _extension(model: FactorModel, data: TrainingData) -> BlockExtension | None:
