@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -41,3 +43,75 @@ def test_corrupt_checkpoint_is_named(tmp_path):
     (path / "x.npy").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="ckpt-000003 is incomplete or corrupt"):
         store.latest()
+
+
+@pytest.fixture
+def cluster():
+    """Two in-process workers of this test's own: one is closed (lost) by the test."""
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0"
+        ) as c,
+        Client(c, set_as_default=False) as client,
+    ):
+        yield c, client
+
+
+def _lose_worker(cluster, address):
+    """Close the worker at ``address`` without handing its keys over (as if it died)."""
+    worker = next(w for w in cluster.workers.values() if w.address == address)
+    cluster.sync(worker.close)
+
+
+def _blocks_on_workers(client, n_rows=40, k=4):
+    """A (n_rows, k) side as 2 residue blocks, one per worker."""
+    from mfdask.engine.state import FactorBlocks
+
+    workers = sorted(client.nthreads())
+    full = np.arange(n_rows * k, dtype=np.float32).reshape(n_rows, k)
+    # Computed, pinned blocks, as a fit's are: lost with their worker, they wait for it.
+    blocks = [
+        client.submit(np.array, full[b::2], workers=[workers[b]], allow_other_workers=False)
+        for b in range(2)
+    ]
+    client.gather(blocks)
+    return FactorBlocks(blocks, workers[:2], n_rows, k), full
+
+
+def test_in_memory_checkpoint_copies_blocks_under_keys_of_their_own(cluster):
+    """A copy survives the loss of a block's only holder, and is what a restore reads."""
+    from mfdask.engine.checkpoint import FitCheckpoints
+
+    local, client = cluster
+    side, full = _blocks_on_workers(client)
+    checkpoints = FitCheckpoints(None, every=1)
+    point = checkpoints.save(1, {"user_factors": side}, {"finished": False})
+    assert len(side.backups) == 2
+    assert {f.key for f in side.backups}.isdisjoint(f.key for f in side.blocks)
+    who = client.who_has(side.backups)
+    assert all(set(who[c.key]) != {w} for c, w in zip(side.backups, side.where, strict=True))
+    time.sleep(3)  # the memory manager's replica pruning runs every 2 s: copies stay
+    _lose_worker(local, side.where[0])
+    assert side.alive() and checkpoints.recovery_point() is point
+    kept = side.surviving()
+    assert kept[0].key == side.backups[0].key and kept[1].key == side.blocks[1].key
+    np.testing.assert_array_equal(kept[0].result(), full[0::2])
+
+
+def test_checkpoint_without_room_for_copies_restarts_from_the_start(cluster, monkeypatch):
+    """State too large to copy is not copied; when it is lost, recovery starts over
+    instead of waiting for blocks no worker holds."""
+    import mfdask.engine.checkpoint as checkpoint
+
+    local, client = cluster
+    side, _ = _blocks_on_workers(client)
+    monkeypatch.setattr(checkpoint, "COPY_SHARE_OF_MEMORY", 1e-12)
+    checkpoints = checkpoint.FitCheckpoints(None, every=1)
+    point = checkpoints.save(1, {"user_factors": side}, {"finished": False})
+    assert side.backups == []
+    assert checkpoints.recovery_point() is point  # nothing lost yet
+    _lose_worker(local, side.where[1])
+    assert not side.alive()
+    assert checkpoints.recovery_point() is None

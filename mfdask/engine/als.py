@@ -1031,7 +1031,7 @@ class BlockALS:
                     f"factor blocks of {factors.n_blocks} blocks given to a run of "
                     f"{self.n_blocks} blocks"
                 )
-            return list(factors.blocks)
+            return factors.surviving()  # a lost block's copy (a checkpoint's backup)
         return self._scatter_rows(np.asarray(factors, np.float32), where)
 
     def state(self, users_on_workers: bool, items_on_workers: bool) -> tuple[Any, Any]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ import numpy as np
 from mfdask.data.dataset import atomic_directory, write_json_atomic
 from mfdask.engine.state import FactorBlocks
 from mfdask.errors import CheckpointError, CheckpointMismatchError
+
+log = logging.getLogger("mfdask")
 
 LATEST_FILE = "LATEST"
 STATE_FILE = "state.json"
@@ -194,6 +197,33 @@ def _differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "
     return out
 
 
+COPY_SHARE_OF_MEMORY = 1 / 8
+"""An in-memory checkpoint copies its factor blocks to another worker only when the
+copies take at most this share of the smallest worker memory limit, per worker."""
+
+
+def copies_fit(blocks: list[FactorBlocks]) -> bool:
+    """Whether one copy of ``blocks`` on other workers fits in their memory.
+
+    A copy doubles the state each worker holds. When the state is most of a worker's
+    memory (20M users at 64 factors on 2 workers of 6 GiB: 2.4 GiB each), the copies
+    would take the workers past Dask's spill threshold at every checkpoint; such a fit
+    keeps its in-memory checkpoint uncopied and, on a lost worker, restarts from the
+    newest checkpoint on disk (``checkpoint_dir``) or from the start.
+    """
+    from mfdask.engine.cluster import worker_capacity
+
+    client = blocks[0].client
+    n_workers = len(client.nthreads())
+    if n_workers < 2:
+        return False
+    limit, _ = worker_capacity(client)
+    if limit is None:
+        return True
+    per_worker = sum(b.nbytes for b in blocks) / n_workers
+    return per_worker <= limit * COPY_SHARE_OF_MEMORY
+
+
 class FitCheckpoints:
     """The checkpoint policy of one fit: when to save, where, and what may be resumed.
 
@@ -281,11 +311,36 @@ class FitCheckpoints:
         if self.store is not None:
             self.store.save(iteration, arrays, state)
         elif not state.get("finished"):
-            for a in arrays.values():
-                if isinstance(a, FactorBlocks):
+            values: list[Any] = list(arrays.values())
+            blocks = [a for a in values if isinstance(a, FactorBlocks)]
+            if blocks and copies_fit(blocks):
+                for a in blocks:
                     a.replicate()  # the only copy of this point: survive one lost worker
         self.last = Checkpoint(iteration=iteration, arrays=arrays, state=state)
         return self.last
+
+    def recovery_point(self) -> Checkpoint | None:
+        """Where a fit that lost a worker restarts: the last checkpoint if its state still
+        exists, else the newest one on disk, else None (the start).
+
+        An in-memory checkpoint's blocks on the lost worker survive only as the copies
+        :meth:`FactorBlocks.replicate` made, and only when they fitted
+        (:func:`copies_fit`); without them the point is gone, and restoring it would
+        wait for blocks that no worker holds.
+        """
+        point = self.last
+        if point is None or all(
+            a.alive() for a in point.arrays.values() if isinstance(a, FactorBlocks)
+        ):
+            return point
+        disk = self.store.latest() if self.store is not None else None
+        log.warning(
+            "the checkpoint after iteration %d was held only in memory and lost blocks "
+            "with the worker; restarting from %s",
+            point.iteration,
+            f"the one on disk after iteration {disk.iteration}" if disk else "the start",
+        )
+        return disk
 
     def describe_resume(self) -> str:
         """How to continue after the fit failed (for error messages)."""

@@ -136,7 +136,7 @@ from mfdask.engine.exchange import (
 from mfdask.engine.resilience import collect as collect_futures
 from mfdask.engine.resilience import gather
 from mfdask.engine.sizes import sized
-from mfdask.engine.state import FactorBlocks, SeenBlocks, StateLostError
+from mfdask.engine.state import FactorBlocks, SeenBlocks
 from mfdask.errors import PlanError
 from mfdask.kernels.init import hashed_normal_rows
 from mfdask.kernels.sampling import member_bitset
@@ -577,70 +577,6 @@ class Overlaid:
     column: np.ndarray | None = None
 
 
-def _copy_block(block: np.ndarray) -> np.ndarray:
-    return block.copy()  # under a key of its own: not a replica of the block
-
-
-@dataclass(eq=False)
-class BackedBlocks(FactorBlocks):
-    """State blocks kept on the workers whose :meth:`replicate` keeps a copy of each block
-    under a key of its own on another worker.
-
-    Dask's active memory manager (its ``ReduceReplicas`` policy, on by default) drops the
-    extra replicas that ``client.replicate`` makes within seconds, so a replica does not
-    protect an in-memory checkpoint; a copy under another key is not a replica and stays.
-    And DSGD state cannot be computed again from its lineage: a recovering fit aborts the
-    exchanges of its earlier epochs. :meth:`surviving` gives, per block, a key that still
-    has a copy somewhere.
-    """
-
-    backups: list[Future] = field(default_factory=list)
-
-    def replicate(self) -> None:
-        """Copy each block to another worker under a new key. The block itself never
-        moves (a transfer would make it a replica, which the memory manager may then
-        drop on its home worker): a copy is made next to it, copied again on the other
-        worker, and the first copy released."""
-        client = self.client
-        workers = sorted(client.nthreads())
-        if len(workers) < 2 or self.backups:
-            return
-        near = []
-        for f, w in zip(self.blocks, self.where, strict=True):
-            other = workers[(workers.index(w) + 1) % len(workers)] if w in workers else workers[0]
-            first = client.submit(
-                _copy_block, f, workers=[w], allow_other_workers=False, pure=False
-            )
-            near.append(first)
-            self.backups.append(
-                client.submit(
-                    _copy_block, first, workers=[other], allow_other_workers=False, pure=False
-                )
-            )
-        collect_futures(client, self.backups, [])
-        del near
-
-    def surviving(self) -> list[Future]:
-        """Block ``b``'s key, or its copy's when the block was lost with its worker."""
-        if not self.backups:
-            return list(self.blocks)
-        who = self.client.who_has(self.blocks + self.backups)
-        return [
-            main if who.get(main.key) or not who.get(copy.key) else copy
-            for main, copy in zip(self.blocks, self.backups, strict=True)
-        ]
-
-    def alive(self) -> bool:
-        """Whether every block has a copy (under its key or its backup's) somewhere."""
-        try:
-            who = self.client.who_has(self.blocks + self.backups)
-        except StateLostError:
-            return False
-        keys = [f.key for f in self.blocks]
-        backup = {f.key: c.key for f, c in zip(self.blocks, self.backups, strict=False)}
-        return all(who.get(k) or who.get(backup.get(k, k)) for k in keys)
-
-
 def _compose_state(
     names: tuple[str, ...], block: int, n_blocks: int, n_rows: int, *parts: Any
 ) -> State:
@@ -978,10 +914,10 @@ class DSGD:
             if isinstance(arr, BlockFiles):  # from a checkpoint directory: workers read it
                 arr = arr.load(self.client, self.workers)
             if isinstance(arr, FactorBlocks):  # a copy of each block that still exists
-                live[n] = arr.surviving() if isinstance(arr, BackedBlocks) else list(arr.blocks)
+                live[n] = arr.surviving()
             sources.append(arr)
         # A block from a checkpoint is composed where it is: moving it would make it a
-        # replica, which the memory manager may drop at home (see BackedBlocks).
+        # replica, which the memory manager may drop at home (see FactorBlocks.replicate).
         held = [f for n in live for f in live[n]]
         who = self.client.who_has(held) if held else {}
         placed = []
@@ -1033,7 +969,7 @@ class DSGD:
                 continue
             picks = [self.client.submit(_state_array, f, name, pure=False) for f in futures]
             collect_futures(self.client, picks, self._workers)
-            out[name] = BackedBlocks(  # type: ignore[assignment]
+            out[name] = FactorBlocks(  # type: ignore[assignment]
                 picks, self._holders(picks), n_rows, int(shape[1])
             )
         if small:  # biases: a vector per side, 1 / k of the factors

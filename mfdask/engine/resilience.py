@@ -279,7 +279,7 @@ def run_fit(
                 ) from exc
             started = time.perf_counter()
             failed_at = iteration
-            point = checkpoints.last
+            point = checkpoints.recovery_point()
             log.warning(
                 "%s during iteration %d; placing the ratings again on the remaining workers "
                 "and restarting from %s (recovery %d of at most %d)",

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +156,8 @@ class FactorBlocks:
     where: list[str]
     n_rows: int
     k: int
+    backups: list[Future] = field(default_factory=list)
+    """A copy of each block on another worker, under a key of its own (:meth:`replicate`)."""
 
     @property
     def n_blocks(self) -> int:
@@ -394,22 +396,63 @@ class FactorBlocks:
         return cls(blocks, placed, int(n_rows), int(k))
 
     def replicate(self) -> None:
-        """Hold each block on two workers (when there are two), so one lost worker
-        leaves a copy of every block: an in-memory checkpoint's only safeguard."""
+        """Copy each block to another worker under a key of its own (when there are two
+        workers), so that one lost worker leaves a copy of every block: an in-memory
+        checkpoint's only safeguard.
+
+        Not ``client.replicate``: Dask's active memory manager (its ``ReduceReplicas``
+        policy, on by default) drops extra replicas within seconds, and a copy under
+        another key is not a replica. The block itself never moves (a transfer would make
+        it a replica, which the memory manager may then drop on its home worker): a copy
+        is made next to it, copied again on the other worker, and the first released.
+        """
         client = self.client
-        if len(client.nthreads()) > 1:
-            client.replicate(self.blocks, n=2)
+        workers = sorted(client.nthreads())
+        if len(workers) < 2 or self.backups:
+            return
+        from mfdask.engine.resilience import collect
+
+        near = []
+        for f, w in zip(self.blocks, self.where, strict=True):
+            other = workers[(workers.index(w) + 1) % len(workers)] if w in workers else workers[0]
+            first = client.submit(
+                _copy_block, f, workers=[w], allow_other_workers=False, pure=False
+            )
+            near.append(first)
+            self.backups.append(
+                client.submit(
+                    _copy_block, first, workers=[other], allow_other_workers=False, pure=False
+                )
+            )
+        collect(client, self.backups, [])
+        del near
+
+    def surviving(self) -> list[Future]:
+        """Block ``b``'s key, or its copy's when the block was lost with its worker."""
+        if not self.backups:
+            return list(self.blocks)
+        who = self.client.who_has(self.blocks + self.backups)
+        return [
+            main if who.get(main.key) or not who.get(copy.key) else copy
+            for main, copy in zip(self.blocks, self.backups, strict=True)
+        ]
 
     def alive(self) -> bool:
-        """Whether every block still has a copy on some worker."""
+        """Whether every block has a copy (under its key or its backup's) on some worker."""
         try:
-            where = self.client.who_has(self.blocks)
+            who = self.client.who_has(self.blocks + self.backups)
         except StateLostError:
             return False
-        return all(where.get(f.key) for f in self.blocks)
+        backup = {f.key: c.key for f, c in zip(self.blocks, self.backups, strict=False)}
+        return all(who.get(f.key) or who.get(backup.get(f.key, f.key)) for f in self.blocks)
 
     def release(self) -> None:
         self.blocks = []
+        self.backups = []
+
+
+def _copy_block(block: np.ndarray) -> np.ndarray:
+    return block.copy()  # under a key of its own: not a replica of the block
 
 
 def _cycle(where: list[str], n: int) -> list[str]:
