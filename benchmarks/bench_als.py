@@ -141,7 +141,7 @@ def kernel_seconds(problem: Problem, params: dict[str, Any], repeats: int = 3) -
     x = (rng.standard_normal((problem.shape[0], FACTORS)) * 0.01).astype(np.float32)
     y = (rng.standard_normal((problem.shape[1], FACTORS)) * 0.01).astype(np.float32)
     offset = 1.0 if params.get("confidence", "paper") == "paper" else 0.0
-    count = params.get("regularization_scaling") == "count"
+    count = 1.0 if params.get("regularization_scaling") == "count" else 0.0
 
     def half(m, src, dst):
         gram = (src.astype(np.float64).T @ src).astype(np.float32)

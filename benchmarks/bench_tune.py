@@ -8,7 +8,9 @@ its own validation part from it (20 % of each user's positives again, other keys
 scores every trial there; the winner is then refitted on the whole training part and
 scored once on the test part. The peers run in the same process on the same split:
 implicit's ALS with its defaults and with the settings bench_als's validation grid
-found (λ = 50, α = 5), and mfdask's ALS with its defaults.
+found (λ = 50, α = 5), Spark MLlib's ALS defaults in mfdask's Spark form
+(``SPARK_DEFAULTS``: the same model, pyspark is not a dependency), and mfdask's ALS with
+its defaults.
 
 Run: ``MFDASK_DATA=/work/shared/data python -m benchmarks.bench_tune [--trials 24]``.
 """
@@ -39,6 +41,17 @@ from benchmarks.bench_als import (
     score,
 )
 from benchmarks.common import print_table, require_movielens, write_results
+
+SPARK_DEFAULTS: dict[str, Any] = {
+    "regularization": 0.1,
+    "alpha": 1.0,
+    "iterations": 10,
+    "solver": "cholesky",
+    "confidence": "paper",
+    "regularization_scaling": "count",
+    "preference": "rating",
+    "random_state": 0,
+}
 
 
 def run_model(problem: Problem, model: Any) -> tuple[Any, dict[str, float], float]:
@@ -94,6 +107,18 @@ def main(argv: list[str] | None = None) -> None:
             ):
                 _, metrics, seconds = run_implicit(problem, **params)
                 rows.append({"model": name, **metrics, "seconds": seconds, "params": params})
+            # Spark MLlib's ALS(implicitPrefs=True) at its defaults, as mfdask's Spark form
+            # (pyspark is not a dependency): regParam 0.1 scaled by the row's count,
+            # alpha 1 on the raw ratings >= 4, maxIter 10, exact solves.
+            _, metrics, seconds = run_model(problem, ALS(factors=FACTORS, **SPARK_DEFAULTS))
+            rows.append(
+                {
+                    "model": "Spark MLlib ALS defaults (mfdask's Spark form)",
+                    **metrics,
+                    "seconds": seconds,
+                    "params": SPARK_DEFAULTS,
+                }
+            )
         _, metrics, seconds = run_model(problem, cls(factors=FACTORS, random_state=0))
         rows.append({"model": f"mfdask {args.model}, defaults", **metrics, "seconds": seconds})
         started = time.perf_counter()

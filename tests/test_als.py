@@ -135,6 +135,11 @@ def test_no_positives_is_a_clear_error(client):
             {"regularization_offset": 5.0, "regularization_scaling": "none"},
             "needs regularization_scaling='count'",
         ),
+        ({"regularization_exponent": -0.5}, "regularization_exponent must be a finite number"),
+        (
+            {"regularization_exponent": 0.5, "regularization_scaling": "none"},
+            "needs regularization_scaling='count'",
+        ),
     ],
 )
 def test_bad_hyper_parameters_are_named(client, params, match):
@@ -313,6 +318,7 @@ def test_routed_half_steps_give_the_broadcast_floats(client, clustered, n_blocks
     "params",
     [
         {"regularization_scaling": "count", "regularization_offset": 5.0},
+        {"regularization_exponent": 0.5, "regularization_offset": 5.0},
         {"confidence": "implicit", "regularization_scaling": "none", "alpha": 20.0},
     ],
 )

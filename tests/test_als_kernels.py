@@ -29,7 +29,7 @@ def _dense_weights(csr, alpha, offset):
     return c, observed.astype(np.float64)
 
 
-def _direct_solve(csr, src, reg, count_scaled, alpha, offset):
+def _direct_solve(csr, src, reg, power, alpha, offset):
     """Each row's normal equations (Y^T C^u Y + lam_u I) x = Y^T C^u p_u, densely."""
     c, p = _dense_weights(csr, alpha, offset)
     y = src.astype(np.float64)
@@ -38,29 +38,30 @@ def _direct_solve(csr, src, reg, count_scaled, alpha, offset):
         n_u = csr.indptr[u + 1] - csr.indptr[u]
         if n_u == 0:
             continue
-        lam = reg * n_u if count_scaled else reg
+        lam = reg * n_u**power
         a = y.T @ (c[u][:, None] * y) + lam * np.eye(y.shape[1])
         out[u] = np.linalg.solve(a, y.T @ (c[u] * p[u]))
     return out
 
 
-def _dense_objective(csr, src, dst, reg, count_scaled, alpha, offset):
+def _dense_objective(csr, src, dst, reg, power, alpha, offset):
     c, p = _dense_weights(csr, alpha, offset)
     s = dst.astype(np.float64) @ src.astype(np.float64).T
     n = np.diff(csr.indptr)
-    lam = reg * n if count_scaled else np.full(len(n), reg)
+    lam = reg * n.astype(np.float64) ** power
     return (c * (p - s) ** 2).sum(), (lam * (dst.astype(np.float64) ** 2).sum(1)).sum()
 
 
 FORMS = [
-    pytest.param(0.1, False, 2.0, 1.0, id="paper-plain"),
-    pytest.param(0.05, True, 1.0, 1.0, id="paper-count-scaled"),
-    pytest.param(0.1, False, 2.0, 0.0, id="implicit-plain"),
+    pytest.param(0.1, 0.0, 2.0, 1.0, id="paper-plain"),
+    pytest.param(0.05, 1.0, 1.0, 1.0, id="paper-count-scaled"),
+    pytest.param(0.2, 0.5, 1.0, 1.0, id="paper-count-power-0.5"),
+    pytest.param(0.1, 0.0, 2.0, 0.0, id="implicit-plain"),
 ]
 
 
-@pytest.mark.parametrize(("reg", "count_scaled", "alpha", "offset"), FORMS)
-def test_cholesky_matches_direct_solve(reg, count_scaled, alpha, offset):
+@pytest.mark.parametrize(("reg", "power", "alpha", "offset"), FORMS)
+def test_cholesky_matches_direct_solve(reg, power, alpha, offset):
     csr, src = _problem()
     gram = src.astype(np.float64).T @ src.astype(np.float64)
     dst = np.full((csr.shape[0], src.shape[1]), np.nan, dtype=np.float32)
@@ -72,14 +73,14 @@ def test_cholesky_matches_direct_solve(reg, count_scaled, alpha, offset):
         gram,
         dst,
         reg,
-        count_scaled,
+        power,
         alpha,
         offset,
         0,
         csr.shape[0],
     )
     assert failed == -1
-    expected = _direct_solve(csr, src, reg, count_scaled, alpha, offset)
+    expected = _direct_solve(csr, src, reg, power, alpha, offset)
     np.testing.assert_allclose(dst, expected, rtol=1e-5, atol=1e-5)
     assert not dst[3].any(), "a row without observations gets a zero factor"
 
@@ -96,7 +97,7 @@ def test_cholesky_solves_only_its_row_range():
         gram,
         dst,
         0.1,
-        False,
+        0.0,
         1.0,
         1.0,
         10,
@@ -118,7 +119,7 @@ def test_cholesky_reports_indefinite_rows():
         np.zeros((8, 8)),
         dst,
         0.0,
-        False,
+        0.0,
         0.01,
         0.0,
         0,
@@ -127,8 +128,8 @@ def test_cholesky_reports_indefinite_rows():
     assert failed >= 0
 
 
-@pytest.mark.parametrize(("reg", "count_scaled", "alpha", "offset"), FORMS)
-def test_cg_converges_to_the_exact_solution(reg, count_scaled, alpha, offset):
+@pytest.mark.parametrize(("reg", "power", "alpha", "offset"), FORMS)
+def test_cg_converges_to_the_exact_solution(reg, power, alpha, offset):
     csr, src = _problem()
     k = src.shape[1]
     gram = (src.T @ src).astype(np.float32)
@@ -141,14 +142,14 @@ def test_cg_converges_to_the_exact_solution(reg, count_scaled, alpha, offset):
         gram,
         dst,
         reg,
-        count_scaled,
+        power,
         alpha,
         offset,
         3 * k,
         0,
         csr.shape[0],
     )
-    expected = _direct_solve(csr, src, reg, count_scaled, alpha, offset)
+    expected = _direct_solve(csr, src, reg, power, alpha, offset)
     np.testing.assert_allclose(dst, expected, rtol=1e-3, atol=1e-3)
 
 
@@ -158,15 +159,15 @@ def test_few_cg_steps_lower_each_rows_objective():
     rng = np.random.default_rng(1)
     start = rng.normal(0, 0.1, (csr.shape[0], src.shape[1])).astype(np.float32)
     args = (csr.indptr.astype(np.int64), csr.indices, csr.data, src)
-    before = sum(objective_rows(*args, gram64, start, 0.1, False, 2.0, 1.0))
+    before = sum(objective_rows(*args, gram64, start, 0.1, 0.0, 2.0, 1.0))
     dst = start.copy()
-    solve_rows_cg(*args, gram64.astype(np.float32), dst, 0.1, False, 2.0, 1.0, 2, 0, len(dst))
-    after = sum(objective_rows(*args, gram64, dst, 0.1, False, 2.0, 1.0))
+    solve_rows_cg(*args, gram64.astype(np.float32), dst, 0.1, 0.0, 2.0, 1.0, 2, 0, len(dst))
+    after = sum(objective_rows(*args, gram64, dst, 0.1, 0.0, 2.0, 1.0))
     assert after < before
 
 
-@pytest.mark.parametrize(("reg", "count_scaled", "alpha", "offset"), FORMS)
-def test_objective_matches_dense_computation(reg, count_scaled, alpha, offset):
+@pytest.mark.parametrize(("reg", "power", "alpha", "offset"), FORMS)
+def test_objective_matches_dense_computation(reg, power, alpha, offset):
     csr, src = _problem(seed=2)
     rng = np.random.default_rng(3)
     dst = rng.normal(0, 0.3, (csr.shape[0], src.shape[1])).astype(np.float32)
@@ -179,14 +180,14 @@ def test_objective_matches_dense_computation(reg, count_scaled, alpha, offset):
         gram,
         dst,
         reg,
-        count_scaled,
+        power,
         alpha,
         offset,
     )
-    exp_error, exp_penalty = _dense_objective(csr, src, dst, reg, count_scaled, alpha, offset)
+    exp_error, exp_penalty = _dense_objective(csr, src, dst, reg, power, alpha, offset)
     np.testing.assert_allclose([error, penalty], [exp_error, exp_penalty], rtol=1e-6)
     np.testing.assert_allclose(
-        penalty_rows(csr.indptr.astype(np.int64), dst, reg, count_scaled), exp_penalty, rtol=1e-6
+        penalty_rows(csr.indptr.astype(np.int64), dst, reg, power), exp_penalty, rtol=1e-6
     )
 
 
@@ -204,7 +205,7 @@ def test_kernels_compile_once_for_consistent_types():
             gram,
             dst,
             0.1,
-            False,
+            0.0,
             1.0,
             1.0,
             0,

@@ -36,8 +36,9 @@ def normal_equation_solve(model: ALS, items: np.ndarray, values: np.ndarray) -> 
     yu = y[items]
     offset = 1.0 if model.confidence == "paper" else 0.0
     c = offset + model.params_["alpha"] * values
+    count = len(items) ** model.regularization_exponent
     lam = model.params_["regularization"] * (
-        len(items) + model.regularization_offset if model.regularization_scaling == "count" else 1
+        count + model.regularization_offset if model.regularization_scaling == "count" else 1
     )
     a = y.T @ y + (yu.T * (c - 1.0)) @ yu + lam * np.eye(y.shape[1])
     b = yu.T @ c
@@ -51,6 +52,7 @@ def normal_equation_solve(model: ALS, items: np.ndarray, values: np.ndarray) -> 
         {"solver": "cholesky", "regularization_scaling": "none", "regularization": 0.5},
         {"confidence": "implicit", "preference": "rating", "alpha": 1.5},
         {"solver": "cholesky", "regularization_offset": 20.0},
+        {"solver": "cholesky", "regularization_exponent": 0.5, "regularization": 2.0},
     ],
 )
 def test_als_fold_in_is_the_half_step_solve(client, split, params):

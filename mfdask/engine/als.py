@@ -98,7 +98,9 @@ class SolveSpec:
     regularization : float
         λ.
     count_scaled : bool
-        Use ``λ * n_u`` (ALS-WR, Spark) instead of ``λ``.
+        Use ``λ * n_u ** count_power`` (ALS-WR, Spark: ``count_power = 1``) instead of ``λ``.
+    count_power : float
+        The exponent ``ν`` of the count with ``count_scaled`` (Rendle et al. 2022).
     alpha : float
         Confidence slope.
     confidence_offset : float
@@ -115,10 +117,15 @@ class SolveSpec:
     cg_steps: int = 3
     regularization: float = 0.01
     count_scaled: bool = False
+    count_power: float = 1.0
     alpha: float = 1.0
     confidence_offset: float = 1.0
     n_threads: int | None = None
     ridge: float = 0.0
+
+    def power(self) -> float:
+        """The kernels' exponent of a row's count in its ``λ``: 0 without count scaling."""
+        return float(self.count_power) if self.count_scaled else 0.0
 
     def ridged(self, gram: np.ndarray) -> np.ndarray:
         """``YᵀY + ridge I`` (``gram`` itself when there is no ridge)."""
@@ -379,11 +386,16 @@ def cg_products(
 
 
 def _row_lambdas(counts: np.ndarray, spec: SolveSpec) -> np.ndarray:
-    """``(n, 1) float32`` L2 weight of each row: ``λ``, or ``λ n`` with count scaling
+    """``(n, 1) float32`` L2 weight of each row: ``λ``, or ``λ n^ν`` with count scaling
     (the ridge is in the Gram, as in :func:`solve_block`)."""
-    lam = float(spec.regularization) * (
-        counts.astype(np.float32) if spec.count_scaled else np.ones(len(counts), np.float32)
-    )
+    power = spec.power()
+    if power == 0.0:
+        scale = np.ones(len(counts), np.float32)
+    elif power == 1.0:
+        scale = counts.astype(np.float32)
+    else:
+        scale = (counts.astype(np.float64) ** power).astype(np.float32)
+    lam = float(spec.regularization) * scale
     return lam.astype(np.float32)[:, None]
 
 
@@ -517,7 +529,7 @@ def solve_block(
     out = np.array(previous, dtype=np.float32, copy=True)
     k = out.shape[1]
     common = (block.indptr, block.indices, block.data, *source.parts())
-    scale = (float(spec.regularization), bool(spec.count_scaled), float(spec.alpha))
+    scale = (float(spec.regularization), spec.power(), float(spec.alpha))
     offset = float(spec.confidence_offset)
     if spec.solver == "cholesky":
         gram = spec.ridged(source.gram)
@@ -566,7 +578,7 @@ def block_objective(
         source.gram,
         factors,
         float(spec.regularization),
-        bool(spec.count_scaled),
+        spec.power(),
         float(spec.alpha),
         float(spec.confidence_offset),
     )
@@ -582,9 +594,7 @@ def _ridge_penalty(factors: np.ndarray, spec: SolveSpec) -> float:
 
 
 def block_penalty(block: RowBlock, factors: np.ndarray, spec: SolveSpec) -> float:
-    penalty = penalty_rows(
-        block.indptr, factors, float(spec.regularization), bool(spec.count_scaled)
-    )
+    penalty = penalty_rows(block.indptr, factors, float(spec.regularization), spec.power())
     return penalty + _ridge_penalty(factors, spec)
 
 

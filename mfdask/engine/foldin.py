@@ -321,7 +321,7 @@ class FoldIn:
             out = np.zeros((n, y.shape[1]), np.float32)
             failed = solve_rows_cholesky(
                 indptr, indices, values, y, self.arrays["gram"], out,
-                s["regularization"], s["count_scaled"], s["alpha"], s["offset"], 0, n,
+                s["regularization"], s["count_power"], s["alpha"], s["offset"], 0, n,
             )  # fmt: skip
             if failed >= 0:
                 raise ALSNumericalError(

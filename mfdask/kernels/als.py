@@ -9,8 +9,13 @@ with preference ``P_ui = 1`` for an observed positive and ``0`` elsewhere, and c
 ``C_ui = 1`` for every unobserved entry. For an observed entry with value ``r`` the
 confidence is ``C_ui = offset + alpha * r``: ``offset = 1`` is the paper's
 ``1 + alpha * r``, ``offset = 0`` is implicit 0.7's ``alpha * r``. ``lam_u`` is
-``regularization`` or, with ``count_scaled``, ``regularization * n_u`` (ALS-WR, Zhou et
-al. 2008, as in Spark MLlib) where ``n_u`` is the number of observed entries of row ``u``.
+``regularization * n_u ** count_power`` where ``n_u`` is the number of observed entries
+of row ``u``: ``count_power = 0`` is a plain ``regularization`` (Hu et al.; ``implicit``),
+``1`` is ALS-WR's ``regularization * n_u`` (Zhou et al. 2008, as in Spark MLlib), and
+values between are the frequency exponent ``ν`` of Rendle et al.'s frequency-scaled
+regularization ("Revisiting the Performance of iALS on Item Recommendation Benchmarks",
+RecSys 2022). ``n ** 0 = 1`` and ``n ** 1 = n`` exactly, so the two classic forms are
+computed as before.
 
 With ``Y`` fixed, row ``u``'s factor solves the normal equations (paper eq. 4)::
 
@@ -56,7 +61,7 @@ def solve_rows_cholesky_parts(
     gram: np.ndarray,
     dst: np.ndarray,
     regularization: float,
-    count_scaled: bool,
+    count_power: float,
     alpha: float,
     offset: float,
     start: int,
@@ -82,9 +87,9 @@ def solve_rows_cholesky_parts(
         ``src^T src``.
     dst : (n_local, k) float32
         Output, overwritten for the rows solved. A row without observed entries gets 0:
-        its right-hand side is zero, so 0 is the solution (and, with ``count_scaled``,
+        its right-hand side is zero, so 0 is the solution (and, with ``count_power > 0``,
         the only safe choice since ``A = Y^T Y`` may be singular).
-    regularization, count_scaled, alpha, offset
+    regularization, count_power, alpha, offset
         See the module docstring.
     """
     k = src.shape[1]
@@ -97,7 +102,7 @@ def solve_rows_cholesky_parts(
         if hi == lo:
             dst[row, :] = 0.0
             continue
-        lam = regularization * (hi - lo) if count_scaled else regularization
+        lam = regularization * (hi - lo) ** count_power
         # A = Y^T Y + lam I, lower triangle only (A is symmetric).
         for p in range(k):
             for q in range(p + 1):
@@ -156,7 +161,7 @@ def solve_rows_cg_parts(
     gram: np.ndarray,
     dst: np.ndarray,
     regularization: float,
-    count_scaled: bool,
+    count_power: float,
     alpha: float,
     offset: float,
     cg_steps: int,
@@ -185,7 +190,7 @@ def solve_rows_cg_parts(
         if hi == lo:
             dst[row, :] = 0.0
             continue
-        lam = np.float32(regularization * (hi - lo) if count_scaled else regularization)
+        lam = np.float32(regularization * (hi - lo) ** count_power)
         for q in range(k):
             x[q] = dst[row, q]
         # Residual r = b - A x = sum C_ui y_i - (Y^T Y + lam I) x - sum (C_ui - 1)(y_i.x) y_i.
@@ -254,7 +259,7 @@ def objective_rows_parts(
     gram: np.ndarray,
     dst: np.ndarray,
     regularization: float,
-    count_scaled: bool,
+    count_power: float,
     alpha: float,
     offset: float,
 ) -> tuple[float, float]:
@@ -281,7 +286,7 @@ def objective_rows_parts(
     for row in range(dst.shape[0]):
         lo = indptr[row]
         hi = indptr[row + 1]
-        lam = regularization * (hi - lo) if count_scaled else regularization
+        lam = regularization * (hi - lo) ** count_power
         quad = 0.0
         norm = 0.0
         for q in range(k):
@@ -304,13 +309,13 @@ def objective_rows_parts(
 
 @njit(nogil=True, cache=True, fastmath=True)
 def penalty_rows(
-    indptr: np.ndarray, factors: np.ndarray, regularization: float, count_scaled: bool
+    indptr: np.ndarray, factors: np.ndarray, regularization: float, count_power: float
 ) -> float:
     """``sum_u lam_u |x_u|^2`` over the rows of a block (the other side's L2 term)."""
     total = 0.0
     for row in range(factors.shape[0]):
         n = indptr[row + 1] - indptr[row]
-        lam = regularization * n if count_scaled else regularization
+        lam = regularization * n**count_power
         norm = 0.0
         for q in range(factors.shape[1]):
             norm += factors[row, q] * factors[row, q]
@@ -427,7 +432,7 @@ def solve_rows_cholesky(
     gram: np.ndarray,
     dst: np.ndarray,
     regularization: float,
-    count_scaled: bool,
+    count_power: float,
     alpha: float,
     offset: float,
     start: int,
@@ -437,7 +442,7 @@ def solve_rows_cholesky(
     rest = np.empty((0, src.shape[1]), dtype=src.dtype)
     return solve_rows_cholesky_parts(
         indptr, indices, data, src, rest, gram, dst,
-        regularization, count_scaled, alpha, offset, start, stop,
+        regularization, count_power, alpha, offset, start, stop,
     )  # fmt: skip
 
 
@@ -450,7 +455,7 @@ def solve_rows_cg(
     gram: np.ndarray,
     dst: np.ndarray,
     regularization: float,
-    count_scaled: bool,
+    count_power: float,
     alpha: float,
     offset: float,
     cg_steps: int,
@@ -461,7 +466,7 @@ def solve_rows_cg(
     rest = np.empty((0, src.shape[1]), dtype=src.dtype)
     solve_rows_cg_parts(
         indptr, indices, data, src, rest, gram, dst,
-        regularization, count_scaled, alpha, offset, cg_steps, start, stop,
+        regularization, count_power, alpha, offset, cg_steps, start, stop,
     )  # fmt: skip
 
 
@@ -474,7 +479,7 @@ def objective_rows(
     gram: np.ndarray,
     dst: np.ndarray,
     regularization: float,
-    count_scaled: bool,
+    count_power: float,
     alpha: float,
     offset: float,
 ) -> tuple[float, float]:
@@ -482,5 +487,5 @@ def objective_rows(
     rest = np.empty((0, src.shape[1]), dtype=src.dtype)
     return objective_rows_parts(
         indptr, indices, data, src, rest, gram, dst,
-        regularization, count_scaled, alpha, offset,
+        regularization, count_power, alpha, offset,
     )  # fmt: skip

@@ -131,6 +131,12 @@ class ALS(FactorModel):
         ``ν = 1`` ("Revisiting the Performance of iALS on Item Recommendation
         Benchmarks", RecSys 2022), whose ``α₀|I|`` (the unobserved items' total weight)
         is this offset, in units of ratings. 0 (the default) is ALS-WR's ``λ · nᵤ``.
+    regularization_exponent : float
+        With count scaling, the power ``ν`` of the count: a row's L2 weight is
+        ``λ · (nᵤ^ν + regularization_offset)``. 1 (the default) is ALS-WR; below 1 a
+        row with many positives is regularized less than in proportion to them (Rendle
+        et al.'s frequency exponent ``ν``, applied to the count alone: the offset stays
+        a constant ridge so that it remains one term of the shared ``YᵀY``).
     preference : {"binary", "rating"}
         For ratings when ``weighting`` is None (``"rating"`` is ``weighting="linear"``).
     weighting : {"binary", "linear", "log", "bm25"} or None
@@ -184,11 +190,15 @@ class ALS(FactorModel):
     model_name: ClassVar[str] = "als"
     implicit: ClassVar[bool] = True
     search_space: ClassVar[dict[str, dict[str, Any]]] = {
-        "regularization": {"low": 0.01, "high": 3.0, "log": True},
-        "alpha": {"low": 0.3, "high": 30.0, "log": True},
+        "regularization": {"low": 0.03, "high": 30.0, "log": True},
+        "alpha": {"low": 1.0, "high": 30.0, "log": True},
+        "regularization_exponent": {"low": 0.25, "high": 1.0},
     }
     """What :func:`mfdask.tune` searches by default (``iterations`` is the budget; the
-    best iteration is kept)."""
+    best iteration is kept): ``λ`` and ``alpha`` log-uniform, and the count exponent
+    ``ν`` of the count-scaled ``λ · nᵤ^ν`` (a row's weight moves by orders of magnitude
+    with ``ν``, so ``λ``'s range is wide; the sampler models the two jointly). ``alpha``
+    starts at 1: below it an observed positive weighs less than twice a missing entry."""
     RATING_DEFAULTS: ClassVar[dict[str, Any]] = {"regularization": 0.3, "alpha": 4.0}
     EVENT_DEFAULTS: ClassVar[dict[str, Any]] = {
         "regularization": 0.5,
@@ -211,6 +221,7 @@ class ALS(FactorModel):
         confidence: str = "paper",
         regularization_scaling: str = "count",
         regularization_offset: float = 0.0,
+        regularization_exponent: float = 1.0,
         preference: str = "binary",
         weighting: str | None = None,
         epsilon: float = 1.0,
@@ -235,6 +246,7 @@ class ALS(FactorModel):
         self.confidence = confidence
         self.regularization_scaling = regularization_scaling
         self.regularization_offset = regularization_offset
+        self.regularization_exponent = regularization_exponent
         self.preference = preference
         self.weighting = weighting
         self.epsilon = epsilon
@@ -271,9 +283,15 @@ class ALS(FactorModel):
             raise ValueError(
                 f"weighting must be one of {list(WEIGHTINGS)} or None, got {self.weighting!r}"
             )
-        for name in ("regularization", "alpha", "epsilon", "regularization_offset"):
+        for name in (
+            "regularization",
+            "alpha",
+            "epsilon",
+            "regularization_offset",
+            "regularization_exponent",
+        ):
             value = getattr(self, name)
-            if value is None and name not in ("epsilon", "regularization_offset"):
+            if value is None and name in ("regularization", "alpha"):
                 continue
             if (
                 isinstance(value, bool)
@@ -287,6 +305,11 @@ class ALS(FactorModel):
         if self.regularization_offset and self.regularization_scaling != "count":
             raise ValueError(
                 "regularization_offset is added to a row's count (λ · (n_u + offset)): it "
+                "needs regularization_scaling='count'"
+            )
+        if self.regularization_exponent != 1 and self.regularization_scaling != "count":
+            raise ValueError(
+                "regularization_exponent is the power of a row's count (λ · n_u^ν): it "
                 "needs regularization_scaling='count'"
             )
         if self.confidence == "implicit" and self.alpha is not None and self.alpha <= 0:
@@ -304,6 +327,7 @@ class ALS(FactorModel):
             cg_steps=self.cg_steps,
             regularization=float(self._p("regularization")),
             count_scaled=self.regularization_scaling == "count",
+            count_power=float(self.regularization_exponent),
             alpha=float(self._p("alpha")),
             confidence_offset=CONFIDENCE_OFFSETS[self.confidence],
             n_threads=self.n_threads,

@@ -157,7 +157,7 @@ def fold_in_spec(model: FactorModel, epochs: int | None = None) -> FoldIn:
             {
                 "factors": model.factors,
                 "regularization": float(model._p("regularization")),
-                "count_scaled": model.regularization_scaling == "count",
+                "count_power": model._spec().power(),
                 "alpha": float(model._p("alpha")),
                 "offset": CONFIDENCE_OFFSETS[model.confidence],
                 "binary": weighting == "binary",
