@@ -15,9 +15,9 @@ A search is many fits of one model on the same data, so the data is prepared onc
    (SVD's held-out ratings are cut per fit next to that fit's DSGD cells, from the
    persisted copy).
 
-Each trial is one fit with parameters drawn by Optuna's TPE sampler (seeded by
-``random_state``) from the model's ``search_space`` (log-uniform for regularization,
-learning rates and ``alpha``). The fit reports its validation metric after every
+Each trial is one fit with parameters drawn by Optuna's multivariate TPE sampler
+(seeded by ``random_state``) from the model's ``search_space`` (log-uniform for
+regularization, learning rates and ``alpha``). The fit reports its validation metric after every
 iteration through an :func:`~mfdask.engine.trainer.iteration_hook`; Optuna's median
 pruner stops trials whose curve falls below the median of earlier trials at the same
 iteration, and the trainer ends a pruned fit the way it ends an early-stopped one. A trial

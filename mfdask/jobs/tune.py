@@ -12,8 +12,9 @@ of --train:
 
 --param NAME=VALUE fixes a parameter for every trial (and goes into the job file);
 the searched ones and their ranges are the model's `search_space` (for ALS:
-regularization and alpha, log-uniform) and the iteration budget is the model's
-`iterations` / `epochs` (the job file gets the best trial's best iteration). Beside the
+regularization and alpha, log-uniform, and the count exponent regularization_exponent)
+and the iteration budget is the model's `iterations` / `epochs` (the job file gets the
+best trial's best iteration). Beside the
 job file: OUTPUT-stem.trials.csv (every trial) and OUTPUT-stem.trials.png (the plot).
 Needs Optuna: pip install 'mfdask[tune]'.
 """
