@@ -269,3 +269,28 @@ def test_merge_row_block_equals_building_the_block_from_everything():
         assert (merged.n_rows, merged.n_cols) == (40, 30)
         for a in ("indptr", "indices", "data"):
             np.testing.assert_array_equal(getattr(merged, a), getattr(full, a))
+
+
+def test_added_rows_against_a_set_difference():
+    from mfdask.models.incremental import added_rows
+
+    rng = np.random.default_rng(4)
+    pairs = rng.choice(50 * 40, 600, replace=False)
+    new = pd.DataFrame(
+        {
+            "user_idx": (pairs // 40).astype("int32"),
+            "item_idx": (pairs % 40).astype("int32"),
+            "rating": rng.integers(1, 6, 600).astype("float32"),
+        }
+    )
+    keep = (rng.random(600) < 0.8) & (new.user_idx < 45).to_numpy()
+    old = new[keep].sample(frac=1.0, random_state=0)
+    np.testing.assert_array_equal(added_rows(old, new), np.flatnonzero(~keep))
+    assert len(added_rows(old.iloc[:0], new)) == 600
+    changed = new.copy()
+    changed.loc[int(np.flatnonzero(keep)[0]), "rating"] += 1
+    assert added_rows(old, changed) is None  # a changed rating
+    first, second = (int(r) for r in np.flatnonzero(keep)[:2])
+    assert added_rows(old, new.drop(index=first)) is None  # a removed rating
+    swapped = pd.concat([new.drop(index=first), new.iloc[[second]]])
+    assert added_rows(old, swapped) is None  # one removed, another repeated

@@ -136,8 +136,9 @@ def added_rows(old: pd.DataFrame, new: pd.DataFrame) -> np.ndarray | None:
     """Positions of the ratings of ``new`` not in ``old`` (both indexed by the same, grown,
     id maps), or None unless every rating of ``old`` is in ``new`` exactly once with the
     same value (a rating changed or removed, or repeated: place everything again)."""
-    # Both sides sorted by (user, item): the search then walks both in order, which is
-    # several times faster than looking up unsorted keys at random.
+    # Both sides sorted by (user, item): the search then walks both in order, several
+    # times faster than looking up unsorted keys at random (and NumPy only: a kernel
+    # would cost the client numba's start-up, seconds, on its first update).
     old_keys, new_keys = _keys(old), _keys(new)
     old_order, new_order = np.argsort(old_keys), np.argsort(new_keys)
     old_keys, new_keys = old_keys[old_order], new_keys[new_order]
@@ -146,8 +147,8 @@ def added_rows(old: pd.DataFrame, new: pd.DataFrame) -> np.ndarray | None:
     pos = np.searchsorted(old_keys, new_keys)
     np.minimum(pos, len(old_keys) - 1, out=pos)
     found = old_keys[pos] == new_keys
-    if int(found.sum()) != len(old_keys):
-        return None
+    if int(found.sum()) != len(old_keys) or (len(old_keys) > 1 and not np.all(np.diff(pos[found]))):
+        return None  # a rating removed or repeated (every old one matched once, or not)
     old_values = old[schema.RATING].to_numpy()[old_order[pos[found]]]
     if not np.array_equal(old_values, new[schema.RATING].to_numpy()[new_order[found]]):
         return None
