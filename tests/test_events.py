@@ -253,11 +253,11 @@ def test_als_ranks_a_users_group_first_on_play_counts(client, weighting):
     assert in_group(recs) > 0.9
 
 
-@pytest.mark.parametrize("cls", [BPR, WARP])
-def test_pairwise_models_fit_play_counts_with_weighted_steps(client, cls):
+@pytest.mark.parametrize(("cls", "weighting"), [(BPR, "log"), (WARP, "log"), (WARP, "log_sampled")])
+def test_pairwise_models_fit_play_counts_with_weighted_steps(client, cls, weighting):
     frame = play_counts()
-    model = cls(factors=8, epochs=15, random_state=0, weighting="log").fit(frame)
-    assert model.params_["weighting"] == "log"
+    model = cls(factors=8, epochs=15, random_state=0, weighting=weighting).fit(frame)
+    assert model.params_["weighting"] == weighting
     recs = model.recommend(frame.user_id.unique()[:20], n=5)
     assert in_group(recs) > 0.9
 

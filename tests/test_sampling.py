@@ -162,3 +162,21 @@ def test_a_bitset_draws_the_same_negatives_as_the_binary_search(seed, n_blocks, 
             np.uint64(seed_state(seed)), *args, block, n_blocks, n_block_items, fast, bits
         )
         np.testing.assert_array_equal(plain, fast)
+
+
+def test_weighted_positives_visit_in_proportion_to_the_log_weight():
+    from mfdask.kernels.sgd_common import shuffled_positives, weighted_positives
+
+    values = np.array([0.0, 1.0, 10.0, 1000.0, 3.0], np.float32)
+    positives = values > 0
+    scale = 1.0 / np.log1p(values[positives].astype(np.float64)).mean()
+    counts = np.zeros(len(values))
+    runs = 4000
+    state = seed_state(7)
+    for _ in range(runs):
+        state, order = weighted_positives(state, values, 0.5, 0, len(values), scale)
+        counts += np.bincount(order, minlength=len(values))
+    want = np.where(positives, np.log1p(values.astype(np.float64)) * scale, 0.0)
+    np.testing.assert_allclose(counts / runs, want, atol=0.03)  # the mean: 1 visit each
+    _, plain = shuffled_positives(seed_state(7), values, 0.5, 0, len(values))
+    assert len(plain) == positives.sum() and counts.sum() / runs == pytest.approx(4, rel=0.02)

@@ -36,7 +36,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from mfdask.kernels.sampling import randbelow, seed_state
+from mfdask.kernels.sampling import randbelow, seed_state, splitmix64
 
 CHUNK = 4096
 """Ratings gathered into contiguous buffers at a time (about 50 kB of buffers)."""
@@ -148,6 +148,40 @@ def shuffled_positives(
     count = 0
     for p in range(lo, hi):
         if values[p] >= threshold:
+            order[count] = p
+            count += 1
+    state = shuffle_in_place(state, order)
+    return state, order
+
+
+@njit(nogil=True, cache=True)
+def weighted_positives(
+    state: np.uint64, values: np.ndarray, threshold: float, lo: int, hi: int, scale: float
+) -> tuple[np.uint64, np.ndarray]:
+    """The positives of ``[lo, hi)``, each listed ``log(1 + w) · scale`` times, shuffled.
+
+    The count is rounded stochastically (its floor, plus one with the probability of its
+    fractional part), so a positive is visited ``log(1 + w) · scale`` times an epoch on
+    average: with ``scale = 1 / mean(log(1 + w))`` an epoch makes as many visits as
+    :func:`shuffled_positives` would, spread over the positives in proportion to their
+    log-weight (weighted sampling of positives, one shuffle per pass, no per-visit
+    table). Returns the advanced state and the int64 positions.
+    """
+    repeats = np.zeros(max(hi - lo, 0), dtype=np.int64)
+    count = 0
+    for p in range(lo, hi):
+        if values[p] >= threshold:
+            mean = np.log1p(np.float64(values[p])) * scale
+            whole = np.int64(np.floor(mean))
+            state, bits = splitmix64(state)
+            if np.float64(bits >> np.uint64(11)) * 2.0**-53 < mean - whole:
+                whole += 1
+            repeats[p - lo] = whole
+            count += whole
+    order = np.empty(count, dtype=np.int64)
+    count = 0
+    for p in range(lo, hi):
+        for _ in range(repeats[p - lo]):
             order[count] = p
             count += 1
     state = shuffle_in_place(state, order)

@@ -57,7 +57,12 @@ from numba import njit
 
 from mfdask.kernels.bpr import _FASTMATH, step_weight
 from mfdask.kernels.sampling import contains_sorted, randbelow, seed_state
-from mfdask.kernels.sgd_common import PREFETCH_DISTANCE, prefetch_row, shuffled_positives
+from mfdask.kernels.sgd_common import (
+    PREFETCH_DISTANCE,
+    prefetch_row,
+    shuffled_positives,
+    weighted_positives,
+)
 
 N_STATS = 5
 """Length of the ``stats`` array :func:`warp_sgd` accumulates into."""
@@ -281,6 +286,7 @@ def warp_sgd(
     stats: np.ndarray,
     max_weight: float = MAX_RANK_WEIGHT,
     step_scale: float = 0.0,
+    weighted_visits: bool = False,
 ) -> None:
     """One WARP pass, in a random order and in place, over the positives among ratings ``lo:hi``.
 
@@ -293,12 +299,19 @@ def warp_sgd(
     clip of the rank weight, :func:`warp_weight`). ``stats`` is ``(N_STATS,) float64``
     (see the ``STAT_*`` constants). ``step_scale > 0`` multiplies the rank weight of the
     visited rating's step by :func:`mfdask.kernels.bpr.step_weight` of its value
-    (LightFM's ``sample_weight``); 0 leaves every step unweighted.
+    (LightFM's ``sample_weight``); 0 leaves every step unweighted. With
+    ``weighted_visits`` the scale weights the visits instead: each positive is visited
+    :func:`~mfdask.kernels.sgd_common.weighted_positives` times (``log(1 + w) ·
+    step_scale`` on average) with unweighted steps.
     """
     if n_block_items <= 0:
         return  # no item in the held block: nothing to rank against
     state = seed_state(seed)
-    state, order = shuffled_positives(state, values, threshold, lo, hi)
+    if weighted_visits and step_scale > 0.0:
+        state, order = weighted_positives(state, values, threshold, lo, hi, step_scale)
+        step_scale = 0.0  # the weight is in how often a positive comes, not in its step
+    else:
+        state, order = shuffled_positives(state, values, threshold, lo, hi)
     scores = np.empty(max(kos_n, 1), dtype=np.float64)
     picks = np.empty(max(kos_n, 1), dtype=np.int64)
     grads = np.empty((3, item_factors.shape[1]), dtype=np.float32)

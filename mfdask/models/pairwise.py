@@ -55,6 +55,7 @@ class PairwiseModel(FactorModel):
     """
 
     implicit: ClassVar[bool] = True
+    weightings: ClassVar[tuple[str, ...]] = WEIGHTINGS
     _threshold: float
     _step_scale: float
     progress_stats: ClassVar[tuple[str, ...]] = ("objective", "auc")
@@ -84,9 +85,9 @@ class PairwiseModel(FactorModel):
             and _check_nonnegative("learning_rate", self.learning_rate) == 0
         ):
             raise ValueError("learning_rate must be > 0")
-        if self.weighting is not None and self.weighting not in WEIGHTINGS:
+        if self.weighting is not None and self.weighting not in self.weightings:
             raise ValueError(
-                f"weighting must be one of {list(WEIGHTINGS)} or None, got {self.weighting!r}"
+                f"weighting must be one of {list(self.weightings)} or None, got {self.weighting!r}"
             )
         if self.learning_rate_decay is not None:
             _check_nonnegative("learning_rate_decay", self.learning_rate_decay)
@@ -227,7 +228,7 @@ class PairwiseObjective(Objective):
         m, data = self.model, self.data
         m._threshold = positive_cut(data.feedback, check_threshold(m.positive_threshold))
         m._step_scale = (
-            step_scale(data.ratings, m._threshold) if m._p("weighting") == "log" else 0.0
+            step_scale(data.ratings, m._threshold) if m._p("weighting") != "binary" else 0.0
         )
         # All ratings go to the engine: those below the threshold are skipped by the
         # kernels but stay in the users' rows, so they are never drawn as negatives and
