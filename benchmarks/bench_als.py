@@ -44,10 +44,16 @@ PAPER_FORM = {"confidence": "paper", "regularization_scaling": "none", "preferen
 ALS_DEFAULTS = {
     "confidence": "paper",
     "regularization_scaling": "count",
-    "regularization": 0.3,
+    "regularization": 1.3,
     "alpha": 4.0,
+    "regularization_exponent": 0.75,
 }
-SPARK_FORM = {"confidence": "paper", "regularization_scaling": "count", "preference": "binary"}
+SPARK_FORM = {
+    "confidence": "paper",
+    "regularization_scaling": "count",
+    "regularization_exponent": 1.0,
+    "preference": "binary",
+}
 GRID = {
     "regularization": [1.0, 10.0, 50.0],
     "count_regularization": [0.03, 0.1],
@@ -141,7 +147,11 @@ def kernel_seconds(problem: Problem, params: dict[str, Any], repeats: int = 3) -
     x = (rng.standard_normal((problem.shape[0], FACTORS)) * 0.01).astype(np.float32)
     y = (rng.standard_normal((problem.shape[1], FACTORS)) * 0.01).astype(np.float32)
     offset = 1.0 if params.get("confidence", "paper") == "paper" else 0.0
-    count = 1.0 if params.get("regularization_scaling") == "count" else 0.0
+    count = (
+        float(params.get("regularization_exponent", 1.0))
+        if params.get("regularization_scaling") == "count"
+        else 0.0
+    )
 
     def half(m, src, dst):
         gram = (src.astype(np.float64).T @ src).astype(np.float32)

@@ -49,6 +49,7 @@ SPARK_DEFAULTS: dict[str, Any] = {
     "solver": "cholesky",
     "confidence": "paper",
     "regularization_scaling": "count",
+    "regularization_exponent": 1.0,
     "preference": "rating",
     "random_state": 0,
 }

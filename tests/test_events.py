@@ -233,6 +233,8 @@ def test_event_defaults_and_rating_defaults():
     assert ALS(preference="rating").resolved_params("ratings")["weighting"] == "linear"
     assert als.resolved_params("events")["weighting"] == ALS.EVENT_DEFAULTS["weighting"]
     assert ALS(alpha=7.0).resolved_params("events")["alpha"] == 7.0
+    assert als.resolved_params("ratings")["regularization_exponent"] == 0.75
+    assert als.resolved_params("events")["regularization_exponent"] == 1.0
     assert BPR().resolved_params("ratings")["epochs"] == 60
     assert BPR().resolved_params("events")["weighting"] == "log"
     assert WARP().resolved_params("events")["weighting"] == "binary"

@@ -138,7 +138,7 @@ def test_checkpoint_of_another_fit_is_refused_naming_the_difference(client, rati
             ratings, callback=crash_after(3)
         )
     other = ALS(factors=4, iterations=6, regularization=0.5, random_state=0, checkpoint_dir=ckpt)
-    with pytest.raises(CheckpointMismatchError, match=r"regularization \(checkpoint: 0.3"):
+    with pytest.raises(CheckpointMismatchError, match=r"regularization \(checkpoint: 1.3"):
         other.fit(ratings, resume=True)
     fewer = ratings.iloc[:-10]
     same = ALS(factors=4, iterations=6, random_state=0, checkpoint_dir=ckpt)

@@ -70,18 +70,22 @@ class ALS(FactorModel):
     So ``ALS(confidence="implicit", regularization_scaling="none", preference="binary")``
     is the same model as ``implicit.als.AlternatingLeastSquares`` with the same ``factors``,
     ``regularization``, ``alpha`` and ``iterations`` fitted on the 0/1 positives matrix, and
-    ``ALS(confidence="paper", regularization_scaling="count", preference="rating")`` is
-    Spark's ``ALS(implicitPrefs=True)`` on the ratings with ``rating >= threshold`` kept.
+    ``ALS(confidence="paper", regularization_scaling="count", regularization_exponent=1,
+    preference="rating")`` is Spark's ``ALS(implicitPrefs=True)`` on the ratings with
+    ``rating >= threshold`` kept.
 
-    The defaults (paper confidence, count-scaled ``λ = 0.3``, ``alpha = 4``, binary ``r``)
-    come from :func:`mfdask.tune` (24 trials) on a validation part carved from the training
-    part of ML-1M's ``user_holdout`` split (``benchmarks/bench_tune.py``; its best:
-    ``λ = 0.31``, ``alpha = 3.7``), rounded, and were checked not to be worse elsewhere
-    (``benchmarks/bench_defaults.py``, test NDCG@10 against the earlier ``λ = 0.1``,
-    ``alpha = 2``: ML-1M 0.3945 vs 0.3915, ML-100K 0.3739 vs 0.3411, ML-latest-small
-    0.2986 vs 0.2921). Count scaling keeps the balance between penalty and data term when
-    the number of ratings per row changes, where a plain ``λ`` tuned on one dataset is too
-    strong or too weak on another.
+    The defaults on ratings (paper confidence, binary ``r``, ``λ = 1.3`` scaled by
+    ``nᵤ^0.75``, ``alpha = 4``) come from :func:`mfdask.tune` (24 trials) on a
+    validation part carved from the training part of ML-1M's ``user_holdout`` split
+    (``benchmarks/bench_tune.py``; its best: ``λ = 1.29``, ``alpha = 4.22``,
+    ``ν = 0.734``), rounded, and were checked not to be worse elsewhere
+    (``benchmarks/bench_defaults.py``, test NDCG@10 against the earlier ALS-WR
+    ``λ = 0.3 · nᵤ``: ML-1M 0.3988 vs 0.3945, ML-100K 0.3905 vs 0.3738,
+    ML-latest-small 0.3095 vs 0.2988). Count scaling keeps the balance between penalty
+    and data term when the number of ratings per row changes, where a plain ``λ`` tuned
+    on one dataset is too strong or too weak on another; ``ν < 1`` (Rendle et al.,
+    RecSys 2022) regularizes the heaviest rows (popular items, prolific users) less than
+    in proportion to their counts.
 
     **Events** (``fit`` on ``user_id, item_id[, weight]``, see
     :mod:`mfdask.data.training`): every event with weight ``w > 0`` is a positive, and
@@ -115,7 +119,7 @@ class ALS(FactorModel):
     factors : int
         Latent dimension ``k``.
     regularization : float or None
-        λ (None: 0.3 on ratings, 0.5 on events).
+        λ (None: 1.3 on ratings, 0.5 on events).
     alpha : float or None
         Confidence slope (None: 4 on ratings, 1 on events).
     iterations : int
@@ -131,9 +135,10 @@ class ALS(FactorModel):
         ``ν = 1`` ("Revisiting the Performance of iALS on Item Recommendation
         Benchmarks", RecSys 2022), whose ``α₀|I|`` (the unobserved items' total weight)
         is this offset, in units of ratings. 0 (the default) is ALS-WR's ``λ · nᵤ``.
-    regularization_exponent : float
+    regularization_exponent : float or None
         With count scaling, the power ``ν`` of the count: a row's L2 weight is
-        ``λ · (nᵤ^ν + regularization_offset)``. 1 (the default) is ALS-WR; below 1 a
+        ``λ · (nᵤ^ν + regularization_offset)`` (None: 0.75 on ratings, 1 on events;
+        ignored without count scaling). 1 is ALS-WR; below 1 a
         row with many positives is regularized less than in proportion to them (Rendle
         et al.'s frequency exponent ``ν``, applied to the count alone: the offset stays
         a constant ridge so that it remains one term of the shared ``YᵀY``).
@@ -199,11 +204,16 @@ class ALS(FactorModel):
     ``ν`` of the count-scaled ``λ · nᵤ^ν`` (a row's weight moves by orders of magnitude
     with ``ν``, so ``λ``'s range is wide; the sampler models the two jointly). ``alpha``
     starts at 1: below it an observed positive weighs less than twice a missing entry."""
-    RATING_DEFAULTS: ClassVar[dict[str, Any]] = {"regularization": 0.3, "alpha": 4.0}
+    RATING_DEFAULTS: ClassVar[dict[str, Any]] = {
+        "regularization": 1.3,
+        "alpha": 4.0,
+        "regularization_exponent": 0.75,
+    }
     EVENT_DEFAULTS: ClassVar[dict[str, Any]] = {
         "regularization": 0.5,
         "alpha": 1.0,
         "weighting": "log",
+        "regularization_exponent": 1.0,
     }
     """Chosen on a validation split of Last.fm-2k's training part (the per-user holdout
     applied again, seed 1): log weighting, ``alpha = 1``, count-scaled ``λ = 0.5`` gave
@@ -221,7 +231,7 @@ class ALS(FactorModel):
         confidence: str = "paper",
         regularization_scaling: str = "count",
         regularization_offset: float = 0.0,
-        regularization_exponent: float = 1.0,
+        regularization_exponent: float | None = None,
         preference: str = "binary",
         weighting: str | None = None,
         epsilon: float = 1.0,
@@ -291,7 +301,7 @@ class ALS(FactorModel):
             "regularization_exponent",
         ):
             value = getattr(self, name)
-            if value is None and name in ("regularization", "alpha"):
+            if value is None and name in ("regularization", "alpha", "regularization_exponent"):
                 continue
             if (
                 isinstance(value, bool)
@@ -307,7 +317,7 @@ class ALS(FactorModel):
                 "regularization_offset is added to a row's count (λ · (n_u + offset)): it "
                 "needs regularization_scaling='count'"
             )
-        if self.regularization_exponent != 1 and self.regularization_scaling != "count":
+        if self.regularization_exponent not in (None, 1) and self.regularization_scaling != "count":
             raise ValueError(
                 "regularization_exponent is the power of a row's count (λ · n_u^ν): it "
                 "needs regularization_scaling='count'"
@@ -327,7 +337,7 @@ class ALS(FactorModel):
             cg_steps=self.cg_steps,
             regularization=float(self._p("regularization")),
             count_scaled=self.regularization_scaling == "count",
-            count_power=float(self.regularization_exponent),
+            count_power=float(self._p("regularization_exponent")),
             alpha=float(self._p("alpha")),
             confidence_offset=CONFIDENCE_OFFSETS[self.confidence],
             n_threads=self.n_threads,
