@@ -36,7 +36,7 @@ def normal_equation_solve(model: ALS, items: np.ndarray, values: np.ndarray) -> 
     yu = y[items]
     offset = 1.0 if model.confidence == "paper" else 0.0
     c = offset + model.params_["alpha"] * values
-    count = len(items) ** model.regularization_exponent
+    count = len(items) ** model.params_["regularization_exponent"]
     lam = model.params_["regularization"] * (
         count + model.regularization_offset if model.regularization_scaling == "count" else 1
     )
