@@ -101,17 +101,33 @@ def test_in_memory_checkpoint_copies_blocks_under_keys_of_their_own(cluster):
 
 
 def test_checkpoint_without_room_for_copies_restarts_from_the_start(cluster, monkeypatch):
-    """State too large to copy is not copied; when it is lost, recovery starts over
+    """State too large to copy is neither copied nor held (holding it would keep every
+    block of the iteration alive next to the next iteration's): recovery starts over
     instead of waiting for blocks no worker holds."""
     import mfdask.engine.checkpoint as checkpoint
 
-    local, client = cluster
+    _, client = cluster
     side, _ = _blocks_on_workers(client)
     monkeypatch.setattr(checkpoint, "COPY_SHARE_OF_MEMORY", 1e-12)
     checkpoints = checkpoint.FitCheckpoints(None, every=1)
     point = checkpoints.save(1, {"user_factors": side}, {"finished": False})
-    assert side.backups == []
-    assert checkpoints.recovery_point() is point  # nothing lost yet
-    _lose_worker(local, side.where[1])
-    assert not side.alive()
-    assert checkpoints.recovery_point() is None
+    assert side.backups == [] and point.arrays["user_factors"] is side  # for the lineage cut
+    assert checkpoints.last is None and checkpoints.recovery_point() is None
+    # The end of the fit is always kept: it is the fit's result.
+    final = checkpoints.save(2, {"user_factors": side}, {"finished": True})
+    assert checkpoints.last is final
+
+
+def test_recovery_reads_the_disk_when_the_memory_point_is_lost(cluster, tmp_path):
+    from mfdask.engine.checkpoint import FitCheckpoints
+
+    local, client = cluster
+    side, _ = _blocks_on_workers(client)
+    checkpoints = FitCheckpoints(tmp_path / "ckpt", every=1)
+    checkpoints.begin({"model": "test"})
+    checkpoints.save(1, {"user_factors": side}, {"finished": False})
+    assert side.backups == []  # the disk holds this point: no copies in memory
+    _lose_worker(local, side.where[0])
+    point = checkpoints.recovery_point()
+    assert point is not None and point.iteration == 1
+    assert "iteration 1" in checkpoints.describe_resume()

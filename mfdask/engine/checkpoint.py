@@ -261,6 +261,9 @@ class FitCheckpoints:
         self.resume = bool(resume)
         self.identity: dict[str, Any] = {}
         self.last: Checkpoint | None = None
+        """The point a recovery restarts from without reading the disk (None: read it)."""
+        self.saved_iteration: int | None = None
+        """The iteration of the newest checkpoint on disk (None: none written)."""
 
     def peek(self) -> Checkpoint | None:
         """The checkpoint a resumed fit would start from (not yet checked), or None."""
@@ -293,6 +296,7 @@ class FitCheckpoints:
                 "afresh (without resume, or with another checkpoint_dir)"
             )
         self.last = start
+        self.saved_iteration = start.iteration
         return start
 
     def due(self, iteration: int) -> bool:
@@ -308,16 +312,26 @@ class FitCheckpoints:
             name: a if isinstance(a, (FactorBlocks, BlockFiles)) else np.asarray(a)
             for name, a in arrays.items()
         }
+        point = Checkpoint(iteration=iteration, arrays=arrays, state=state)
         if self.store is not None:
             self.store.save(iteration, arrays, state)
-        elif not state.get("finished"):
-            values: list[Any] = list(arrays.values())
-            blocks = [a for a in values if isinstance(a, FactorBlocks)]
-            if blocks and copies_fit(blocks):
+            self.saved_iteration = iteration
+        values: list[Any] = list(arrays.values())
+        blocks = [a for a in values if isinstance(a, FactorBlocks)]
+        if state.get("finished") or not blocks:
+            self.last = point
+        elif copies_fit(blocks):
+            if self.store is None:
                 for a in blocks:
                     a.replicate()  # the only copy of this point: survive one lost worker
-        self.last = Checkpoint(iteration=iteration, arrays=arrays, state=state)
-        return self.last
+            self.last = point
+        else:
+            # Holding the point would hold every block of this iteration until the next
+            # checkpoint, while the next iteration makes new ones: twice the state on
+            # every worker. Without copies, one lost worker takes the point with it, so
+            # the recovery point is the checkpoint on disk (or the start) instead.
+            self.last = None
+        return point
 
     def recovery_point(self) -> Checkpoint | None:
         """Where a fit that lost a worker restarts: the last checkpoint if its state still
@@ -329,17 +343,18 @@ class FitCheckpoints:
         wait for blocks that no worker holds.
         """
         point = self.last
-        if point is None or all(
+        if point is not None and all(
             a.alive() for a in point.arrays.values() if isinstance(a, FactorBlocks)
         ):
             return point
         disk = self.store.latest() if self.store is not None else None
-        log.warning(
-            "the checkpoint after iteration %d was held only in memory and lost blocks "
-            "with the worker; restarting from %s",
-            point.iteration,
-            f"the one on disk after iteration {disk.iteration}" if disk else "the start",
-        )
+        if point is not None:
+            log.warning(
+                "the checkpoint after iteration %d was held only in memory and lost blocks "
+                "with the worker; restarting from %s",
+                point.iteration,
+                f"the one on disk after iteration {disk.iteration}" if disk else "the start",
+            )
         return disk
 
     def describe_resume(self) -> str:
@@ -349,10 +364,10 @@ class FitCheckpoints:
                 "no checkpoint was written (checkpoint_dir is not set): restart the "
                 "cluster and fit again"
             )
-        if self.last is None:
+        if self.saved_iteration is None:
             return f"no checkpoint in {self.store.directory} yet: restart the cluster and fit again"
         return (
-            f"the last checkpoint (after iteration {self.last.iteration}) is in "
+            f"the last checkpoint (after iteration {self.saved_iteration}) is in "
             f"{self.store.directory}: restart the cluster and fit with resume=True "
             "(mfdask train --resume) to continue from it"
         )
