@@ -105,10 +105,11 @@ def test_checkpoint_without_room_for_copies_restarts_from_the_start(cluster, mon
     block of the iteration alive next to the next iteration's): recovery starts over
     instead of waiting for blocks no worker holds."""
     import mfdask.engine.checkpoint as checkpoint
+    import mfdask.engine.cluster
 
     _, client = cluster
     side, _ = _blocks_on_workers(client)
-    monkeypatch.setattr(checkpoint, "COPY_SHARE_OF_MEMORY", 1e-12)
+    monkeypatch.setattr(mfdask.engine.cluster, "COPY_SHARE_OF_MEMORY", 1e-12)
     checkpoints = checkpoint.FitCheckpoints(None, every=1)
     point = checkpoints.save(1, {"user_factors": side}, {"finished": False})
     assert side.backups == [] and point.arrays["user_factors"] is side  # for the lineage cut
@@ -131,3 +132,18 @@ def test_recovery_reads_the_disk_when_the_memory_point_is_lost(cluster, tmp_path
     point = checkpoints.recovery_point()
     assert point is not None and point.iteration == 1
     assert "iteration 1" in checkpoints.describe_resume()
+
+
+def test_room_for_copy_follows_the_worker_memory_limit(client, monkeypatch):
+    import mfdask.engine.cluster as cluster
+
+    limit, _ = cluster.worker_capacity(client)
+    n = len(client.nthreads())
+    if limit is None:
+        assert cluster.room_for_copy(client, 2**40)
+        return
+    share = int(limit * cluster.COPY_SHARE_OF_MEMORY) * n
+    assert cluster.room_for_copy(client, share)
+    assert not cluster.room_for_copy(client, share + 1024 * n)
+    monkeypatch.setattr(cluster, "COPY_SHARE_OF_MEMORY", 1e-12)
+    assert not cluster.room_for_copy(client, 10_000)

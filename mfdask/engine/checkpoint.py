@@ -197,31 +197,20 @@ def _differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "
     return out
 
 
-COPY_SHARE_OF_MEMORY = 1 / 8
-"""An in-memory checkpoint copies its factor blocks to another worker only when the
-copies take at most this share of the smallest worker memory limit, per worker."""
-
-
 def copies_fit(blocks: list[FactorBlocks]) -> bool:
-    """Whether one copy of ``blocks`` on other workers fits in their memory.
+    """Whether one copy of ``blocks`` on other workers fits in their memory
+    (:func:`mfdask.engine.cluster.room_for_copy`; never with one worker).
 
-    A copy doubles the state each worker holds. When the state is most of a worker's
-    memory (20M users at 64 factors on 2 workers of 6 GiB: 2.4 GiB each), the copies
-    would take the workers past Dask's spill threshold at every checkpoint; such a fit
-    keeps its in-memory checkpoint uncopied and, on a lost worker, restarts from the
-    newest checkpoint on disk (``checkpoint_dir``) or from the start.
+    When it does not, a fit keeps its in-memory checkpoint uncopied and, on a lost
+    worker, restarts from the newest checkpoint on disk (``checkpoint_dir``) or from the
+    start.
     """
-    from mfdask.engine.cluster import worker_capacity
+    from mfdask.engine.cluster import room_for_copy
 
     client = blocks[0].client
-    n_workers = len(client.nthreads())
-    if n_workers < 2:
+    if len(client.nthreads()) < 2:
         return False
-    limit, _ = worker_capacity(client)
-    if limit is None:
-        return True
-    per_worker = sum(b.nbytes for b in blocks) / n_workers
-    return per_worker <= limit * COPY_SHARE_OF_MEMORY
+    return room_for_copy(client, sum(b.nbytes for b in blocks))
 
 
 class FitCheckpoints:

@@ -193,6 +193,27 @@ def worker_capacity(client: Client) -> tuple[int | None, int]:
     return (min(limits) if limits else None), max(max(t for _, t in rows), 1)
 
 
+COPY_SHARE_OF_MEMORY = 1 / 8
+"""State kept on the workers is held twice (an in-memory checkpoint's copies, an iteration
+submitted ahead while the previous one's blocks are kept) only when one more copy takes
+at most this share of the smallest worker memory limit, per worker."""
+
+
+def room_for_copy(client: Client, nbytes: int) -> bool:
+    """Whether the workers can hold one more copy of ``nbytes`` of state spread over them.
+
+    A second copy doubles what each worker holds for that state. When the state is most
+    of a worker's memory (20M users at 64 factors on 2 workers of 6 GiB: 2.4 GiB each),
+    the copy would take the workers past Dask's spill threshold; callers then keep one
+    copy and give up what the second bought (a restart point in memory, overlap).
+    """
+    n_workers = len(worker_addresses(client))
+    limit, _ = worker_capacity(client)
+    if limit is None:
+        return True
+    return nbytes / max(1, n_workers) <= limit * COPY_SHARE_OF_MEMORY
+
+
 def worker_addresses(client: Client) -> list[str]:
     """Addresses of the workers, sorted so block placement is deterministic.
 

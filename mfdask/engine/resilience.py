@@ -266,6 +266,9 @@ def run_fit(
                         final = saved
                     else:
                         reseed(saved.arrays)  # lineage cut: start again from concrete arrays
+                        # Held here, this iteration's blocks would stay alive next to the
+                        # next iteration's until its checkpoint: twice the state.
+                        del arrays, saved
             if final is None:  # zero iterations left (resumed at the end without a flag)
                 arrays, state = capture()
                 final = checkpoints.save(iteration, arrays, {**state, "finished": True})

@@ -416,6 +416,7 @@ class _ALSDriver:
         self._last_done = 0.0
 
     def run(self, iteration: int) -> IterationReport:
+        self._gathered = None  # it would keep the last iteration's blocks alive
         ahead = self._ahead
         if ahead is not None and ahead[0] == iteration:
             submitted = ahead[2]

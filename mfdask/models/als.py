@@ -13,7 +13,7 @@ from mfdask.data.training import TrainingData, map_ratings
 from mfdask.engine.als import BlockALS, SolveSpec, default_blocks
 from mfdask.engine.blocks import positive_counts
 from mfdask.engine.checkpoint import BlockFiles
-from mfdask.engine.cluster import worker_addresses, worker_capacity
+from mfdask.engine.cluster import room_for_copy, worker_addresses, worker_capacity
 from mfdask.engine.state import FactorBlocks, keeps_on_workers
 from mfdask.engine.trainer import FitResult, IterationReport, Objective, State
 from mfdask.models.base import (
@@ -402,6 +402,12 @@ class _ALSObjective(Objective):
             keeps_on_workers(client, data.n_items * k * 4),
         )
         self.client = client
+        kept = sum(n * k * 4 for n, on in zip((data.n_users, data.n_items), self.on_workers,
+                                               strict=True) if on)  # fmt: skip
+        if self.looks_ahead and kept and not room_for_copy(client, kept):
+            # Submitting an iteration ahead keeps the previous one's blocks (to go back
+            # to) until it ends: twice the state, which these workers have no room for.
+            self.looks_ahead = False
         return BlockALS(
             client,
             ratings,
