@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--workers-per-trial", type=int, default=None)
     parser.add_argument("--no-peers", action="store_true", help="skip implicit's runs")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="tune's random_state (sampler and validation carve)"
+    )
     args = parser.parse_args(argv if argv is not None else sys.argv[1:])
     root = require_movielens("ml-1m")
     ratings, _ = load_ml1m(root)
@@ -128,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
             problem.parquet(),
             n_trials=args.trials,
             workers_per_trial=args.workers_per_trial,
+            random_state=args.seed,
             show_progress=True,
         )
         tune_seconds = time.perf_counter() - started
@@ -154,6 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         "trial_seconds_median": float(trials["seconds"].median()),
         "states": trials["state"].value_counts().to_dict(),
         "concurrency": result.concurrency,
+        "seed": args.seed,
         "load_before": load_before,
         "load_after": load_after,
     }
