@@ -286,6 +286,9 @@ def test_added_rows_against_a_set_difference():
     keep = (rng.random(600) < 0.8) & (new.user_idx < 45).to_numpy()
     old = new[keep].sample(frac=1.0, random_state=0)
     np.testing.assert_array_equal(added_rows(old, new), np.flatnonzero(~keep))
+    appended = pd.concat([old, new[~keep]], ignore_index=True)
+    np.testing.assert_array_equal(added_rows(old, appended), np.arange(len(old), 600))
+    assert added_rows(old, pd.concat([old.iloc[1:], new[~keep]])) is None
     assert len(added_rows(old.iloc[:0], new)) == 600
     changed = new.copy()
     changed.loc[int(np.flatnonzero(keep)[0]), "rating"] += 1

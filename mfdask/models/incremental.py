@@ -136,6 +136,12 @@ def added_rows(old: pd.DataFrame, new: pd.DataFrame) -> np.ndarray | None:
     """Positions of the ratings of ``new`` not in ``old`` (both indexed by the same, grown,
     id maps), or None unless every rating of ``old`` is in ``new`` exactly once with the
     same value (a rating changed or removed, or repeated: place everything again)."""
+    n = len(old)
+    if len(new) >= n and all(
+        np.array_equal(old[c].to_numpy(), new[c].to_numpy()[:n])
+        for c in (schema.USER_IDX, schema.ITEM_IDX, schema.RATING)
+    ):  # the old frame with rows appended (concat): nothing to search
+        return np.arange(n, len(new), dtype=np.int64)
     # Both sides sorted by (user, item): the search then walks both in order, several
     # times faster than looking up unsorted keys at random (and NumPy only: a kernel
     # would cost the client numba's start-up, seconds, on its first update).
