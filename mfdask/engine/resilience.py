@@ -101,8 +101,12 @@ def collect(client: Client, futures: Sequence[Future], workers: Iterable[str | N
             with client.as_current():
                 wait(futures, timeout=POLL_SECONDS)
             break
-        except TimeoutError:
-            pass
+        except TimeoutError as exc:
+            # The timeout's traceback holds the frames of Dask's wait, which hold the
+            # futures, in a reference cycle (through the frame that stored the error):
+            # kept until the garbage collector runs, each poll would keep the blocks it
+            # waited for alive, a whole iteration's factors after a few polls.
+            exc.__traceback__ = None
         except DISTRIBUTED_ERRORS as exc:
             raise _classify(client, exc) from exc
         check_scheduler(client)
