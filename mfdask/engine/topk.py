@@ -64,7 +64,7 @@ from mfdask.engine import ann
 from mfdask.engine.cluster import session, wait_for, worker_addresses
 from mfdask.engine.state import FactorBlocks, SeenBlocks
 from mfdask.errors import ModelMismatchError
-from mfdask.recommend import chunk_rows, top_k_of_scores
+from mfdask.recommend import chunk_rows, popular_top_k, top_k_of_scores
 
 MANIFEST = "_manifest.json"
 """Row counts and parameters of a top-k output (ignored by Parquet readers: leading ``_``)."""
@@ -276,8 +276,9 @@ def _score_block(
                 )
             if cold is not None and popular is not None and cold[start:stop].any():
                 at = np.flatnonzero(cold[start:stop])
-                pop_scores = np.broadcast_to(popular, (len(at), n_cols)).copy()
-                pidx, pval = top_k_of_scores(pop_scores, job.n, None if mask is None else mask[at])
+                pidx, pval = popular_top_k(
+                    popular, job.n, None if mask is None else mask[at], n_rows=len(at)
+                )
                 idx[at], val[at] = pidx, pval
             keep = idx >= 0
             per_row = keep.sum(axis=1)
