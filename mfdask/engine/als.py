@@ -469,9 +469,8 @@ A worker holds its share of a side's factors plus, while a block is solved, that
 new copy (one per thread). Dask starts spilling a worker's results to disk once they
 pass 60 % of its limit (``distributed.worker.memory.target``) or its process memory
 passes 70 % (``spill``); with 20M users at 64 factors on 2 workers of 6 GiB the share
-alone is 2.4 GiB, and with 512 MiB blocks the new copy took the results to the 3.6 GiB
-target and the workers spilled 13 GiB in 3 iterations. A block of 1/24 of the limit
-keeps the new copies to about 4 % of it."""
+alone is 2.4 GiB, and a 512 MiB block's new copy is another 8 % of the limit. A block
+of 1/24 of the limit keeps the new copies to about 4 % of it."""
 
 
 def default_blocks(
