@@ -2,7 +2,9 @@
 
 ``python -m benchmarks wide`` (options: ``--ratings 20000000 --users 10000000 --items 100000
 --iterations 3 --phases gen,mfdask,implicit --scratch DIR --recommend-all --workers 2
---model als``).
+--model als``; ``--phases recommend`` runs ``recommend_all`` of the model the ``mfdask``
+phase saved in ``DIR``, on a new cluster, as a batch job would, with ``--recommend-method``
+and ``--ann-index``).
 
 The shape of e-commerce data, where per-user state dominates: by default 20M ratings over
 10M users and 100k items, half of them positives (rating >= 4), user activity and item
@@ -256,6 +258,48 @@ def run_mfdask(
     return out
 
 
+def run_recommend(
+    scratch: Path, memory_limit: str, n_workers: int, method: str, ann_index: str | None
+) -> dict[str, Any]:
+    """``recommend_all`` of the model the ``mfdask`` phase saved, as a batch job runs it:
+    a new cluster, ``load_model`` (each worker reads its factor and seen blocks), every
+    user's top 10 written as Parquet; memory sampled as in the ``mfdask`` phase."""
+    from distributed import Client, LocalCluster
+
+    from mfdask import load_model
+
+    out: dict[str, Any] = {}
+    cluster = LocalCluster(
+        n_workers=n_workers, threads_per_worker=1, memory_limit=memory_limit, dashboard_address=":0"
+    )
+    client = Client(cluster)
+    try:
+        pids_before = set(client.run(os.getpid).values())
+        with RSSMonitor() as mon, ManagedMonitor(client) as managed:
+            started = time.perf_counter()
+            model = load_model(scratch / "model")
+            out["load s"] = time.perf_counter() - started
+            out["distributed"] = model.distributed
+            options = {} if ann_index is None else {"index": ann_index}
+            started = time.perf_counter()
+            recs = model.recommend_all(
+                n=10, path=scratch / "recs", overwrite=True, method=method, **options
+            )
+            out["recommend method"] = method if ann_index is None else f"{method} ({ann_index})"
+            out["recommend_all s"] = time.perf_counter() - started
+            out["recommendations"] = recs.rows
+            out["popularity fallback users"] = recs.manifest.get("popularity_fallback")
+        out["spilled GiB"] = round(_spilled_gib(client), 3)
+        out["managed peak GiB"] = managed.peaks()
+        out["worker restarts"] = len(set(client.run(os.getpid).values()) - pids_before)
+        out["client peak GiB"] = mon.client_peak / 2**30
+        out["worker peak GiB"] = sorted(round(v / 2**30, 2) for v in mon.worker_peaks.values())[-2:]
+    finally:
+        client.close()
+        cluster.close()
+    return out
+
+
 def _spilled_gib(client: Any) -> float:
     """GiB the workers ever wrote to their spill directories (0 when nothing spilled)."""
     return sum(client.run(_bytes_spilled).values()) / 2**30
@@ -407,6 +451,12 @@ def main(argv: list[str] | None = None) -> None:
         choices=("exact", "ann", "auto"),
         help="recommend_all's method (ann needs mfdask[ann])",
     )
+    parser.add_argument(
+        "--ann-index",
+        default=None,
+        choices=("ivf", "hnsw", "flat"),
+        help="the ANN index of recommend_all (default: mfdask's, ivf)",
+    )
     parser.add_argument("--scratch", default=None)
     parser.add_argument("--phase-only", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -425,6 +475,10 @@ def main(argv: list[str] | None = None) -> None:
                 args.model,
                 args.recommend_method,
             )
+        elif args.phase_only == "recommend":
+            result = run_recommend(
+                scratch, args.memory_limit, args.workers, args.recommend_method, args.ann_index
+            )
         else:
             result = run_implicit(data, args.iterations)
         print("RESULT " + json.dumps(result))
@@ -437,7 +491,7 @@ def main(argv: list[str] | None = None) -> None:
         shape["generate s"] = time.perf_counter() - started
         print(f"generated {shape}", flush=True)
     results: dict[str, dict[str, Any]] = {}
-    for phase in ("mfdask", "implicit"):
+    for phase in ("mfdask", "recommend", "implicit"):
         if phase not in phases:
             continue
         cmd = [sys.executable, "-m", "benchmarks.bench_wide", *sys.argv[1:]]
