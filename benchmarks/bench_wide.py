@@ -245,13 +245,8 @@ def run_mfdask(
                 out["recommend_all s"] = time.perf_counter() - started
                 out["recommendations"] = recs.rows
                 phase_spill["recommend_all"] = _spilled_gib(client) - sum(phase_spill.values())
-        out["spilled GiB"] = round(_spilled_gib(client), 3)
+        out.update(_memory_summary(client, mon, managed, pids_before))
         out["spilled GiB by phase"] = {k: round(v, 3) for k, v in phase_spill.items()}
-        out["managed peak GiB"] = managed.peaks()
-        # A worker restarted by its nanny (memory limit) is a new process.
-        out["worker restarts"] = len(set(client.run(os.getpid).values()) - pids_before)
-        out["client peak GiB"] = mon.client_peak / 2**30
-        out["worker peak GiB"] = sorted(round(v / 2**30, 2) for v in mon.worker_peaks.values())[-2:]
     finally:
         client.close()
         cluster.close()
@@ -289,15 +284,25 @@ def run_recommend(
             out["recommend_all s"] = time.perf_counter() - started
             out["recommendations"] = recs.rows
             out["popularity fallback users"] = recs.manifest.get("popularity_fallback")
-        out["spilled GiB"] = round(_spilled_gib(client), 3)
-        out["managed peak GiB"] = managed.peaks()
-        out["worker restarts"] = len(set(client.run(os.getpid).values()) - pids_before)
-        out["client peak GiB"] = mon.client_peak / 2**30
-        out["worker peak GiB"] = sorted(round(v / 2**30, 2) for v in mon.worker_peaks.values())[-2:]
+        out.update(_memory_summary(client, mon, managed, pids_before))
     finally:
         client.close()
         cluster.close()
     return out
+
+
+def _memory_summary(
+    client: Any, mon: RSSMonitor, managed: ManagedMonitor, pids_before: set[int]
+) -> dict[str, Any]:
+    """What a phase's memory came to: spill, each worker's peak, restarts, the client."""
+    return {
+        "spilled GiB": round(_spilled_gib(client), 3),
+        "managed peak GiB": managed.peaks(),
+        # A worker restarted by its nanny (memory limit) is a new process.
+        "worker restarts": len(set(client.run(os.getpid).values()) - pids_before),
+        "client peak GiB": mon.client_peak / 2**30,
+        "worker peak GiB": sorted(round(v / 2**30, 2) for v in mon.worker_peaks.values())[-2:],
+    }
 
 
 def _spilled_gib(client: Any) -> float:

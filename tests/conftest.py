@@ -23,6 +23,19 @@ def client():
     cluster.close()
 
 
+@pytest.fixture
+def own_cluster():
+    """``(cluster, client)``: two in-process workers of one test's own, for a test that
+    closes a worker or counts the scheduler's tasks (the shared ``client`` must not see it)."""
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0"
+    )
+    client = Client(cluster, set_as_default=False)
+    yield cluster, client
+    client.close()
+    cluster.close()
+
+
 def data_root() -> Path | None:
     """``$MFDASK_DATA`` when set and present (the MovieLens files), else None."""
     root = os.environ.get("MFDASK_DATA")

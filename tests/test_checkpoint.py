@@ -45,20 +45,6 @@ def test_corrupt_checkpoint_is_named(tmp_path):
         store.latest()
 
 
-@pytest.fixture
-def cluster():
-    """Two in-process workers of this test's own: one is closed (lost) by the test."""
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0"
-        ) as c,
-        Client(c, set_as_default=False) as client,
-    ):
-        yield c, client
-
-
 def _lose_worker(cluster, address):
     """Close the worker at ``address`` without handing its keys over (as if it died)."""
     worker = next(w for w in cluster.workers.values() if w.address == address)
@@ -80,11 +66,11 @@ def _blocks_on_workers(client, n_rows=40, k=4):
     return FactorBlocks(blocks, workers[:2], n_rows, k), full
 
 
-def test_in_memory_checkpoint_copies_blocks_under_keys_of_their_own(cluster):
+def test_in_memory_checkpoint_copies_blocks_under_keys_of_their_own(own_cluster):
     """A copy survives the loss of a block's only holder, and is what a restore reads."""
     from mfdask.engine.checkpoint import FitCheckpoints
 
-    local, client = cluster
+    local, client = own_cluster
     side, full = _blocks_on_workers(client)
     checkpoints = FitCheckpoints(None, every=1)
     point = checkpoints.save(1, {"user_factors": side}, {"finished": False})
@@ -100,14 +86,14 @@ def test_in_memory_checkpoint_copies_blocks_under_keys_of_their_own(cluster):
     np.testing.assert_array_equal(kept[0].result(), full[0::2])
 
 
-def test_checkpoint_without_room_for_copies_restarts_from_the_start(cluster, monkeypatch):
+def test_checkpoint_without_room_for_copies_restarts_from_the_start(own_cluster, monkeypatch):
     """State too large to copy is neither copied nor held (holding it would keep every
     block of the iteration alive next to the next iteration's): recovery starts over
     instead of waiting for blocks no worker holds."""
     import mfdask.engine.checkpoint as checkpoint
     import mfdask.engine.cluster
 
-    _, client = cluster
+    _, client = own_cluster
     side, _ = _blocks_on_workers(client)
     monkeypatch.setattr(mfdask.engine.cluster, "COPY_SHARE_OF_MEMORY", 1e-12)
     checkpoints = checkpoint.FitCheckpoints(None, every=1)
@@ -119,10 +105,10 @@ def test_checkpoint_without_room_for_copies_restarts_from_the_start(cluster, mon
     assert checkpoints.last is final
 
 
-def test_recovery_reads_the_disk_when_the_memory_point_is_lost(cluster, tmp_path):
+def test_recovery_reads_the_disk_when_the_memory_point_is_lost(own_cluster, tmp_path):
     from mfdask.engine.checkpoint import FitCheckpoints
 
-    local, client = cluster
+    local, client = own_cluster
     side, _ = _blocks_on_workers(client)
     checkpoints = FitCheckpoints(tmp_path / "ckpt", every=1)
     checkpoints.begin({"model": "test"})

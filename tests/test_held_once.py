@@ -11,24 +11,11 @@ from __future__ import annotations
 import dask
 import numpy as np
 import pandas as pd
-import pytest
 from dask.utils import key_split
-from distributed import Client, LocalCluster
 
 import mfdask.engine.cluster as cluster_module
 from mfdask import ALS
 from mfdask.engine import resilience
-
-
-@pytest.fixture
-def cluster():
-    with (
-        LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0"
-        ) as c,
-        Client(c, set_as_default=False) as client,
-    ):
-        yield c, client
 
 
 def _ratings(n: int = 60_000) -> pd.DataFrame:
@@ -43,8 +30,8 @@ def _ratings(n: int = 60_000) -> pd.DataFrame:
     return frame.drop_duplicates(["user_id", "item_id"])
 
 
-def test_an_als_fit_without_room_for_copies_holds_one_generation(cluster, monkeypatch):
-    local, client = cluster
+def test_an_als_fit_without_room_for_copies_holds_one_generation(own_cluster, monkeypatch):
+    local, client = own_cluster
     monkeypatch.setattr(cluster_module, "COPY_SHARE_OF_MEMORY", 1e-12)  # large, as it were
     monkeypatch.setattr(resilience, "POLL_SECONDS", 0.001)  # many timed-out polls
     counts: list[int] = []

@@ -402,8 +402,8 @@ class _ALSObjective(Objective):
             keeps_on_workers(client, data.n_items * k * 4),
         )
         self.client = client
-        kept = sum(n * k * 4 for n, on in zip((data.n_users, data.n_items), self.on_workers,
-                                               strict=True) if on)  # fmt: skip
+        users_kept, items_kept = self.on_workers
+        kept = (data.n_users * users_kept + data.n_items * items_kept) * k * 4
         if self.looks_ahead and kept and not room_for_copy(client, kept):
             # Submitting an iteration ahead keeps the previous one's blocks (to go back
             # to) until it ends: twice the state, which these workers have no room for.
