@@ -183,6 +183,33 @@ def test_zero_query_vectors_get_the_exact_ties():
     np.testing.assert_array_equal(idx[[3, 7]], want_idx[[3, 7]])
 
 
+@needs_faiss
+def test_zero_query_rows_are_reranked_over_their_lowest_columns(monkeypatch):
+    # Zero rows whose seen items fill their lowest columns: the exact ties skip those,
+    # and the answer comes from the row's lowest k + s columns, no exact scoring.
+    query, items, seen = _problem(n_users=30, n_items=500, density=0.01, seed=7)
+    zero = [0, 4, 11, 12, 29]
+    query[zero] = 0
+    seen = seen.tolil()
+    seen[4, :7] = 1
+    seen[11, 3:40] = 1
+    seen[12, [0, 2, 9, 10, 499]] = 1
+    seen = seen.tocsr()
+    scored: list[int] = []
+    exact_rows = ann._exact_rows
+
+    def counting(query, candidates, exclude, rows, *args):
+        scored.extend(rows.tolist())
+        return exact_rows(query, candidates, exclude, rows, *args)
+
+    monkeypatch.setattr(ann, "_exact_rows", counting)
+    want_idx, want_val = _exact(query, items, seen, 10)
+    idx, val = _ann(query, items, seen, 10, nlist=16, nprobe=2)
+    np.testing.assert_array_equal(idx[zero], want_idx[zero])
+    np.testing.assert_array_equal(val[zero], want_val[zero])
+    assert not set(scored) & set(zero)
+
+
 def test_missing_faiss_names_the_extra(client, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` now raises ImportError
     assert not ann.faiss_available()

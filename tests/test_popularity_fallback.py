@@ -133,3 +133,39 @@ def test_a_distributed_model_falls_back_on_the_workers(client, frame, tmp_path):
             assert got == _popular_unseen(frame, user, 4)
         single = model.recommend(COLD, n=4)
         assert single.item_id.tolist() == [i for u in COLD for i in _popular_unseen(frame, u, 4)]
+
+
+@pytest.mark.parametrize("method", ["exact", "ann"])
+def test_users_without_positives_are_neither_scored_nor_searched(
+    client, frame, tmp_path, monkeypatch, method
+):
+    from mfdask.engine import topk
+
+    if method == "ann":
+        pytest.importorskip("faiss")
+    model = ALS(factors=4, iterations=2, random_state=0).fit(frame)
+    scored: list[int] = []
+    top_k = topk._top_k
+
+    def counting(job, q, *args):
+        scored.append(len(q))
+        return top_k(job, q, *args)
+
+    monkeypatch.setattr(topk, "_top_k", counting)  # the workers run in this process
+    options = {"index": "flat"} if method == "ann" else {}  # flat: exhaustive
+    out = model.recommend_all(n=4, path=tmp_path / "recs", method=method, **options)
+    cold = model.user_positives_ == 0
+    assert cold[model.user_index(COLD)].all()
+    assert (
+        sum(scored)
+        == model.n_users - int(cold.sum())
+        == out.manifest["queries"] - int(out.manifest["popularity_fallback"])
+    )
+    batch = pd.read_parquet(out.path)
+    for user in COLD:
+        got = batch[batch.user_id == user].sort_values("rank").item_id.tolist()
+        assert got == _popular_unseen(frame, user, 4)
+    warm = list(model.user_ids_[~cold][:20])
+    single = model.recommend(warm, n=4)
+    mine = batch[batch.user_id.isin(warm)].sort_values(["user_id", "rank"])
+    assert mine.item_id.tolist() == single.sort_values(["user_id", "rank"]).item_id.tolist()

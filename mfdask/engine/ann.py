@@ -17,11 +17,13 @@ queries it instead of scoring all candidates:
    exact dot product, drops the excluded columns and keeps the ``n`` best (best first,
    ties to the lower column, ``-1`` padding): the exact path's answer restricted to the
    candidates, with the exact path's scores.
-3. Rows that need more than ``max_fetch`` candidates (a user who has seen most of the
-   catalogue), rows whose query vector is zero (every score ties), and rows the
-   candidates could not fill while unseen items remain are scored exactly
-   (:func:`mfdask.recommend.top_k_of_scores`), so such a user still gets ``n`` unseen
-   items, or all that exist.
+3. A row whose query vector is zero scores every column 0, so the exact answer is its
+   lowest unexcluded columns: its candidates are its lowest ``k_r`` columns, not an index
+   search (the index cannot rank ties).
+4. Rows that need more than ``max_fetch`` candidates (a user who has seen most of the
+   catalogue) and rows the candidates could not fill while unseen items remain are
+   scored exactly (:func:`mfdask.recommend.top_k_of_scores`), so such a user still gets
+   ``n`` unseen items, or all that exist.
 
 Maximum inner product search is reduced to nearest-neighbour search first
 (:func:`augment_items`: one extra coordinate makes every item the same length), so every
@@ -387,9 +389,10 @@ def ann_top_k(
     fetch = np.maximum(2 * k, 2 ** np.ceil(np.log2(np.maximum(need, 1))).astype(np.int64))
     fetch = np.minimum(fetch, n_cols)
     # A zero query vector scores every column 0: the exact path's answer is then its
-    # lowest unexcluded columns, which no index search finds; score such rows exactly.
+    # lowest unexcluded columns, which no index search finds, but which are among its
+    # lowest k + s_r columns: those are its candidates (re-ranked like any others).
     zero = ~np.any(query != 0, axis=1)
-    too_many = (need > params.max_fetch) | (fetch >= n_cols) | zero
+    too_many = (need > params.max_fetch) | (fetch >= n_cols)
     short = np.zeros(m, dtype=bool)
     mark = np.zeros(n_cols, dtype=np.int8)
     for size in np.unique(fetch[~too_many]):
@@ -397,9 +400,16 @@ def ann_top_k(
         for start in range(0, len(rows), ANN_ROWS):
             sel = rows[start : start + ANN_ROWS]
             q = query[sel]
-            _, cand = index.search(
-                augment_queries(q), int(size), params=_search_params(faiss, params, int(size))
-            )
+            cand = np.empty((len(sel), int(size)), dtype=np.int64)
+            flat = zero[sel]
+            searched = np.flatnonzero(~flat)
+            if len(searched):
+                _, cand[searched] = index.search(
+                    augment_queries(q[searched]),
+                    int(size),
+                    params=_search_params(faiss, params, int(size)),
+                )
+            cand[flat] = np.arange(int(size), dtype=np.int64)
             if exclude is not None:
                 sub = exclude[sel]
                 sub_ptr = sub.indptr.astype(np.int64, copy=False)

@@ -192,6 +192,16 @@ def _flush(writer: pq.ParquetWriter, job: _BlockJob, buf: list[tuple]) -> None:
     buf.clear()
 
 
+def _top_k(
+    job: _BlockJob, q: np.ndarray, candidates: np.ndarray, mask: Any, index: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``job.n`` best candidates of each row of ``q``: every one scored, or searched."""
+    if job.ann is None:
+        scores = np.asarray(q @ candidates.T, dtype=np.float32)
+        return top_k_of_scores(scores, job.n, mask)
+    return ann.ann_top_k(q, candidates, mask, job.n, index, job.ann, job.chunk_cells)
+
+
 def _score_block(
     job: _BlockJob,
     rows: np.ndarray,
@@ -213,8 +223,8 @@ def _score_block(
     own index, or None; ``index`` the serialized ANN index when ``job.ann`` is set (the
     candidates are then searched, not all scored: :func:`mfdask.engine.ann.ann_top_k`);
     ``cold`` marks the rows without a training positive, whose lists are ``popular``
-    (each candidate's share of the positives) ranked instead, seen items still masked.
-    Returns the number of rows written.
+    (each candidate's share of the positives) ranked instead, seen items still masked
+    (they are neither scored nor searched). Returns the number of rows written.
     """
     out_dir = Path(job.out_dir)
     if not out_dir.is_dir():
@@ -267,19 +277,24 @@ def _score_block(
                 mask = exclude[start:stop]
             else:
                 mask = None
-            if job.ann is None:
-                scores = np.asarray(q @ candidates.T, dtype=np.float32)
-                idx, val = top_k_of_scores(scores, job.n, mask)
-            else:
-                idx, val = ann.ann_top_k(
-                    q, candidates, mask, job.n, index, job.ann, job.chunk_cells
-                )
+            # Rows without a training positive are ranked by popularity, not scored.
+            fall = None
             if cold is not None and popular is not None and cold[start:stop].any():
-                at = np.flatnonzero(cold[start:stop])
-                pidx, pval = popular_top_k(
+                fall = cold[start:stop]
+            if fall is None or popular is None:
+                idx, val = _top_k(job, q, candidates, mask, index)
+            else:
+                idx = np.full((len(chunk), k), -1, dtype=np.int64)
+                val = np.full((len(chunk), k), -np.inf, dtype=np.float32)
+                live = np.flatnonzero(~fall)
+                if len(live):
+                    idx[live], val[live] = _top_k(
+                        job, q[live], candidates, None if mask is None else mask[live], index
+                    )
+                at = np.flatnonzero(fall)
+                idx[at], val[at] = popular_top_k(
                     popular, job.n, None if mask is None else mask[at], n_rows=len(at)
                 )
-                idx[at], val[at] = pidx, pval
             keep = idx >= 0
             per_row = keep.sum(axis=1)
             # Survivors are a prefix of each row (best first), so ranks are 1..per_row.
