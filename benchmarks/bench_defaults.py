@@ -9,8 +9,10 @@ if the candidate, chosen on a validation split of ML-1M's training part (by
 ``mfdask.tune``, see bench_tune), is not worse on the other two sets.
 
 Values are parsed as int, float, ``true``/``false`` or ``none``, else kept as text.
-``--today`` sets the parameters of the "today" row (default: the defaults), so old
-defaults can be set against new ones after the change. ``--validation`` scores on a
+``--candidate`` may be repeated: a grid on one cluster, the "today" row fitted once per
+seed and the candidates numbered in the order given. ``--today`` sets the parameters of
+the "today" row (default: the defaults), so old defaults can be set against new ones
+after the change. ``--validation`` scores on a
 validation split carved from each training part (the same split of it again, seed 1)
 instead of the test part: the figures to choose a candidate by.
 
@@ -110,7 +112,12 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="als")
-    parser.add_argument("--candidate", required=True, help="NAME=VALUE,... the new defaults")
+    parser.add_argument(
+        "--candidate",
+        required=True,
+        action="append",
+        help="NAME=VALUE,... the new defaults; repeat it for a grid (today runs once per seed)",
+    )
     parser.add_argument("--today", default="", help="NAME=VALUE,... of the 'today' row")
     parser.add_argument("--datasets", default="ml-100k,ml-latest-small,ml-1m")
     parser.add_argument("--seeds", default="0", help="random_state of the fits: 0,1,...")
@@ -124,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     if root is None:
         raise SystemExit("skipped: set MFDASK_DATA")
     cls = model_class(args.model)
-    candidate, today = parse(args.candidate), parse(args.today)
+    candidates, today = [parse(text) for text in args.candidate], parse(args.today)
     rows: list[dict[str, Any]] = []
     load_before = os.getloadavg()
     with LocalCluster(n_workers=2, threads_per_worker=1) as cluster, Client(cluster):
@@ -140,7 +147,12 @@ def main(argv: list[str] | None = None) -> None:
                 problem = Problem(train, test, shape)
                 run = partial(ranking_run, problem)
             for seed in map(int, args.seeds.split(",")):
-                for label, params in (("today", today), ("candidate", candidate)):
+                runs = [("today", today)]
+                runs += [
+                    ("candidate" if len(candidates) == 1 else f"candidate {n}", params)
+                    for n, params in enumerate(candidates)
+                ]
+                for label, params in runs:
                     started = time.perf_counter()
                     metrics = run(cls(**{"random_state": seed, **params}))
                     rows.append(
@@ -153,11 +165,21 @@ def main(argv: list[str] | None = None) -> None:
                             "seconds": time.perf_counter() - started,
                         }
                     )
-    title = f"{cls.__name__} {today or 'today'} vs {candidate}"
+                    print(rows[-1], flush=True)
+    names = "; ".join(
+        f"{n}: {params}" if len(candidates) > 1 else str(params)
+        for n, params in enumerate(candidates)
+    )
+    title = f"{cls.__name__} {today or 'today'} vs {names}"
     table = print_table(rows, f"{title}; load {load_before} -> {os.getloadavg()}")
     write_results(
         f"defaults_{args.model}",
-        {"today": today, "candidate": candidate, "rows": rows, "table": table},
+        {
+            "today": today,
+            "candidate": candidates[0] if len(candidates) == 1 else candidates,
+            "rows": rows,
+            "table": table,
+        },
     )
 
 

@@ -200,11 +200,12 @@ def test_history_columns_are_checked(client, split):
     "make",
     [
         lambda: SVD(factors=6, epochs=15, early_stopping_rounds=None, random_state=0),
+        lambda: SVD(factors=6, members=2, epochs=15, early_stopping_rounds=None, random_state=0),
         lambda: BPR(factors=6, epochs=15, random_state=0),
         lambda: WARP(factors=6, epochs=8, random_state=0),
         lambda: WARP(factors=6, epochs=8, optimizer="sgd", learning_rate=0.05, random_state=0),
     ],
-    ids=["svd", "bpr", "warp", "warp-sgd"],
+    ids=["svd", "svd-members", "bpr", "warp", "warp-sgd"],
 )
 def test_sgd_fold_in_is_seeded_per_user_and_fits_the_history(client, split, make):
     train, held = split

@@ -71,6 +71,41 @@ def test_a_pass_matches_the_numpy_twin_in_the_kernels_own_order():
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-5)
 
 
+def test_members_step_as_separate_models_sharing_the_biases():
+    """``members=S``: each member's unscaled factors step as a model of their own on the
+    member's error; the biases step on the mean error, which is the error returned."""
+    rng = np.random.default_rng(2)
+    n_u, n_i, w, S, nnz = 12, 9, 3, 3, 120
+    users = rng.integers(0, n_u, nnz).astype(np.int32)
+    items = rng.integers(0, n_i, nnz).astype(np.int32)
+    ratings = rng.uniform(1, 5, nnz).astype(np.float32)
+    p = [rng.normal(0, 0.1, (n_u, w)) for _ in range(S)]
+    q = [rng.normal(0, 0.1, (n_i, w)) for _ in range(S)]
+    bu, bi = np.zeros(n_u), np.zeros(n_i)
+    P = (np.hstack(p) / np.sqrt(S)).astype(np.float32)
+    Q = (np.hstack(q) / np.sqrt(S)).astype(np.float32)
+    BU, BI = bu.astype(np.float32), bi.astype(np.float32)
+    seed_thread(5)
+    order = shuffled_range(0, nnz)
+    sse = svd_sgd(users, items, ratings, 0, nnz, 5, P, Q, BU, BI, MU, LR, LR_B, REG, REG_B, S)
+    want_sse = 0.0
+    for idx in order:
+        u, i = users[idx], items[idx]
+        errs = [ratings[idx] - (MU + bu[u] + bi[i] + p[s][u] @ q[s][i]) for s in range(S)]
+        mean = float(np.mean(errs))
+        want_sse += mean * mean
+        bu[u] += LR_B * (mean - REG_B * bu[u])
+        bi[i] += LR_B * (mean - REG_B * bi[i])
+        for s, e in enumerate(errs):
+            pu, qi = p[s][u].copy(), q[s][i].copy()
+            p[s][u], q[s][i] = pu + LR * (e * qi - REG * pu), qi + LR * (e * pu - REG * qi)
+    assert sse == pytest.approx(want_sse, rel=1e-4)
+    np.testing.assert_allclose(P, np.hstack(p) / np.sqrt(S), rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(Q, np.hstack(q) / np.sqrt(S), rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(BU, bu, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(BI, bi, rtol=1e-3, atol=1e-5)
+
+
 def test_predict_and_error_kernels_clip_to_the_range():
     P = np.array([[1.0, 1.0]], np.float32)
     Q = np.array([[2.0, 2.0], [-2.0, -2.0], [0.1, 0.0]], np.float32)
@@ -107,6 +142,34 @@ def test_planted_low_rank_data_is_recovered_to_the_noise_level(client, planted_s
     # The best possible test RMSE is SIGMA; a model that learnt nothing scores ~1.0.
     assert SIGMA * 0.9 < rmse < SIGMA * 1.2, rmse
     assert model.history_[-1]["train_rmse"] < model.history_[0]["train_rmse"]
+
+
+def test_members_default_to_one_per_64_factors_and_fit_planted_data(
+    client, planted_split, tmp_path
+):
+    assert [SVD(factors=k)._members for k in (8, 64, 127, 128, 200, 256)] == [1, 1, 1, 2, 2, 4]
+    assert SVD()._members == SVD().factors // 64
+    train, test = planted_split
+    model = SVD(**FAST, members=2, random_state=0).fit(train)
+    assert model.user_factors_.shape[1] == FAST["factors"]
+    assert SIGMA * 0.9 < _rmse(model, test) < SIGMA * 1.2
+    loaded = load_model(model.save(tmp_path / "svd"))
+    assert loaded.members == 2
+    np.testing.assert_array_equal(loaded.predict(test), model.predict(test))
+    with pytest.raises(ValueError, match="must be a multiple of members"):
+        SVD(factors=8, members=3).fit(train)
+
+
+def test_a_model_saved_without_members_loads_as_one_model(client, planted_split, tmp_path):
+    import json
+
+    train, _ = planted_split
+    path = SVD(factors=128, epochs=1, members=1).fit(train).save(tmp_path / "old")
+    meta_file = path / "model.json"
+    meta = json.loads(meta_file.read_text())
+    del meta["params"]["members"]
+    meta_file.write_text(json.dumps(meta))
+    assert load_model(path).members == 1
 
 
 def test_one_worker_and_two_workers_reach_the_same_rmse(client, planted_split):

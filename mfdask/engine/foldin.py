@@ -53,7 +53,7 @@ from mfdask.engine.sizes import sized
 from mfdask.engine.topk import MANIFEST, OUTPUT_VERSION, TopKOutput, check_output_dir
 from mfdask.errors import ALSNumericalError, InputError, UnknownIdError
 from mfdask.kernels.als import solve_rows_cholesky
-from mfdask.kernels.foldin import bpr_fold_in, svd_fold_in, warp_fold_in
+from mfdask.kernels.foldin import bpr_fold_in, svd_fold_in, svd_member_fold_in, warp_fold_in
 from mfdask.kernels.warp import MAX_RANK_WEIGHT
 from mfdask.recommend import DEFAULT_CHUNK_CELLS, chunk_rows, top_k_of_scores
 
@@ -336,11 +336,16 @@ class FoldIn:
             q, b = self.arrays["factors"], self.arrays["bias"]
             out = np.empty((n, q.shape[1]), np.float32)
             bias = np.empty(n, np.float32)
-            svd_fold_in(
+            args = (
                 hist.indptr, hist.indices, hist.values, q, b, s["global_mean"], rates,
                 rates * s["bias_rate_ratio"], s["regularization"], s["bias_regularization"],
                 s["init_scale"], seeds, out, bias,
             )  # fmt: skip
+            members = int(s.get("members", 1))
+            if members > 1:
+                svd_member_fold_in(*args, members)
+            else:
+                svd_fold_in(*args)
             return out, bias
         y = self.item_vectors
         out = np.empty((n, y.shape[1]), np.float32)

@@ -151,6 +151,62 @@ def svd_fold_in(
 
 
 @njit(nogil=True, cache=True, fastmath=_FASTMATH)
+def svd_member_fold_in(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    ratings: np.ndarray,
+    item_factors: np.ndarray,
+    item_bias: np.ndarray,
+    mu: float,
+    rates: np.ndarray,
+    bias_rates: np.ndarray,
+    regularization: float,
+    bias_regularization: float,
+    init_scale: float,
+    seeds: np.ndarray,
+    user_factors: np.ndarray,
+    user_bias: np.ndarray,
+    members: int,
+) -> None:
+    """:func:`svd_fold_in` of an SVD fitted with ``members > 1``: each member's columns
+    step on the member's own error and the bias on the mean error, as in training
+    (:func:`mfdask.kernels.sgd._member_steps`); ``init_scale`` is the stored factors'."""
+    k = item_factors.shape[1]
+    w = k // members
+    scale = np.float32(members)
+    inv = np.float32(1.0 / members)
+    reg = np.float32(regularization)
+    reg_b = np.float32(bias_regularization)
+    m = np.float32(mu)
+    for row in range(indptr.shape[0] - 1):
+        state = seed_state(seeds[row])
+        state = _start_row(state, user_factors, row, k, init_scale)
+        user_bias[row] = 0.0
+        lo = indptr[row]
+        hi = indptr[row + 1]
+        order = _row_order(lo, hi)
+        p = user_factors[row]
+        for e in range(rates.shape[0]):
+            lr = np.float32(rates[e])
+            lr_b = np.float32(bias_rates[e])
+            state = shuffle_in_place(state, order)
+            for t in range(hi - lo):
+                j = order[t]
+                q = item_factors[indices[j]]
+                base = ratings[j] - (m + user_bias[row] + item_bias[indices[j]])
+                mean_err = np.float32(0.0)
+                for s in range(members):
+                    dot = np.float32(0.0)
+                    for f in range(s * w, (s + 1) * w):
+                        dot += p[f] * q[f]
+                    err = base - scale * dot
+                    mean_err += err
+                    for f in range(s * w, (s + 1) * w):
+                        p[f] += lr * (err * q[f] - reg * p[f])
+                user_bias[row] += lr_b * (mean_err * inv - reg_b * user_bias[row])
+
+
+@njit(nogil=True, cache=True, fastmath=_FASTMATH)
 def bpr_fold_in(
     indptr: np.ndarray,
     indices: np.ndarray,

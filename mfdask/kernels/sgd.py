@@ -52,11 +52,29 @@ def svd_steps(
     lr_b: np.float32,
     reg: np.float32,
     reg_b: np.float32,
+    members: int,
 ) -> float:
     """SGD steps on ratings ``0 .. n - 1`` of contiguous buffers, in that order.
 
     The inner loop of :func:`svd_sgd`; returns the sum of the pre-step squared errors.
     """
+    if members > 1:
+        return _member_steps(
+            users,
+            items,
+            ratings,
+            n,
+            user_factors,
+            item_factors,
+            user_bias,
+            item_bias,
+            mu,
+            lr,
+            lr_b,
+            reg,
+            reg_b,
+            members,
+        )
     k = user_factors.shape[1]
     sse = 0.0
     for m in range(n):
@@ -85,6 +103,65 @@ def svd_steps(
 
 
 @njit(nogil=True, cache=True, fastmath=True)
+def _member_steps(
+    users: np.ndarray,
+    items: np.ndarray,
+    ratings: np.ndarray,
+    n: int,
+    user_factors: np.ndarray,
+    item_factors: np.ndarray,
+    user_bias: np.ndarray,
+    item_bias: np.ndarray,
+    mu: np.float32,
+    lr: np.float32,
+    lr_b: np.float32,
+    reg: np.float32,
+    reg_b: np.float32,
+    members: int,
+) -> float:
+    """:func:`svd_steps` for ``members`` factor models sharing the biases.
+
+    Columns ``m·w .. (m + 1)·w - 1`` (``w = k / members``) hold member ``m`` scaled by
+    ``1 / sqrt(members)``, so that the stored ``p_u · q_i`` is the mean of the members'
+    dot products. Member ``m`` steps on its own error
+    ``e_m = r - (mu + b_u + b_i + members · p_um · q_im)`` (in unscaled terms exactly
+    the step of a model of its own); the biases step on the mean error, which is also
+    the error returned (that of the stored model).
+    """
+    k = user_factors.shape[1]
+    w = k // members
+    scale = np.float32(members)
+    inv = np.float32(1.0 / members)
+    sse = 0.0
+    for m in range(n):
+        if m + PREFETCH_DISTANCE < n:
+            prefetch_row(user_factors, users[m + PREFETCH_DISTANCE])
+            prefetch_row(item_factors, items[m + PREFETCH_DISTANCE])
+        u = users[m]
+        i = items[m]
+        p = user_factors[u]
+        q = item_factors[i]
+        base = ratings[m] - (mu + user_bias[u] + item_bias[i])
+        mean_err = np.float32(0.0)
+        for s in range(members):
+            dot = np.float32(0.0)
+            for f in range(s * w, (s + 1) * w):
+                dot += p[f] * q[f]
+            err = base - scale * dot
+            mean_err += err
+            for f in range(s * w, (s + 1) * w):
+                pf = p[f]
+                qf = q[f]
+                p[f] = pf + lr * (err * qf - reg * pf)
+                q[f] = qf + lr * (err * pf - reg * qf)
+        mean_err *= inv
+        sse += mean_err * mean_err
+        user_bias[u] += lr_b * (mean_err - reg_b * user_bias[u])
+        item_bias[i] += lr_b * (mean_err - reg_b * item_bias[i])
+    return sse
+
+
+@njit(nogil=True, cache=True, fastmath=True)
 def svd_sgd(
     users: np.ndarray,
     items: np.ndarray,
@@ -101,6 +178,7 @@ def svd_sgd(
     bias_learning_rate: float,
     regularization: float,
     bias_regularization: float,
+    members: int = 1,
 ) -> float:
     """One SGD pass over ratings ``lo:hi`` in a random order, updating in place.
 
@@ -161,6 +239,7 @@ def svd_sgd(
             np.float32(bias_learning_rate),
             np.float32(regularization),
             np.float32(bias_regularization),
+            members,
         )
     return sse
 

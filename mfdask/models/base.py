@@ -139,6 +139,9 @@ class FactorModel:
     models) and readable as attributes."""
     """The default search space of :func:`mfdask.tune`: parameter -> ``{"low", "high",
     "log"}`` (an integer range when both bounds are integers) or ``{"choices": [...]}``."""
+    params_before: ClassVar[dict[str, Any]] = {}
+    """Parameters added after models were first saved, with the value that reproduces a
+    model saved without them (:func:`load_model` fills them in, not the new default)."""
 
     # Declarations only (no class attributes): each subclass's ``__init__`` stores its
     # parameters, ``fit``/``load`` the learned state; the shared code below reads them.
@@ -1258,7 +1261,8 @@ def load_model(
     try:
         meta = json.loads(meta_path.read_text())
         cls = model_class(meta["class"])
-        model = cls(**cls._new_param_names(meta["params"], warn=False))
+        params = {**cls.params_before, **meta["params"]}
+        model = cls(**cls._new_param_names(params, warn=False))
         layout = meta.get("layout", {})
         k = int(meta.get("factors", 0))
         model.user_ids_, model.user_factors_, uextra = _read_side(

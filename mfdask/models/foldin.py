@@ -183,7 +183,8 @@ def fold_in_spec(model: FactorModel, epochs: int | None = None) -> FoldIn:
                 "bias_rate_ratio": model._lr_b / float(model.learning_rate),
                 "regularization": float(model.regularization),
                 "bias_regularization": model._reg_b,
-                "init_scale": float(model.init_scale),
+                "init_scale": model._member_init_scale,
+                "members": model._members,
             },
             {
                 "factors": np.ascontiguousarray(model.item_factors_[:, :k], dtype=np.float32),

@@ -35,6 +35,8 @@ from mfdask.models.sgd_state import dsgd_placement, initial_dsgd_state
 
 LR_SCHEDULES = ("constant", "decay", "bold_driver")
 UNKNOWN_POLICIES = ("error", "baseline")
+MEMBER_FACTORS = 64
+"""Factors per member of ``SVD(members=None)``."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class SVDStep:
     bias_regularization: float
     min_rating: float
     max_rating: float
+    members: int = 1
 
     def train(
         self, cell: Cell, shard: UserShard, user: dict, item: dict, lo: int, hi: int, seed: int
@@ -74,6 +77,7 @@ class SVDStep:
             self.bias_learning_rate,
             self.regularization,
             self.bias_regularization,
+            self.members,
         )
         return np.array([sse, hi - lo], dtype=np.float64)
 
@@ -261,7 +265,17 @@ class SVD(FactorModel):
     Parameters
     ----------
     factors : int
-        Latent dimension ``k``.
+        Latent dimension ``k`` of the fitted model (of ``user_factors_``), all members'
+        factors together.
+    members : int or None
+        Train the ``factors`` as this many factor models of ``factors / members``
+        dimensions side by side (it must divide ``factors``), sharing the biases and the
+        rating order: each member steps on its own error, the biases on the mean error,
+        and the fitted model predicts the members' mean (the members' factors are stored
+        scaled by ``1 / √members``, so ``p_uᵀ q_i`` is that mean and prediction,
+        ranking, saving and fold-in work as for one model). None: the most members of at
+        least 64 factors each that divide ``factors`` (1 up to 127 factors: one plain
+        model). A fit costs what one model of ``factors`` dimensions costs.
     learning_rate : float
         γ, the factor step at epoch 0.
     regularization : float
@@ -334,6 +348,8 @@ class SVD(FactorModel):
         "regularization": {"low": 0.005, "high": 0.3, "log": True},
     }
     """What :func:`mfdask.tune` searches by default (``epochs`` is the budget)."""
+    params_before: ClassVar[dict[str, Any]] = {"members": 1}
+    """A model saved before ``members`` existed was one model of all its factors."""
 
     def __init__(
         self,
@@ -354,6 +370,7 @@ class SVD(FactorModel):
         show_progress: bool = False,
         checkpoint_dir: str | None = None,
         checkpoint_every: int = 5,
+        members: int | None = None,
         **renamed: Any,
     ) -> None:
         self.factors = factors
@@ -373,12 +390,19 @@ class SVD(FactorModel):
         self.show_progress = show_progress
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_every = checkpoint_every
+        self.members = members
         self._take_renamed(renamed)  # lr_schedule, lr_decay: the names before 0.1
 
     # ------------------------------------------------------------------ parameters
     def _validate_params(self) -> None:
         _check_positive_int("factors", self.factors)
         _check_positive_int("epochs", self.epochs)
+        if self.members is not None:
+            _check_positive_int("members", self.members)
+        if int(self.factors) % self._members:
+            raise ValueError(
+                f"factors ({self.factors}) must be a multiple of members ({self.members})"
+            )
         for name in ("n_threads", "n_blocks", "early_stopping_rounds"):
             if getattr(self, name) is not None:
                 _check_positive_int(name, getattr(self, name))
@@ -405,6 +429,23 @@ class SVD(FactorModel):
             raise ValueError(f"random_state must be an int or None, got {self.random_state!r}")
 
     @property
+    def _members(self) -> int:
+        """``members``, or with None the most members of at least
+        :data:`MEMBER_FACTORS` factors each that divide ``factors`` (at least 1)."""
+        if self.members is not None:
+            return int(self.members)
+        k = int(self.factors)
+        m = max(1, k // MEMBER_FACTORS)
+        while k % m:
+            m -= 1
+        return m
+
+    @property
+    def _member_init_scale(self) -> float:
+        """The stored factors' start: each member's ``init_scale`` times ``1 / √members``."""
+        return float(self.init_scale) / math.sqrt(self._members)
+
+    @property
     def _lr_b(self) -> float:
         return float(
             self.learning_rate if self.bias_learning_rate is None else self.bias_learning_rate
@@ -419,7 +460,7 @@ class SVD(FactorModel):
     # ------------------------------------------------------------------ fitting
     def _initial_state(self, data: TrainingData, rng: np.random.Generator) -> tuple[dict, dict]:
         """Factors ``N(0, init_scale²)`` by global row (users, then items); biases 0."""
-        k, scale = self.factors, np.float32(self.init_scale)
+        k, scale = self.factors, np.float32(self._member_init_scale)
         user = {
             "factors": rng.standard_normal((data.n_users, k), dtype=np.float32) * scale,
             "bias": np.zeros(data.n_users, dtype=np.float32),
@@ -432,7 +473,7 @@ class SVD(FactorModel):
 
     def _drawn_state(self, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
         """:meth:`_initial_state`'s distribution drawn on the workers by global row."""
-        k, scale = int(self.factors), float(self.init_scale)
+        k, scale = int(self.factors), float(self._member_init_scale)
         user = {"factors": Drawn(k, normal=k, scale=scale, seed=seed), "bias": Drawn(0)}
         item = {"factors": Drawn(k, normal=k, scale=scale, seed=seed + 1), "bias": Drawn(0)}
         return user, item
@@ -463,6 +504,7 @@ class SVD(FactorModel):
             bias_regularization=self._reg_b,
             min_rating=float(self.rating_range_[0]),
             max_rating=float(self.rating_range_[1]),
+            members=self._members,
         )
 
     def _place_validation(self, engine: DSGD, validation: Any) -> list:
