@@ -154,6 +154,40 @@ def test_save_writes_blocks_and_load_puts_them_back(client, frame, tmp_path):
     np.testing.assert_array_equal(local.seen_items_.toarray(), model.seen_items_.tocsr().toarray())
 
 
+def test_load_keeps_the_seen_items_next_to_the_user_blocks(client, frame, tmp_path):
+    # A threshold between the seen pattern's row pointer (8 bytes a user) and the user
+    # factors (24 bytes a user): the pattern follows the factors onto the workers, so
+    # recommend_all reads each block's seen items where the block lives.
+    with on_workers():
+        model = ALS(factors=6, iterations=2, random_state=0, n_blocks=3).fit(frame)
+    path = model.save(tmp_path / "m")
+    with dask.config.set({"mfdask.state.gather-below-bytes": 16 * model.n_users}):
+        back = load_model(path)
+        assert isinstance(back.__dict__["_user_factors"], FactorBlocks)
+        assert isinstance(back.seen_items_, SeenBlocks)
+        out = back.recommend_all(n=5, path=tmp_path / "recs")
+        assert out.manifest["from_worker_blocks"] is True
+    np.testing.assert_array_equal(
+        back.seen_items_.tocsr().toarray(), model.seen_items_.tocsr().toarray()
+    )
+    written = pd.read_parquet(out.path).sort_values(["user_id", "rank"])
+    expected = plain_copy(model).recommend(model.user_ids_, n=5).sort_values(["user_id", "rank"])
+    np.testing.assert_array_equal(written.item_id.to_numpy(), expected.item_id.to_numpy())
+
+
+def test_factor_blocks_read_back_batch_by_batch(client, tmp_path, monkeypatch):
+    from mfdask.engine import state
+
+    monkeypatch.setattr(state, "READ_BATCH_ROWS", 7)  # several batches, a short last one
+    where = workers_of(client)
+    blocks = FactorBlocks.normal(client, 50, 4, 1.0, 0, [where[b % 2] for b in range(3)])
+    blocks.write_parquet(tmp_path / "f", "user_id", pd.Index(np.arange(50)))
+    for b in range(3):
+        got = state._read_factor_block(str(tmp_path / "f" / f"block={b}" / "part-0.parquet"))
+        np.testing.assert_array_equal(got, blocks.to_numpy()[b::3])
+        assert got.dtype == np.float32 and got.flags.c_contiguous
+
+
 def test_checkpoints_are_written_block_by_block_and_resume(client, frame, tmp_path):
     params = {"factors": 6, "iterations": 4, "random_state": 0, "n_blocks": 2}
     with on_workers():

@@ -130,10 +130,36 @@ def _write_factor_block(
     return len(ids)
 
 
+READ_BATCH_ROWS = 65_536
+"""Rows decoded at a time when a worker reads a factor block from Parquet."""
+
+
+def release_arrow_memory() -> None:
+    """Hand the memory Arrow's pool keeps after a read back to the system.
+
+    Arrow's allocator keeps freed pages for reuse; after a worker has read a block into
+    NumPy they would stay in its process, memory Dask sees as unmanaged.
+    """
+    pa.default_memory_pool().release_unused()
+
+
 def _read_factor_block(path: str) -> np.ndarray:
-    col = pq.read_table(path, columns=["factors"]).column("factors").combine_chunks()
-    k = col.type.list_size
-    return col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, k)
+    """A block's ``factors`` column as ``(rows, k) float32``, decoded batch by batch into
+    one array (reading the whole column first held about four times the block while it
+    was converted: 1.27 GiB of RSS for a 244 MiB block of 1M users at 64 factors, 0.40
+    GiB this way)."""
+    parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+    k = parquet.schema_arrow.field("factors").type.list_size
+    out = np.empty((parquet.metadata.num_rows, k), dtype=np.float32)
+    at = 0
+    for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS, columns=["factors"]):
+        col = batch.column(0)
+        values = col.flatten().to_numpy(zero_copy_only=False)
+        out[at : at + len(col)] = values.reshape(len(col), k)
+        at += len(col)
+    del parquet
+    release_arrow_memory()
+    return out
 
 
 # ---------------------------------------------------------------------- factor blocks
@@ -495,6 +521,8 @@ def _read_seen_block(
     table = pq.read_table(path)
     users = table.column("user_idx").to_numpy().astype(np.int64)
     items = table.column("item_idx").to_numpy().astype(np.int32)
+    del table
+    release_arrow_memory()
     local = users // n_blocks
     order = np.lexsort((items, local))
     counts = np.bincount(local, minlength=n_local_rows(n_rows, n_blocks, block))

@@ -1227,8 +1227,22 @@ def _client_for_blocks(nbytes: int) -> Any:
     return client if client is not None and keeps_on_workers(client, nbytes) else None
 
 
-def _read_seen_blocks(directory: Path, n_blocks: int, n_users: int, n_items: int) -> Any:
-    client = _client_for_blocks(n_users * 8)
+def _read_seen_blocks(
+    directory: Path, n_blocks: int, n_users: int, n_items: int, users_on_workers: bool
+) -> Any:
+    """The seen-items pattern saved block by block: on the workers when the user factors
+    are (each block next to its factor block, where ``recommend_all`` scores it) or when
+    the pattern itself (``nnz`` int32 columns and an int64 row pointer) is larger than the
+    gather threshold; read into a CSR on the client otherwise."""
+    from mfdask.engine.cluster import _current_client
+
+    client = _current_client() if users_on_workers else None
+    if client is None:
+        nnz = sum(
+            pq.ParquetFile(directory / f"block={b}" / "part-0.parquet").metadata.num_rows
+            for b in range(n_blocks)
+        )
+        client = _client_for_blocks(4 * nnz + 8 * (n_users + 1))
     if client is not None:
         from mfdask.engine.cluster import worker_addresses
 
@@ -1287,7 +1301,11 @@ def load_model(
     seen = p / SEEN_FILE
     if SEEN_DIR in layout:
         model.seen_items_ = _read_seen_blocks(
-            p / SEEN_DIR, layout[SEEN_DIR]["blocks"], meta["n_users"], meta["n_items"]
+            p / SEEN_DIR,
+            layout[SEEN_DIR]["blocks"],
+            meta["n_users"],
+            meta["n_items"],
+            users_on_workers=isinstance(model._state("_user_factors"), FactorBlocks),
         )
     else:
         model.seen_items_ = sp.load_npz(seen).tocsr() if seen.exists() else None
