@@ -294,6 +294,41 @@ def test_route_block_reads_the_source_block_on_its_worker_in_place():
     np.testing.assert_array_equal(stacked[routed.indices], full[block.indices])
 
 
+@pytest.mark.parametrize("n_blocks", [2, 9])
+def test_a_fused_broadcast_half_step_gives_the_floats_of_the_chain_of_tasks(
+    client, clustered, n_blocks
+):
+    """One task per destination block (source assembled and its Gram summed there)
+    computes what the chain of partial Grams, their tree sum, the assembled source and
+    the solves does; 9 blocks take the Gram tree past one level (fan-in 8)."""
+    import dask
+    from distributed import get_task_stream
+
+    frame, _ = clustered
+    params = {"factors": 6, "iterations": 3, "n_blocks": n_blocks, "calculate_training_loss": False}
+    fits, names = {}, {}
+    for fuse in (False, True):
+        with dask.config.set({"mfdask.als.fuse-broadcast": fuse}):
+            with get_task_stream(client) as stream:
+                fits[fuse] = ALS(random_state=0, **params).fit(dd.from_pandas(frame, 4))
+        names[fuse] = {str(t["key"]).split("-")[0].strip("('") for t in stream.data}
+    np.testing.assert_array_equal(fits[False].user_factors_, fits[True].user_factors_)
+    np.testing.assert_array_equal(fits[False].item_factors_, fits[True].item_factors_)
+    assert {"solve_broadcast"} <= names[True] and "solve_broadcast" not in names[False]
+    assert "assemble_source" in names[False] and "assemble_source" not in names[True]
+
+
+def test_a_broadcast_half_step_fuses_only_while_its_gram_is_cheap():
+    from mfdask.engine.als import FUSE_GRAM_MULTIPLY_ADDS, fuses_broadcast
+
+    rows = FUSE_GRAM_MULTIPLY_ADDS // 64**2
+    assert fuses_broadcast(rows, 64, ["a", "b"])
+    assert not fuses_broadcast(rows + 1, 64, ["a", "b"])
+    # Two destination blocks on each worker: each recomputes the Gram.
+    assert not fuses_broadcast(rows, 64, ["a", "b", "a", "b"])
+    assert fuses_broadcast(rows // 2, 64, ["a", "b", "a", "b"])
+
+
 @pytest.mark.parametrize("n_blocks", [1, 3])
 @pytest.mark.parametrize("solver", ["cg", "cholesky"])
 def test_routed_half_steps_give_the_broadcast_floats(client, clustered, n_blocks, solver):

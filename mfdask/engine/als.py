@@ -216,6 +216,50 @@ def sum_grams(*grams: np.ndarray) -> np.ndarray:
     return np.sum(grams, axis=0)
 
 
+def tree_sum_grams(grams: list[np.ndarray]) -> np.ndarray:
+    """:func:`sum_grams` over ``grams`` in the grouping of :meth:`BlockALS._tree`, so a
+    Gram summed in one task has the same floats as one reduced by a tree of tasks."""
+    while len(grams) > 1:
+        grams = [sum_grams(*grams[i : i + GRAM_FAN_IN]) for i in range(0, len(grams), GRAM_FAN_IN)]
+    return grams[0]
+
+
+FUSE_GRAM_MULTIPLY_ADDS = 2**26
+"""A broadcast half-step whose source Gram costs at most this many multiply-adds
+(``n_src * k * k``: 16,384 rows at 64 factors) is solved in one task per destination block,
+which assembles the source and sums its Gram itself (:func:`solve_broadcast`).
+
+A small fit's iteration is mostly waiting: each task of a chain costs a round trip to
+the scheduler, and the broadcast half-step was four (partial Grams, their sum, the
+assembled source, the solves). Computing the whole Gram on every destination worker
+costs ``n_src * k * k`` multiply-adds more there (8 ms at this bound, about 1.1 ms for
+ML-1M's 3,706 items) and saves three round trips per half-step."""
+
+
+def fuses_broadcast(n_src: int, k: int, dst_where: list[str]) -> bool:
+    """Whether a broadcast half-step is solved by :func:`solve_broadcast`: its Gram is
+    recomputed for each destination block, so the blocks a worker holds count
+    (:data:`FUSE_GRAM_MULTIPLY_ADDS`; the Dask config ``mfdask.als.fuse-broadcast: false``
+    keeps the chain of tasks)."""
+    if not dst_where or not dask.config.get("mfdask.als.fuse-broadcast", True):
+        return False
+    per_worker = len(dst_where) / len(set(dst_where))
+    return n_src * k * k * per_worker <= FUSE_GRAM_MULTIPLY_ADDS
+
+
+def solve_broadcast(
+    block: RowBlock, previous: np.ndarray, spec: SolveSpec, n_src: int, *src_blocks: np.ndarray
+) -> np.ndarray:
+    """A broadcast half-step for one destination block in one task (runs on its worker).
+
+    The source is interleaved from its blocks and its Gram summed from the blocks'
+    partial Grams in the order of the tree reduction: the same floats as the chain of
+    tasks it replaces (:meth:`BlockALS._sources` then :func:`solve_block`).
+    """
+    gram = tree_sum_grams([partial_gram(f) for f in src_blocks])
+    return solve_block(block, assemble_source(n_src, list(src_blocks), gram), previous, spec)
+
+
 def assemble_source(n_rows: int, blocks: list[np.ndarray], gram: np.ndarray) -> Source:
     """Interleave residue factor blocks into the full source matrix (the broadcast path)."""
     n_blocks = len(blocks)
@@ -639,6 +683,8 @@ class HalfStep:
         Reduced: entries per destination row (for ``lam_i`` and empty rows).
     passes : int
         Reduced: products computed per half-step (``cg_steps + 1``).
+    fused : bool
+        Broadcast and solved in one task per destination block (:func:`fuses_broadcast`).
     """
 
     dst_blocks: list[Future]
@@ -653,6 +699,7 @@ class HalfStep:
     reduced_from: list[Future] | None = None
     counts: Future | None = None
     passes: int = 0
+    fused: bool = False
 
     @property
     def routed(self) -> bool:
@@ -962,6 +1009,7 @@ class BlockALS:
             collect(self.client, [half.counts], self._watched)
             return half
         if not routes:
+            half.fused = fuses_broadcast(n_src, k, dst_where)
             return half
         # Each destination reads the first source block on its own worker in place.
         half.in_place = [next((s for s, w_src in enumerate(src_where) if w_src == w), -1)
@@ -1170,6 +1218,26 @@ class BlockALS:
             sources.append(self._pinned(routed_source, gram, read_whole, *slices, where=w_dst))
         return sources
 
+    def _solve_half(
+        self,
+        half: HalfStep,
+        src_factors: list[Future],
+        previous: list[Future],
+        sources: list[Future] | None = None,
+    ) -> list[Future]:
+        """New destination factors of ``half`` from the source factors (or ``sources``
+        already submitted for them)."""
+        if sources is None and half.fused:
+            return [
+                self._pinned(
+                    solve_broadcast, block, prev, self.spec, half.n_src, *src_factors, where=w
+                )
+                for block, prev, w in zip(half.dst_blocks, previous, half.dst_where, strict=True)
+            ]
+        if sources is None:
+            sources = self._sources(half, src_factors)
+        return self._solve(half, sources, previous)
+
     def _solve(self, half: HalfStep, sources: list[Future], previous: list[Future]) -> list[Future]:
         """Solve every destination block of ``half`` against its source."""
         return [
@@ -1187,14 +1255,17 @@ class BlockALS:
     def iterate(self) -> None:
         """One full iteration: users against items, then items against users."""
         user_half, item_half = self._halves()
-        user_sources = self._user_sources or self._sources(user_half, self.item_factors)
-        self.user_factors = self._solve(user_half, user_sources, self.user_factors)
+        self.user_factors = self._solve_half(
+            user_half, self.item_factors, self.user_factors, self._user_sources
+        )
         if item_half.reduced:
             self.item_factors = self._solve_reduced(item_half, self.user_factors, self.item_factors)
         else:
-            item_sources = self._sources(item_half, self.user_factors)
-            self.item_factors = self._solve(item_half, item_sources, self.item_factors)
-        self._user_sources = self._sources(user_half, self.item_factors)
+            self.item_factors = self._solve_half(item_half, self.user_factors, self.item_factors)
+        # The next user half's sources start now (a fused half-step makes its own).
+        self._user_sources = (
+            None if user_half.fused else self._sources(user_half, self.item_factors)
+        )
 
     def loss(self) -> float:
         """The objective of the current factors, divided by the number of positives.
