@@ -61,12 +61,14 @@ from mfdask.engine.blocks import (
     BlockExtension,
     KeptBlocks,
     RowBlock,
-    assemble_seen,
     block_pattern,
     block_workers,
     extend_row_blocks,
     persist_partitions,
-    place_row_blocks,
+    seen_from_patterns,
+    submit_partitions,
+    submit_row_blocks,
+    wait_blocks,
 )
 from mfdask.engine.checkpoint import BlockFiles, block_digest, combine_digests
 from mfdask.engine.cluster import worker_addresses
@@ -841,14 +843,8 @@ class BlockALS:
         self.items_reduced = factors is not None and self._reduces_items(int(factors))
         self.user_blocks: list[Future] = []
         self.item_blocks: list[Future] = []
+        self.n_positives = 0
         self._place(first=True)
-        self.n_positives = sum(
-            gather(
-                client,
-                [client.submit(block_nnz, b, pure=False) for b in self.user_blocks],
-                self._watched,
-            )
-        )
         self.user_factors: list[Future] = []
         self.item_factors: list[Future] = []
 
@@ -877,57 +873,66 @@ class BlockALS:
                     client, kept.item, parts, self.n_items, self.n_users, transpose=True
                 )
             )
+            del parts
             self.extended = True
         else:
-            parts = persist_partitions(client, self._ratings)
-            user_full = place_row_blocks(client, parts, self.n_blocks, self.n_users, self.n_items)
+            # Both sides are submitted before anything is waited for: the item blocks'
+            # splits run while the user blocks are built, and a small fit pays one wait.
+            parts = submit_partitions(client, self._ratings)
+            user_full = submit_row_blocks(client, parts, self.n_blocks, self.n_users, self.n_items)
             item_full = (
                 []
                 if self.items_reduced
-                else place_row_blocks(
+                else submit_row_blocks(
                     client, parts, self.n_blocks, self.n_items, self.n_users, transpose=True
                 )
             )
+            del parts
+            wait_blocks(client, user_full + item_full)
             self.extended = False
-        del parts
         self.placed = (
             KeptBlocks(user_full, item_full, self.n_blocks, self.n_users, self.n_items, "")
             if self.keep_placed
             else None
         )
+        # Where each block lives, fixed until the next rebuild: tasks are pinned there.
+        where = _placed(block_workers(client, user_full + item_full))
+        self._user_where = where[: len(user_full)]
+        # Item factor block b lives with item rating block b, or with user block b when
+        # there are no item rating blocks (a reduced item half).
+        self._item_where = list(self._user_where) if self.items_reduced else where[len(user_full) :]
+        self._watched = self._user_where + self._item_where
         if self.seen_on_workers:  # again after a rebuild: the lost worker's blocks went too
-            where = _placed(block_workers(client, user_full))
             self.seen: sp.csr_matrix | SeenBlocks = SeenBlocks(
                 [
-                    client.submit(block_pattern, b, workers=[w], pure=False)
-                    for b, w in zip(user_full, where, strict=True)
+                    self._pinned(block_pattern, b, where=w)
+                    for b, w in zip(user_full, self._user_where, strict=True)
                 ],
-                where,
+                list(self._user_where),
                 self.n_users,
                 self.n_items,
             )
+        self.user_blocks = self._compact(user_full, self._user_where, *self._positive)
+        self.item_blocks = self._compact(item_full, where[len(user_full) :], *self._positive)
+        # What the first placement records, and the positives, in one round trip.
+        digests = patterns = []
         if first:
+            digests = [self._pinned(block_digest, b, where=w)
+                       for b, w in zip(user_full, self._user_where, strict=True)]  # fmt: skip
             if not self.seen_on_workers:
-                self.seen = assemble_seen(client, user_full, self.n_users, self.n_items)
-            self.digest = combine_digests(
-                gather(
-                    client,
-                    [client.submit(block_digest, b, pure=False) for b in user_full],
-                    [],
+                patterns = [self._pinned(block_pattern, b, where=w)
+                            for b, w in zip(user_full, self._user_where, strict=True)]  # fmt: skip
+        nnz = [self._pinned(block_nnz, b, where=w)
+               for b, w in zip(self.user_blocks, self._user_where, strict=True)]  # fmt: skip
+        collect(client, self.item_blocks, self._watched)
+        got = gather(client, nnz + digests + patterns, self._watched)
+        self.n_positives = int(sum(got[: len(nnz)]))
+        if first:
+            self.digest = combine_digests(got[len(nnz) : len(nnz) + len(digests)])
+            if not self.seen_on_workers:
+                self.seen = seen_from_patterns(
+                    got[len(nnz) + len(digests) :], self.n_users, self.n_items
                 )
-            )
-        self.user_blocks = self._compact(user_full, *self._positive)
-        self.item_blocks = self._compact(item_full, *self._positive)
-        # Where each block lives, fixed until the next rebuild: tasks are pinned there.
-        self._user_where = _placed(block_workers(client, self.user_blocks))
-        # Item factor block b lives with item rating block b, or with user block b when
-        # there are no item rating blocks (a reduced item half).
-        self._item_where = (
-            list(self._user_where)
-            if self.items_reduced
-            else _placed(block_workers(client, self.item_blocks))
-        )
-        self._watched = self._user_where + self._item_where
         self._user_half: HalfStep | None = None  # src = items
         self._item_half: HalfStep | None = None  # src = users
         self._user_sources: list[Future] | None = None
@@ -951,24 +956,14 @@ class BlockALS:
             self.routing, self.spec, self.n_users, self.n_items, self.n_blocks, items_routed
         )
 
-    def _compact(self, blocks: list[Future], threshold: float, binary: bool) -> list[Future]:
-        if not blocks:
-            return []
-        where = block_workers(self.client, blocks)
-        out = [
-            self.client.submit(
-                positive_block,
-                b,
-                threshold,
-                binary,
-                workers=[w],
-                allow_other_workers=False,
-                pure=False,
-            )
+    def _compact(
+        self, blocks: list[Future], where: list[str], threshold: float, binary: bool
+    ) -> list[Future]:
+        """The positives of ``blocks``, each computed where its block is (not waited for)."""
+        return [
+            self._pinned(positive_block, b, threshold, binary, where=w)
             for b, w in zip(blocks, where, strict=True)
         ]
-        collect(self.client, out, where)
-        return out
 
     def _pinned(self, func: Callable[..., Any], *args: Any, where: str) -> Future:
         """``func(*args)`` as a task pinned to worker ``where``."""

@@ -157,17 +157,22 @@ def build_row_block(
     )
 
 
-def persist_partitions(client: Client, ratings: dd.DataFrame | LocalRatings) -> list[Future]:
-    """Materialise the input partitions on the workers (never on the client).
+def submit_partitions(client: Client, ratings: dd.DataFrame | LocalRatings) -> list[Future]:
+    """The input partitions as futures on the workers (never on the client), not waited
+    for: what is built from them starts on each as soon as it exists.
 
     Ratings already on the client (:class:`~mfdask.data.training.LocalRatings`, from a
     pandas DataFrame) are scattered in pieces across the workers, so no task graph
     carries them; calling this again scatters them again (after a lost worker).
     """
     if isinstance(ratings, LocalRatings):
-        futures = client.scatter(ratings.pieces())
-    else:
-        futures = client.compute(ratings.to_delayed(), optimize_graph=True)
+        return list(client.scatter(ratings.pieces()))
+    return list(client.compute(ratings.to_delayed(), optimize_graph=True))
+
+
+def persist_partitions(client: Client, ratings: dd.DataFrame | LocalRatings) -> list[Future]:
+    """:func:`submit_partitions`, waited for: the partitions are on the workers."""
+    futures = submit_partitions(client, ratings)
     wait_for(client, futures)
     return futures
 
@@ -181,7 +186,26 @@ def place_row_blocks(
     transpose: bool = False,
     value_col: str = schema.RATING,
 ) -> list[Future]:
-    """Shuffle rating partitions into ``n_blocks`` :class:`RowBlock` futures pinned to workers.
+    """Shuffle rating partitions into ``n_blocks`` :class:`RowBlock` futures pinned to
+    workers, and wait for them (:func:`submit_row_blocks`, then :func:`wait_blocks`)."""
+    blocks = submit_row_blocks(
+        client, partitions, n_blocks, n_rows, n_cols, transpose=transpose, value_col=value_col
+    )
+    wait_blocks(client, blocks)
+    return blocks
+
+
+def submit_row_blocks(
+    client: Client,
+    partitions: list[Future],
+    n_blocks: int,
+    n_rows: int,
+    n_cols: int,
+    transpose: bool = False,
+    value_col: str = schema.RATING,
+) -> list[Future]:
+    """Shuffle rating partitions into ``n_blocks`` :class:`RowBlock` futures pinned to
+    workers, without waiting (a fit submits both sides' blocks, then waits once).
 
     With ``transpose`` the rows are items and the columns users (the CSR of Rᵀ).
     Block ``b`` is placed on worker ``b % n_workers`` (sorted addresses), so the same
@@ -206,7 +230,6 @@ def place_row_blocks(
         )
         for b in range(n_blocks)
     ]
-    _wait_blocks(client, blocks)
     del pieces
     return blocks
 
@@ -229,7 +252,8 @@ def _split_pieces(
     ]
 
 
-def _wait_blocks(client: Client, blocks: list[Future]) -> None:
+def wait_blocks(client: Client, blocks: list[Future]) -> None:
+    """Wait for ``blocks``; re-raise the first one's error as the worker raised it."""
     wait_for(client, blocks)
     for f in blocks:
         if f.status == "error":
@@ -298,7 +322,7 @@ def extend_row_blocks(
         )
         for b, (old, w) in enumerate(zip(blocks, where, strict=True))
     ]
-    _wait_blocks(client, out)
+    wait_blocks(client, out)
     del pieces
     return out
 
@@ -390,9 +414,17 @@ def assemble_seen(client: Client, blocks: list[Future], n_rows: int, n_cols: int
     what each user has seen, used to filter recommendations, as ``implicit`` keeps its
     ``user_items``.
     """
-    import scipy.sparse as sp
 
     patterns = client.gather([client.submit(block_pattern, b, pure=False) for b in blocks])
+    return seen_from_patterns(patterns, n_rows, n_cols)
+
+
+def seen_from_patterns(
+    patterns: list[tuple[int, int, np.ndarray, np.ndarray]], n_rows: int, n_cols: int
+):
+    """:func:`assemble_seen` from the blocks' gathered :func:`block_pattern`."""
+    import scipy.sparse as sp
+
     counts = np.zeros(n_rows, dtype=np.int64)
     for block, n_blocks, indptr, _ in patterns:
         counts[block::n_blocks] = np.diff(indptr)
