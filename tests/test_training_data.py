@@ -188,3 +188,26 @@ def test_no_positives_is_still_said_when_there_are_ratings(client):
     for model in (ALS(factors=2, iterations=1), BPR(factors=2, epochs=1)):
         with pytest.raises(ValueError, match=r"positive_threshold=4\.0"):
             model.fit(frame)
+
+
+@pytest.mark.parametrize("span", [50, 5_000_000])
+def test_dense_index_by_table_and_by_search_agree(span):
+    """Integer ids of a short span are looked up in a table, of a long span by binary
+    search (as floats are): the same positions either way, -1 for an id not there,
+    inside the span or outside it."""
+    from mfdask.data.training import LOOKUP_SPAN, dense_index
+
+    rng = np.random.default_rng(3)
+    ids = pd.Index(np.unique(rng.integers(-span // 2, span // 2, 40)))
+    present = set(ids)
+    absent = [v for v in range(-span // 2, -span // 2 + 100) if v not in present][:2]
+    values = pd.Series(np.concatenate([rng.choice(ids.to_numpy(), 200), absent, [span, -span]]))
+    expected = ids.get_indexer(values)
+    assert (expected == -1).sum() == 4
+    assert (ids.max() - ids.min() < LOOKUP_SPAN) == (span == 50)
+    np.testing.assert_array_equal(dense_index(ids, values), expected)
+    np.testing.assert_array_equal(dense_index(ids, values.astype("int32")), expected)
+    floats = dense_index(pd.Index(ids.to_numpy(float)), values.astype(float))
+    np.testing.assert_array_equal(floats, expected)
+    huge = pd.Series([1 << 40, int(ids[0])])
+    np.testing.assert_array_equal(dense_index(ids, huge), [-1, 0])
