@@ -123,6 +123,7 @@ from mfdask.engine.blocks import (
     persist_partitions,
     place_row_blocks,
     positive_counts,
+    submit_partitions,
 )
 from mfdask.engine.checkpoint import BlockFiles, block_digest, combine_digests
 from mfdask.engine.cluster import worker_addresses
@@ -766,8 +767,8 @@ class DSGD:
             self._row_blocks = extend_row_blocks(
                 client, extension.kept.user, parts, self.n_users, self.n_items, value_col=value_col
             )
-        else:
-            parts = persist_partitions(client, ratings)
+        else:  # the blocks start from each partition as soon as it is read
+            parts = submit_partitions(client, ratings)
             self._row_blocks = place_row_blocks(
                 client, parts, self.n_blocks, self.n_users, self.n_items, value_col=value_col
             )
@@ -808,7 +809,7 @@ class DSGD:
         return shards
 
     def _place_holdout(self, ratings: dd.DataFrame | LocalRatings) -> list[Future]:
-        parts = persist_partitions(self.client, ratings)
+        parts = submit_partitions(self.client, ratings)
         rows = place_row_blocks(
             self.client,
             parts,
