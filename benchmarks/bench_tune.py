@@ -12,7 +12,11 @@ found (λ = 50, α = 5), Spark MLlib's ALS defaults in mfdask's Spark form
 (``SPARK_DEFAULTS``: the same model, pyspark is not a dependency), and mfdask's ALS with
 its defaults.
 
-Run: ``MFDASK_DATA=/work/shared/data python -m benchmarks.bench_tune [--trials 24]``.
+It prints each row's NDCG@10 as a ratio to the best peer's (``vs_best_peer``; with
+``--no-peers``, to ``BEST_PEER_NDCG``) and writes every trial's per-iteration validation
+curve next to the trials.
+
+Run: ``MFDASK_DATA=/work/shared/data python -m benchmarks.bench_tune [--trials 24] [--seed S]``.
 """
 
 from __future__ import annotations
@@ -41,6 +45,10 @@ from benchmarks.bench_als import (
     score,
 )
 from benchmarks.common import print_table, require_movielens, write_results
+
+BEST_PEER_NDCG = 0.3875
+"""implicit's tuned ALS (``DEFAULT_IMPLICIT``) on this split, the best peer when the
+peers run: the reference of ``--no-peers`` runs."""
 
 SPARK_DEFAULTS: dict[str, Any] = {
     "regularization": 0.1,
@@ -137,6 +145,10 @@ def main(argv: list[str] | None = None) -> None:
         tune_seconds = time.perf_counter() - started
         print(result.summary())
         print(result.trials.drop(columns=["error"]).to_string())
+        curves = {
+            t.number: [t.intermediate_values[i] for i in sorted(t.intermediate_values)]
+            for t in result.study.trials
+        }
         best = cls(factors=FACTORS, random_state=0, **{**budget, **result.best_params})
         _, metrics, seconds = run_model(problem, best)
         rows.append(
@@ -152,6 +164,14 @@ def main(argv: list[str] | None = None) -> None:
         cluster.close()
     load_after = os.getloadavg()
     trials = result.trials
+    peers = [r for r in rows if not str(r["model"]).startswith("mfdask")]
+    if peers:
+        best_peer = max(peers, key=lambda r: r["ndcg@10"])
+        peer_name, peer_ndcg = str(best_peer["model"]), float(best_peer["ndcg@10"])
+    else:
+        peer_name, peer_ndcg = "implicit ALS, tuned (earlier run)", BEST_PEER_NDCG
+    for r in rows:
+        r["vs_best_peer"] = float(r["ndcg@10"]) / peer_ndcg
     summary = {
         "tune_seconds": tune_seconds,
         "validation_ndcg": result.best_score,
@@ -159,6 +179,14 @@ def main(argv: list[str] | None = None) -> None:
         "states": trials["state"].value_counts().to_dict(),
         "concurrency": result.concurrency,
         "seed": args.seed,
+        "best_peer": peer_name,
+        "best_peer_ndcg": peer_ndcg,
+        "tuned_vs_best_peer": rows[-1]["vs_best_peer"],
+        "defaults_vs_best_peer": next(
+            r["vs_best_peer"]
+            for r in rows
+            if str(r["model"]).endswith("defaults") and str(r["model"]).startswith("mfdask")
+        ),
         "load_before": load_before,
         "load_after": load_after,
     }
@@ -167,9 +195,19 @@ def main(argv: list[str] | None = None) -> None:
         f"ML-1M user_holdout 0.2 seed 0, {FACTORS} factors; load {load_before} -> {load_after}",
     )
     print(summary)
+    print(
+        f"tuned / best peer ({peer_name}, NDCG@10 {peer_ndcg:.4f}): "
+        f"{summary['tuned_vs_best_peer']:.3f}x; defaults: {summary['defaults_vs_best_peer']:.3f}x"
+    )
     out = write_results(
-        f"tune_{args.model}",
-        {"rows": rows, "summary": summary, "trials": trials.to_dict("records"), "table": table},
+        f"tune_{args.model}" + (f"_seed{args.seed}" if args.seed else ""),
+        {
+            "rows": rows,
+            "summary": summary,
+            "trials": trials.to_dict("records"),
+            "curves": curves,
+            "table": table,
+        },
     )
     result.plot(out.with_suffix(".png"))
     print("wrote", out)

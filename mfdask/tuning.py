@@ -56,6 +56,7 @@ import pandas as pd
 from mfdask._progress import progress_bar
 from mfdask.data import schema
 from mfdask.data.dataset import Dataset, is_dataset, open_dataset
+from mfdask.data.implicit import positive_cut
 from mfdask.data.split import DEFAULT_MIN_POSITIVES, assign_test
 from mfdask.data.training import LocalRatings, TrainingData, as_training_data
 from mfdask.engine.cluster import live_workers, session, worker_group
@@ -110,7 +111,8 @@ class TuneResult:
         ``score`` (a pruned trial's: its best before it was stopped), one column per
         searched parameter, ``iterations`` (run),
         ``best_iteration``, ``seconds``, ``start`` (seconds into the search), ``group``
-        (the worker group it ran on) and ``error`` (why a trial failed).
+        (the worker group it ran on), ``source`` (``"estimator"`` for the trial of the
+        estimator's own values, else ``"sampler"``) and ``error`` (why a trial failed).
     seconds : float
         Wall time of the search (preparation included).
     validation : dict
@@ -187,6 +189,29 @@ def _suggest(trial: Any, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 name, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log"))
             )
     return out
+
+
+def _estimator_point(
+    estimator: FactorModel, feedback: str, space: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """The estimator's own values of the searched parameters that lie in ``space``.
+
+    Values left None are resolved for ``feedback`` (the model's defaults for that kind of
+    data); a value outside its range or choices is left out (the sampler draws it).
+    """
+    params = estimator.resolved_params(feedback)
+    point: dict[str, Any] = {}
+    for name, spec in space.items():
+        value = params.get(name)
+        if value is None or (isinstance(value, bool) and "choices" not in spec):
+            continue
+        if "choices" in spec:
+            if value in list(spec["choices"]):
+                point[name] = value
+        elif isinstance(value, (int, float)) and spec["low"] <= value <= spec["high"]:
+            ints = isinstance(spec["low"], int) and isinstance(spec["high"], int)
+            point[name] = int(value) if ints else float(value)
+    return point
 
 
 # ---------------------------------------------------------------------------- data
@@ -282,7 +307,10 @@ def _prepare(
 ) -> _Prepared:
     data = as_training_data(train)
     ranking = bool(type(estimator).implicit)
-    threshold = float(getattr(estimator, "positive_threshold", schema.DEFAULT_POSITIVE_THRESHOLD))
+    threshold = positive_cut(
+        data.feedback,
+        float(getattr(estimator, "positive_threshold", schema.DEFAULT_POSITIVE_THRESHOLD)),
+    )
     if validation is None:
         frame, depth = _user_partitions(train, data)
         params = {
@@ -330,6 +358,7 @@ def _prepare(
             items=data.items,
             fingerprint=data.fingerprint,
             source=f"{data.source} (tuning part)",
+            feedback=data.feedback,
         )
         keep: list[Any] = [fit_part, held]
         if ranking:
@@ -342,6 +371,7 @@ def _prepare(
                 items=None,
                 fingerprint=data.fingerprint,
                 source="validation carved from train",
+                feedback=data.feedback,
             )
         return _Prepared(train_data, shared, info, keep)
     # Validation given: persist the training ratings once; the validation as given.
@@ -357,6 +387,7 @@ def _prepare(
         items=data.items,
         fingerprint=data.fingerprint,
         source=data.source,
+        feedback=data.feedback,
     )
     info = {"source": "given"}
     if ranking:
@@ -450,6 +481,7 @@ def tune(
     validation_fraction: float = 0.2,
     workers_per_trial: int | None = None,
     pruning: bool = True,
+    start_from_estimator: bool = True,
     show_progress: bool = False,
 ) -> TuneResult:
     """Search ``estimator``'s hyper-parameters on a validation part of ``train``.
@@ -489,6 +521,11 @@ def tune(
         ``workers // workers_per_trial`` groups when that is 2 or more.
     pruning : bool
         Median-prune trials on the per-iteration validation metric.
+    start_from_estimator : bool
+        Make the first trial the estimator's own values of the searched parameters (its
+        defaults for the data's feedback where left None; a value outside the space is
+        drawn instead), so the search starts from a known point and its best is never
+        below that point's validation score.
     show_progress : bool
         A progress bar over trials (``MFDASK_NO_PROGRESS=1`` hides it).
 
@@ -553,6 +590,13 @@ def tune(
             else optuna.pruners.NopPruner()
         )
         study = optuna.create_study(direction=direction, sampler=sampler, pruner=pruner)
+        start = (
+            _estimator_point(estimator, prepared.train.feedback, space)
+            if start_from_estimator
+            else {}
+        )
+        if start:
+            study.enqueue_trial(start, user_attrs={"source": "estimator"})
 
         def objective(trial: Any) -> float:
             params = _suggest(trial, space)
@@ -670,9 +714,10 @@ def _trials_frame(study: Any, names: list[str]) -> pd.DataFrame:
                 "seconds": t.user_attrs.get("seconds"),
                 "start": t.user_attrs.get("start"),
                 "group": t.user_attrs.get("group"),
+                "source": t.user_attrs.get("source", "sampler"),
                 "error": t.user_attrs.get("error"),
             }
         )
     columns = ["number", "state", "score", *names]
-    columns += ["iterations", "best_iteration", "seconds", "start", "group", "error"]
+    columns += ["iterations", "best_iteration", "seconds", "start", "group", "source", "error"]
     return pd.DataFrame(rows, columns=columns)

@@ -264,3 +264,58 @@ def test_the_trials_plot_draws_the_best_so_far_across_pruned_trials(tmp_path):
     path = plot_trials(trials, tmp_path / "t.png", "ndcg")
     assert path is not None and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plot_trials(trials.iloc[:0], tmp_path / "e.png", "ndcg") is None
+
+
+def test_the_first_trial_is_the_estimators_own_point(client):
+    # Defaults left None are resolved for ratings; an explicit value is kept; a value
+    # outside the space is drawn by the sampler instead.
+    result = mfdask.tune(
+        ALS(factors=4, iterations=2, n_threads=1, alpha=100.0),
+        planted_ratings(),
+        n_trials=2,
+        pruning=False,
+    )
+    first = result.trials.iloc[0]
+    assert first["source"] == "estimator"
+    assert first["regularization"] == ALS.RATING_DEFAULTS["regularization"]
+    assert first["regularization_exponent"] == ALS.RATING_DEFAULTS["regularization_exponent"]
+    assert 1.0 <= first["alpha"] <= 30.0  # 100 is outside the space: drawn
+    assert (result.trials["source"].iloc[1:] == "sampler").all()
+    assert result.best_score >= first["score"]
+    result = mfdask.tune(
+        ALS(factors=4, iterations=2, n_threads=1, regularization=2.5),
+        planted_ratings(),
+        n_trials=1,
+        pruning=False,
+        search_space={"regularization": {"low": 0.1, "high": 10.0, "log": True}},
+    )
+    assert result.trials["regularization"].tolist() == [2.5]
+    assert result.best_params == {
+        "regularization": 2.5,
+        "iterations": result.best_params["iterations"],
+    }
+    result = mfdask.tune(
+        ALS(factors=4, iterations=2, n_threads=1),
+        planted_ratings(),
+        n_trials=1,
+        pruning=False,
+        start_from_estimator=False,
+    )
+    assert result.trials["source"].tolist() == ["sampler"]
+
+
+def test_events_are_tuned_as_events(client):
+    # Play counts: every event is a positive (most weights are below the rating threshold
+    # of 4), and the first trial is ALS's event defaults.
+    from tests.test_events import play_counts
+
+    events = play_counts()
+    assert (events["weight"] < 4).mean() > 0.2
+    result = mfdask.tune(
+        ALS(factors=4, iterations=2, n_threads=1), events, n_trials=1, pruning=False
+    )
+    first = result.trials.iloc[0]
+    assert first["regularization"] == ALS.EVENT_DEFAULTS["regularization"]
+    assert first["alpha"] == ALS.EVENT_DEFAULTS["alpha"]
+    held = result.validation["validation_ratings"]
+    assert held >= 0.15 * len(events)  # a fifth of every user's events, not of its >= 4s
