@@ -17,7 +17,10 @@ A search is many fits of one model on the same data, so the data is prepared onc
 
 Each trial is one fit with parameters drawn by Optuna's multivariate TPE sampler
 (seeded by ``random_state``) from the model's ``search_space`` (log-uniform for
-regularization, learning rates and ``alpha``). The fit reports its validation metric after every
+regularization, learning rates and ``alpha``). The first trial is the estimator's own
+point (``start_from_estimator``: its values of the searched parameters, the model's
+defaults for the data's feedback where left None), so the search starts from a known
+point and never ends below its validation score. The fit reports its validation metric after every
 iteration through an :func:`~mfdask.engine.trainer.iteration_hook`; Optuna's median
 pruner stops trials whose curve falls below the median of earlier trials at the same
 iteration, and the trainer ends a pruned fit the way it ends an early-stopped one. A trial
