@@ -165,13 +165,16 @@ def _one_user_cell(score_gap: float):
     return k, P, Q, cell
 
 
-def _run(cell, P, Q, n_items, max_sampled=5, lr=0.1, sq_grad=None, max_weight=10.0):
+def _run(
+    cell, P, Q, n_items, max_sampled=5, lr=0.1, sq_grad=None, max_weight=10.0, decay=1.0,
+    popular=0.0,
+):  # fmt: skip
     stats = np.zeros(kw.N_STATS)
     GP, GQ = sq_grad if sq_grad is not None else (np.zeros((0, 0), np.float32),) * 2
     kw.warp_sgd(
         cell["users"], cell["items"], cell["values"], 4.0, 0, 1, 5, cell["indptr"],
         cell["indices"], P, Q, GP, GQ, sq_grad is not None, 0, 2, 3, n_items, P.shape[1], lr,
-        0.0, 0.0, 0.0, max_sampled, 1, 0, stats, max_weight,
+        0.0, 0.0, 0.0, max_sampled, 1, 0, stats, max_weight, 0.0, False, decay, popular,
     )  # fmt: skip
     return stats
 
@@ -222,6 +225,42 @@ def test_adagrad_pass_steps_by_the_accumulated_squares():
     assert stats[kw.STAT_LOSS] == pytest.approx(weight * 0.5, rel=1e-6)
 
 
+def test_adagrad_sums_forget_by_the_accumulator_decay():
+    # G ← ρ G + g², then x ← x - lr · g / √G, per coordinate of each row.
+    x = np.array([1.0, -2.0], np.float32)
+    G = np.array([4.0, 2.0], np.float32)
+    g = np.array([0.5, -1.0], np.float32)
+    kw.adagrad_step(x, G, g, 2, 0.1, 0.5)
+    np.testing.assert_allclose(G, [0.5 * 4 + 0.25, 0.5 * 2 + 1.0], rtol=1e-6)
+    np.testing.assert_allclose(x, [1 - 0.1 * 0.5 / 1.5, -2 + 0.1 / np.sqrt(2.0)], rtol=1e-6)
+    # ρ = 1 is Adagrad, bitwise the pass without the argument
+    runs = []
+    for decay in (None, 1.0):
+        _, P, Q, cell = _one_user_cell(score_gap=0.5)
+        GP, GQ = np.ones_like(P), np.ones_like(Q)
+        if decay is None:
+            _run(cell, P, Q, 6, sq_grad=(GP, GQ))
+        else:
+            _run(cell, P, Q, 6, sq_grad=(GP, GQ), decay=decay)
+        runs.append((P, Q, GP, GQ))
+    for a, b in zip(*runs, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_popular_negatives_are_drawn_from_the_cells_ratings():
+    # The cell's only rating is the user's own positive (global 0): every popular draw
+    # lands on a positive and is skipped, so no step within max_sampled.
+    _, P, Q, cell = _one_user_cell(score_gap=0.5)
+    before = (P.copy(), Q.copy())
+    stats = _run(cell, P, Q, n_items=6, max_sampled=7, popular=1.0)
+    np.testing.assert_array_equal(P, before[0])
+    np.testing.assert_array_equal(Q, before[1])
+    assert stats[kw.STAT_SAMPLED] == 7 and stats[kw.STAT_LOSS] == 0.0
+    # uniform draws (the default) find the violator, global 4, at once
+    _, P, Q, cell = _one_user_cell(score_gap=0.5)
+    assert _run(cell, P, Q, n_items=6, max_sampled=7)[kw.STAT_LOSS] > 0
+
+
 def test_no_violator_within_max_sampled_means_no_step():
     _, P, Q, cell = _one_user_cell(score_gap=3.0)
     before = (P.copy(), Q.copy())
@@ -264,6 +303,10 @@ def test_warp_learns_planted_preferences(client, kos_n, optimizer, learning_rate
         ({"kos_n": -1}, "kos_n"),
         ({"kos_n": 3, "kos_k": 4}, "kos_k"),
         ({"optimizer": "adam"}, "optimizer"),
+        ({"accumulator_decay": 0.0}, "accumulator_decay"),
+        ({"accumulator_decay": 1.5}, "accumulator_decay"),
+        ({"popular_negatives": -0.1}, "popular_negatives"),
+        ({"popular_negatives": 2}, "popular_negatives"),
     ],
 )
 def test_bad_parameters_are_named(params, message):

@@ -158,19 +158,33 @@ def warp_update(
 
 
 @njit(nogil=True, cache=True, fastmath=_FASTMATH, error_model="numpy", inline="always")
-def adagrad_step(x: np.ndarray, sq_grad: np.ndarray, grad: np.ndarray, n: int, lr: float) -> None:
-    """``G ← G + g²; x ← x - lr · g / √G`` on the first ``n`` entries of a row, in place.
+def adagrad_step(
+    x: np.ndarray, sq_grad: np.ndarray, grad: np.ndarray, n: int, lr: float, decay: float = 1.0
+) -> None:
+    """``G ← ρ G + g²; x ← x - lr · g / √G`` on the first ``n`` entries of a row, in place.
 
-    One row and its accumulator per call (two pointers the vectoriser can check against
-    each other cheaply, where a loop over three rows and their three accumulators makes
-    it give up and leave every square root scalar).
+    ``decay`` is ρ: 1 is Adagrad (the sum grows with every step of the row); below 1 the
+    sum forgets, so that a row's step stops shrinking once it has had about
+    ``1 / (1 - ρ)`` steps (RMSprop's running mean, without its ``1 - ρ`` on ``g²``, so
+    that the first steps are Adagrad's). One row and its accumulator per call (two
+    pointers the vectoriser can check against each other cheaply, where a loop over
+    three rows and their three accumulators makes it give up and leave every square
+    root scalar).
     """
     rate = np.float32(lr)
-    for f in range(n):
-        g = grad[f]
-        acc = sq_grad[f] + g * g
-        sq_grad[f] = acc
-        x[f] = x[f] - rate * g / np.sqrt(acc)
+    if decay >= 1.0:
+        for f in range(n):
+            g = grad[f]
+            acc = sq_grad[f] + g * g
+            sq_grad[f] = acc
+            x[f] = x[f] - rate * g / np.sqrt(acc)
+    else:
+        rho = np.float32(decay)
+        for f in range(n):
+            g = grad[f]
+            acc = rho * sq_grad[f] + g * g
+            sq_grad[f] = acc
+            x[f] = x[f] - rate * g / np.sqrt(acc)
 
 
 @njit(nogil=True, cache=True, fastmath=_FASTMATH, error_model="numpy", inline="always")
@@ -189,6 +203,7 @@ def warp_update_adagrad(
     reg_pos: float,
     reg_neg: float,
     grads: np.ndarray,
+    decay: float = 1.0,
 ) -> float:
     """One WARP Adagrad step with rank weight ``weight`` on rows ``u``, ``i``, ``j`` in place.
 
@@ -200,7 +215,8 @@ def warp_update_adagrad(
     coordinates keep large steps while frequent ones (popular items, heavy users) settle.
     ``grads`` is ``(3, k) float32`` scratch: the three gradients are computed there
     first from the values before the step, then applied row by row
-    (:func:`adagrad_step`). Returns ``½ Σ λ‖·‖²`` before the step.
+    (:func:`adagrad_step`, whose ``decay`` ρ < 1 makes the sums forget: ``G ← ρ G + g²``).
+    Returns ``½ Σ λ‖·‖²`` before the step.
     """
     k = item_factors.shape[1]
     w = np.float32(weight)
@@ -227,9 +243,9 @@ def warp_update_adagrad(
         gj[f] = rj * b + w * pf
     for f in range(user_dims):  # a user's bias entry (1) is neither trained nor penalised
         pu2 += p[f] * p[f]
-    adagrad_step(p, user_sq_grad[u], gu, user_dims, learning_rate)
-    adagrad_step(qi, item_sq_grad[i], gi, k, learning_rate)
-    adagrad_step(qj, item_sq_grad[j], gj, k, learning_rate)
+    adagrad_step(p, user_sq_grad[u], gu, user_dims, learning_rate, decay)
+    adagrad_step(qi, item_sq_grad[i], gi, k, learning_rate, decay)
+    adagrad_step(qj, item_sq_grad[j], gj, k, learning_rate, decay)
     return 0.5 * (reg_user * pu2 + reg_pos * qi2 + reg_neg * qj2)
 
 
@@ -287,6 +303,8 @@ def warp_sgd(
     max_weight: float = MAX_RANK_WEIGHT,
     step_scale: float = 0.0,
     weighted_visits: bool = False,
+    accumulator_decay: float = 1.0,
+    popular_negatives: float = 0.0,
 ) -> None:
     """One WARP pass, in a random order and in place, over the positives among ratings ``lo:hi``.
 
@@ -302,7 +320,8 @@ def warp_sgd(
     (LightFM's ``sample_weight``); 0 leaves every step unweighted. With
     ``weighted_visits`` the scale weights the visits instead: each positive is visited
     :func:`~mfdask.kernels.sgd_common.weighted_positives` times (``log(1 + w) ·
-    step_scale`` on average) with unweighted steps.
+    step_scale`` on average) with unweighted steps. ``accumulator_decay`` is Adagrad's
+    ρ (:func:`adagrad_step`; 1: plain Adagrad).
     """
     if n_block_items <= 0:
         return  # no item in the held block: nothing to rank against
@@ -352,7 +371,15 @@ def warp_sgd(
         # of a positive counts as a try, like any item ranked below the positive.
         first_negative = False
         for tries in range(1, max_sampled + 1):
-            state, j = randbelow(state, n_block_items)
+            if popular_negatives > 0.0:
+                state, r = randbelow(state, 1 << 30)
+                if r < popular_negatives * (1 << 30):
+                    state, r = randbelow(state, items.shape[0])
+                    j = items[r]
+                else:
+                    state, j = randbelow(state, n_block_items)
+            else:
+                state, j = randbelow(state, n_block_items)
             sampled += 1
             x_uj = dot(user_factors, u, item_factors, j)
             violates = x_uj > x_ui - 1.0
@@ -385,6 +412,7 @@ def warp_sgd(
                         reg_pos,
                         reg_neg,
                         grads,
+                        accumulator_decay,
                     )
                 else:
                     penalty += warp_update(
